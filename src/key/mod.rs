@@ -1,0 +1,12 @@
+//! The key's whole life: where it comes from (`source`), how it is shown (`fingerprint`),
+//! how it is held in memory (`secret`) and how requests read it lock-free (`store`).
+
+pub mod fingerprint;
+pub mod secret;
+pub mod source;
+pub mod store;
+
+pub use fingerprint::Fingerprint;
+pub use secret::Secret;
+pub use source::{KeyError, KeySource};
+pub use store::{KeySnapshot, KeyState, KeyStore};

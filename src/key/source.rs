@@ -1,0 +1,217 @@
+//! Where a key comes from: an environment variable, a file, or a command's stdout (argv, no shell).
+//! Reading returns the raw key minus one trailing newline; judging it is the lint's job.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Secret;
+
+/// Larger than any real API key by far; a file bigger than this is not a key file.
+const MAX_KEY_BYTES: u64 = 16 * 1024;
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `{ env = "VAR" }`, `{ file = "PATH" }` or `{ command = ["prog", "arg"] }` in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySource {
+    Env(String),
+    File(PathBuf),
+    Command(Vec<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    EnvNotUnicode(String),
+    #[error("cannot read key file {path}: {source}")]
+    FileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key file {path} is larger than {MAX_KEY_BYTES} bytes; it is not a key file")]
+    FileTooLarge { path: PathBuf },
+    #[error("command {program} could not be started: {source}")]
+    CommandSpawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("command {program} failed ({status})")]
+    CommandFailed { program: String, status: String },
+    #[error("command {program} did not finish within {}s", COMMAND_TIMEOUT.as_secs())]
+    CommandTimeout { program: String },
+    #[error("command has an empty argv; write command = [\"program\", \"arg\", ...]")]
+    CommandEmpty,
+    #[error("the key from {0} is not valid UTF-8 text")]
+    NotUtf8(String),
+    #[error("the key from {0} is empty")]
+    Empty(String),
+}
+
+impl KeySource {
+    /// Relative key-file paths are relative to the config file.
+    pub fn resolved(self, config_path: &Path) -> KeySource {
+        match self {
+            KeySource::File(p) => KeySource::File(crate::config::resolve(config_path, &p)),
+            other => other,
+        }
+    }
+
+    /// Read the key. Only a single trailing newline is removed (what `echo key > file` adds).
+    pub async fn read(&self) -> Result<Secret, KeyError> {
+        let raw = match self {
+            KeySource::Env(var) => match std::env::var(var) {
+                Ok(v) => v.into_bytes(),
+                Err(std::env::VarError::NotPresent) => return Err(KeyError::EnvUnset(var.clone())),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(KeyError::EnvNotUnicode(var.clone()))
+                }
+            },
+            KeySource::File(path) => read_file(path)?,
+            KeySource::Command(argv) => run_command(argv).await?,
+        };
+        let mut text = String::from_utf8(raw).map_err(|e| {
+            let mut bytes = e.into_bytes();
+            zeroize::Zeroize::zeroize(&mut bytes);
+            KeyError::NotUtf8(self.to_string())
+        })?;
+        if text.ends_with("\r\n") {
+            text.truncate(text.len() - 2);
+        } else if text.ends_with('\n') {
+            text.truncate(text.len() - 1);
+        }
+        let secret = Secret::new(text);
+        if secret.expose().is_empty() {
+            return Err(KeyError::Empty(self.to_string()));
+        }
+        Ok(secret)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let err = |source| KeyError::FileRead {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut buf = Vec::new();
+    file.take(MAX_KEY_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(err)?;
+    if buf.len() as u64 > MAX_KEY_BYTES {
+        zeroize::Zeroize::zeroize(&mut buf);
+        return Err(KeyError::FileTooLarge {
+            path: path.to_owned(),
+        });
+    }
+    Ok(buf)
+}
+
+async fn run_command(argv: &[String]) -> Result<Vec<u8>, KeyError> {
+    let (program, args) = argv.split_first().ok_or(KeyError::CommandEmpty)?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| KeyError::CommandSpawn {
+            program: program.clone(),
+            source,
+        })?;
+    let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| KeyError::CommandTimeout {
+            program: program.clone(),
+        })?
+        .map_err(|source| KeyError::CommandSpawn {
+            program: program.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        let mut stdout = output.stdout;
+        zeroize::Zeroize::zeroize(&mut stdout);
+        return Err(KeyError::CommandFailed {
+            program: program.clone(),
+            status: output.status.to_string(),
+        });
+    }
+    Ok(output.stdout)
+}
+
+impl fmt::Display for KeySource {
+    /// `env OPENAI_API_KEY`, `file /run/secrets/openai`, `command op read ...`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env(v) => write!(f, "env {v}"),
+            KeySource::File(p) => write!(f, "file {}", p.display()),
+            KeySource::Command(argv) => write!(f, "command {}", argv.join(" ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_trims_one_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "sk-abc\n").unwrap();
+        let src = KeySource::File(p.clone());
+        assert_eq!(src.read().await.unwrap().expose(), "sk-abc");
+        std::fs::write(&p, " sk-abc \n\n").unwrap();
+        assert_eq!(src.read().await.unwrap().expose(), " sk-abc \n");
+        std::fs::write(&p, "sk-abc\r\n").unwrap();
+        assert_eq!(src.read().await.unwrap().expose(), "sk-abc");
+    }
+
+    #[tokio::test]
+    async fn bad_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let src = KeySource::File(p.clone());
+        let e = src.read().await.unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read key file") && e.contains("/k"),
+            "{e}"
+        );
+        std::fs::write(&p, "\n").unwrap();
+        assert!(matches!(src.read().await, Err(KeyError::Empty(_))));
+        std::fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
+        assert!(matches!(src.read().await, Err(KeyError::NotUtf8(_))));
+        std::fs::write(&p, vec![b'a'; 20_000]).unwrap();
+        assert!(matches!(
+            src.read().await,
+            Err(KeyError::FileTooLarge { .. })
+        ));
+        let d = KeySource::File(dir.path().to_owned());
+        assert!(matches!(d.read().await, Err(KeyError::FileRead { .. })));
+    }
+
+    #[tokio::test]
+    async fn env_and_command() {
+        let src = KeySource::Env("KEYPROXY_TEST_SURELY_UNSET_VAR".into());
+        assert!(matches!(src.read().await, Err(KeyError::EnvUnset(_))));
+        let cmd = KeySource::Command(vec!["echo".into(), "sk-from-cmd".into()]);
+        assert_eq!(cmd.read().await.unwrap().expose(), "sk-from-cmd");
+        let fails = KeySource::Command(vec!["false".into()]);
+        assert!(matches!(
+            fails.read().await,
+            Err(KeyError::CommandFailed { .. })
+        ));
+        let missing = KeySource::Command(vec!["/nonexistent/prog".into()]);
+        assert!(matches!(
+            missing.read().await,
+            Err(KeyError::CommandSpawn { .. })
+        ));
+        assert_eq!(cmd.to_string(), "command echo sk-from-cmd");
+    }
+}

@@ -1,0 +1,168 @@
+//! `KeyStore`: one upstream's current key behind an `ArcSwap`. A request takes one snapshot with a
+//! single lock-free load and keeps it to the end; a rotation builds the next snapshot and `store()`s it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{Fingerprint, Secret};
+use crate::reason::Reason;
+
+/// Everything a request needs about the key, built once per load so requests do no work for it.
+#[derive(Debug)]
+pub struct KeySnapshot {
+    /// The ready auth header value (scheme prefix + key), marked sensitive.
+    pub header: HeaderValue,
+    pub fingerprint: Fingerprint,
+    /// 1 for the first key loaded, +1 for every key swapped in after it.
+    pub generation: u64,
+    /// Where it came from: `env OPENAI_API_KEY`, `file /run/secrets/openai`, ...
+    pub source: Arc<str>,
+    pub loaded_at: SystemTime,
+    /// SHA-256 of the key, to recognise it later without keeping it.
+    pub digest: [u8; 32],
+}
+
+/// Why there is no usable key, said so that a person can fix it.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    pub reason: Reason,
+    pub message: String,
+    pub source: Arc<str>,
+}
+
+#[derive(Debug)]
+pub enum KeyState {
+    Ready(KeySnapshot),
+    Unavailable(Unavailable),
+}
+
+impl KeyState {
+    pub fn snapshot(&self) -> Option<&KeySnapshot> {
+        match self {
+            KeyState::Ready(s) => Some(s),
+            KeyState::Unavailable(_) => None,
+        }
+    }
+}
+
+/// The key cannot be put in a header (control characters, a line break...).
+#[derive(Debug, thiserror::Error)]
+#[error("the key from {source_desc} contains characters that cannot be sent in an HTTP header (control characters or line breaks)")]
+pub struct InvalidHeaderKey {
+    pub source_desc: String,
+}
+
+pub struct KeyStore {
+    state: ArcSwap<KeyState>,
+    generations: AtomicU64,
+}
+
+impl KeyStore {
+    /// A store with no key yet; `install` or `mark_unavailable` follow at startup.
+    pub fn new(source: &str) -> KeyStore {
+        KeyStore {
+            state: ArcSwap::from_pointee(KeyState::Unavailable(Unavailable {
+                reason: Reason::MissingKey,
+                message: format!("the key from {source} has not been loaded yet"),
+                source: source.into(),
+            })),
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    /// The current state: one atomic load. Hold the `Arc` for the whole request.
+    #[inline]
+    pub fn current(&self) -> Arc<KeyState> {
+        self.state.load_full()
+    }
+
+    /// Build the snapshot for `secret` and swap it in atomically. In-flight requests keep theirs.
+    pub fn install(
+        &self,
+        secret: &Secret,
+        auth_prefix: &str,
+        source: &str,
+    ) -> Result<Arc<KeyState>, InvalidHeaderKey> {
+        let key = secret.expose();
+        let mut value = Zeroizing::new(String::with_capacity(auth_prefix.len() + key.len()));
+        value.push_str(auth_prefix);
+        value.push_str(key);
+        let mut header = HeaderValue::from_str(&value).map_err(|_| InvalidHeaderKey {
+            source_desc: source.to_owned(),
+        })?;
+        header.set_sensitive(true);
+        let snapshot = KeySnapshot {
+            header,
+            fingerprint: Fingerprint::of(key),
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            source: source.into(),
+            loaded_at: SystemTime::now(),
+            digest: Sha256::digest(key.as_bytes()).into(),
+        };
+        let state = Arc::new(KeyState::Ready(snapshot));
+        self.state.store(Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// Record that there is no usable key (startup only: a failed rotation keeps the old key).
+    pub fn mark_unavailable(&self, why: Unavailable) {
+        self.state.store(Arc::new(KeyState::Unavailable(why)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_swaps_and_old_snapshots_live_on() {
+        let store = KeyStore::new("env X");
+        assert!(store.current().snapshot().is_none());
+        store
+            .install(
+                &Secret::new("sk-first-key-0000000001".into()),
+                "Bearer ",
+                "env X",
+            )
+            .unwrap();
+        let held = store.current();
+        store
+            .install(
+                &Secret::new("sk-second-key-000000002".into()),
+                "Bearer ",
+                "env X",
+            )
+            .unwrap();
+        let old = held.snapshot().unwrap();
+        let new = store.current();
+        let new = new.snapshot().unwrap();
+        assert_eq!(old.header, "Bearer sk-first-key-0000000001");
+        assert_eq!(old.generation, 1);
+        assert_eq!(new.header, "Bearer sk-second-key-000000002");
+        assert_eq!(new.generation, 2);
+        assert!(new.header.is_sensitive());
+        assert!(!format!("{new:?}").contains("second-key"));
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_a_header_is_refused_and_the_old_one_kept() {
+        let store = KeyStore::new("env X");
+        store
+            .install(&Secret::new("sk-good-key-00000000001".into()), "", "env X")
+            .unwrap();
+        let err = store
+            .install(&Secret::new("sk-bad\nkey".into()), "", "env X")
+            .unwrap_err();
+        assert!(err.to_string().contains("env X"));
+        assert_eq!(
+            store.current().snapshot().unwrap().header,
+            "sk-good-key-00000000001"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! keyproxy: a local proxy that holds LLM API keys, injects them upstream in each provider's scheme,
+//! hot-swaps them on rotation and explains auth failures. `main.rs` is the CLI; everything else lives here
+//! so integration tests and benchmarks drive the same code the binary runs.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod headers;
+pub mod key;
+pub mod proxy;
+pub mod reason;
+pub mod reply;
+pub mod route;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,174 @@
+//! The forwarding path, in the order a request travels: route -> key snapshot -> strip the client's
+//! credentials and inject ours -> forward -> stream the answer back -> log. Bodies are never buffered.
+
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param};
+use crate::key::store::Unavailable;
+use crate::key::{KeySnapshot, KeyState};
+use crate::reason::Reason;
+use crate::reply::{self, Body};
+use crate::route::{path_is_clean, Router};
+use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
+
+pub struct Proxy {
+    pub upstreams: Vec<Upstream>,
+    router: Router,
+}
+
+impl Proxy {
+    pub fn new(upstreams: Vec<Upstream>) -> Proxy {
+        let router = Router::new(upstreams.iter().map(|u| u.prefix.as_str()));
+        Proxy { upstreams, router }
+    }
+
+    /// One proxied request, start to finish. Never fails: every problem becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let uri = req.uri().clone();
+        if !path_is_clean(uri.path()) {
+            return reply::bad_request(
+                "the request path has '.' or '..' segments; keyproxy does not forward them",
+            );
+        }
+        let Some((index, rest)) = self.router.route(uri.path()) else {
+            return no_route(uri.path());
+        };
+        let upstream = &self.upstreams[index];
+        let key = upstream.key.current();
+        let snapshot = match &*key {
+            KeyState::Ready(snapshot) => snapshot,
+            KeyState::Unavailable(why) => return missing_key(upstream, why),
+        };
+        let method = req.method().clone();
+        let outgoing = match prepare(upstream, snapshot, req, rest, uri.query()) {
+            Ok(outgoing) => outgoing,
+            Err(e) => {
+                return reply::bad_request(&format!("cannot build the upstream request: {e}"))
+            }
+        };
+        let response = match forward(upstream, outgoing).await {
+            Ok(mut response) => {
+                drop_hop_by_hop(response.headers_mut());
+                response.map(Either::Left)
+            }
+            Err(failure) => failure.into_response(upstream),
+        };
+        tracing::info!(
+            %method,
+            upstream = %upstream.name,
+            path = uri.path(),
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            key = %snapshot.fingerprint,
+            generation = snapshot.generation,
+            "request"
+        );
+        response
+    }
+}
+
+/// Rewrite the client's request into the upstream's: URI, credentials, hop-by-hop headers.
+/// Generic over the body so it is the same code the benchmark measures.
+pub fn prepare<B>(
+    upstream: &Upstream,
+    snapshot: &KeySnapshot,
+    mut req: Request<B>,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Request<B>, http::Error> {
+    let query = query.map(strip_key_param);
+    *req.uri_mut() = upstream.uri(rest, query.as_deref())?;
+    // The pool picks HTTP/1.1 or HTTP/2 per connection (ALPN); the client's version is irrelevant.
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    drop_hop_by_hop(headers);
+    strip_client_credentials(headers, &upstream.auth_header);
+    headers.insert(upstream.auth_header.clone(), snapshot.header.clone());
+    if upstream.provider == Provider::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
+        headers.insert(ANTHROPIC_VERSION, ANTHROPIC_DEFAULT_VERSION);
+    }
+    Ok(req)
+}
+
+enum ForwardFailure {
+    Unreachable(hyper_util::client::legacy::Error),
+    Timeout(Duration),
+}
+
+async fn forward(
+    upstream: &Upstream,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, ForwardFailure> {
+    let timeout = upstream.response_header_timeout;
+    match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(ForwardFailure::Unreachable(e)),
+        Err(_) => Err(ForwardFailure::Timeout(timeout)),
+    }
+}
+
+impl ForwardFailure {
+    fn into_response(self, upstream: &Upstream) -> Response<Body> {
+        let (status, reason, message) = match self {
+            ForwardFailure::Unreachable(e) => (
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamUnreachable,
+                format!(
+                    "keyproxy could not get a response from upstream {} at {}: {}",
+                    upstream.name,
+                    upstream.authority(),
+                    error_chain(&e)
+                ),
+            ),
+            ForwardFailure::Timeout(after) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Reason::UpstreamTimeout,
+                format!(
+                    "upstream {} sent no response headers within {} (response_header_timeout)",
+                    upstream.name,
+                    humantime::format_duration(after)
+                ),
+            ),
+        };
+        tracing::warn!(upstream = %upstream.name, reason = %reason, "{message}");
+        reply::error(status, reason, &message)
+    }
+}
+
+fn missing_key(upstream: &Upstream, why: &Unavailable) -> Response<Body> {
+    let message = format!(
+        "keyproxy has no usable key for upstream {}: {}",
+        upstream.name, why.message
+    );
+    tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{message}");
+    reply::error(StatusCode::SERVICE_UNAVAILABLE, why.reason, &message)
+}
+
+fn no_route(path: &str) -> Response<Body> {
+    let shown: String = path.chars().take(200).collect();
+    reply::error(
+        StatusCode::NOT_FOUND,
+        Reason::NoRoute,
+        &format!("no upstream is configured for the path {shown:?}; check the prefixes in the keyproxy config"),
+    )
+}
+
+/// "error: cause: root cause", the way people need to read a connection failure.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}

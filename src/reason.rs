@@ -1,0 +1,105 @@
+//! The stable reason codes (a contract: header, JSON body, logs and metrics all use these exact strings).
+
+use std::fmt;
+
+/// Why a request failed, as far as keyproxy can tell. The snake_case strings never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingKey,
+    MalformedKey,
+    InvalidKey,
+    RevokedKey,
+    ExpiredKey,
+    WrongProviderKey,
+    OrgMismatch,
+    ProjectMismatch,
+    InsufficientPermissions,
+    IpNotAllowed,
+    AccountInactive,
+    RegionUnsupported,
+    QuotaExhausted,
+    RateLimited,
+    WrongEndpoint,
+    UnknownAuthError,
+    ClientUnauthorized,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    NoRoute,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::MissingKey,
+        Reason::MalformedKey,
+        Reason::InvalidKey,
+        Reason::RevokedKey,
+        Reason::ExpiredKey,
+        Reason::WrongProviderKey,
+        Reason::OrgMismatch,
+        Reason::ProjectMismatch,
+        Reason::InsufficientPermissions,
+        Reason::IpNotAllowed,
+        Reason::AccountInactive,
+        Reason::RegionUnsupported,
+        Reason::QuotaExhausted,
+        Reason::RateLimited,
+        Reason::WrongEndpoint,
+        Reason::UnknownAuthError,
+        Reason::ClientUnauthorized,
+        Reason::UpstreamUnreachable,
+        Reason::UpstreamTimeout,
+        Reason::NoRoute,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingKey => "missing_key",
+            Reason::MalformedKey => "malformed_key",
+            Reason::InvalidKey => "invalid_key",
+            Reason::RevokedKey => "revoked_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::WrongProviderKey => "wrong_provider_key",
+            Reason::OrgMismatch => "org_mismatch",
+            Reason::ProjectMismatch => "project_mismatch",
+            Reason::InsufficientPermissions => "insufficient_permissions",
+            Reason::IpNotAllowed => "ip_not_allowed",
+            Reason::AccountInactive => "account_inactive",
+            Reason::RegionUnsupported => "region_unsupported",
+            Reason::QuotaExhausted => "quota_exhausted",
+            Reason::RateLimited => "rate_limited",
+            Reason::WrongEndpoint => "wrong_endpoint",
+            Reason::UnknownAuthError => "unknown_auth_error",
+            Reason::ClientUnauthorized => "client_unauthorized",
+            Reason::UpstreamUnreachable => "upstream_unreachable",
+            Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::NoRoute => "no_route",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_snake_case() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert!(r
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        assert_eq!(Reason::parse("nope"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Listeners and lifecycle: bind the proxy and admin ports, load the keys, serve HTTP/1.1 and h2c,
+//! and on shutdown stop accepting and let in-flight requests and streams finish within the grace.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::proxy::Proxy;
+use crate::upstream::Upstream;
+use crate::{admin, client};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+}
+
+/// A bound, ready-to-run keyproxy.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Build the upstreams, load every key (a missing key is logged, not fatal) and bind both ports.
+    pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(Upstream::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let proxy = Arc::new(Proxy::new(upstreams));
+        for upstream in &proxy.upstreams {
+            match upstream.load_key().await {
+                Ok(()) => {
+                    let state = upstream.key.current();
+                    if let Some(s) = state.snapshot() {
+                        tracing::info!(upstream = %upstream.name, key = %s.fingerprint, source = %s.source, "key loaded");
+                    }
+                }
+                Err(message) => tracing::error!(
+                    upstream = %upstream.name,
+                    "NO USABLE KEY: {message}. Requests to this upstream get 503 missing_key and /readyz stays 503 until it is fixed."
+                ),
+            }
+        }
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, what, source })
+        };
+        Ok(Server {
+            proxy,
+            proxy_listener: bind(config.server.listen, "server.listen").await?,
+            admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
+            shutdown_grace: config.server.shutdown_grace,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_listener
+            .local_addr()
+            .unwrap_or(([0, 0, 0, 0], 0).into())
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(([0, 0, 0, 0], 0).into())
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serve until `shutdown` resolves, then drain for at most `shutdown_grace`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(addr = %self.proxy_addr(), "proxy listening");
+        tracing::info!(addr = %self.admin_addr(), "admin listening");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let proxy = Arc::clone(&self.proxy);
+        let proxy_service = service_fn(move |req: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+        });
+        let admin_proxy = Arc::clone(&self.proxy);
+        let admin_service = service_fn(move |req: Request<Incoming>| {
+            let proxy = Arc::clone(&admin_proxy);
+            async move { Ok::<_, Infallible>(admin::handle(&proxy, req).await) }
+        });
+        let grace = self.shutdown_grace;
+        let proxy_task = tokio::spawn(serve(
+            self.proxy_listener,
+            proxy_service,
+            stop_rx.clone(),
+            grace,
+        ));
+        let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, grace));
+        shutdown.await;
+        tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(proxy_task, admin_task);
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Accept connections until told to stop, then wait for open ones up to `grace`.
+async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed; closing the connections still open");
+    }
+}
