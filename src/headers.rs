@@ -42,15 +42,24 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Remove every credential the client sent (SDKs send dummy keys), plus `Host` so the upstream's
-/// own authority is used. `extra` is a generic upstream's custom auth header.
-pub fn strip_client_credentials(headers: &mut HeaderMap, extra: &HeaderName) {
+/// own authority is used. `extra`: custom auth headers of any configured generic upstream.
+pub fn strip_client_credentials(headers: &mut HeaderMap, extra: &[HeaderName]) {
     headers.remove(AUTHORIZATION);
     headers.remove(PROXY_AUTHORIZATION);
     for name in CREDENTIAL_HEADERS {
         headers.remove(name);
     }
-    headers.remove(extra);
+    for name in extra {
+        headers.remove(name);
+    }
     headers.remove(HOST);
+}
+
+/// True for headers `strip_client_credentials` always removes.
+pub fn is_standard_credential(name: &HeaderName) -> bool {
+    name == AUTHORIZATION
+        || name == PROXY_AUTHORIZATION
+        || CREDENTIAL_HEADERS.contains(&name.as_str())
 }
 
 /// The query without any `key=` parameter (Gemini's key-in-URL form). Borrowed when there is none.
@@ -108,7 +117,7 @@ mod tests {
             );
         }
         h.insert("openai-organization", HeaderValue::from_static("org-1"));
-        strip_client_credentials(&mut h, &HeaderName::from_static("x-custom-auth"));
+        strip_client_credentials(&mut h, &[HeaderName::from_static("x-custom-auth")]);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("openai-organization"));
     }

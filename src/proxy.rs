@@ -18,18 +18,37 @@ use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_V
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
     router: Router,
+    /// Custom auth headers of generic upstreams: a credential for any upstream is stripped everywhere.
+    custom_credentials: Vec<http::HeaderName>,
 }
 
 impl Proxy {
     pub fn new(upstreams: Vec<Upstream>) -> Proxy {
         let router = Router::new(upstreams.iter().map(|u| u.prefix.as_str()));
-        Proxy { upstreams, router }
+        let mut custom_credentials: Vec<http::HeaderName> = Vec::new();
+        for u in &upstreams {
+            let standard = crate::headers::is_standard_credential(&u.auth_header);
+            if !standard && !custom_credentials.contains(&u.auth_header) {
+                custom_credentials.push(u.auth_header.clone());
+            }
+        }
+        Proxy {
+            upstreams,
+            router,
+            custom_credentials,
+        }
     }
 
     /// One proxied request, start to finish. Never fails: every problem becomes a response.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let uri = req.uri().clone();
+        if req.method() == http::Method::CONNECT {
+            return reply::status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly",
+            );
+        }
         if !path_is_clean(uri.path()) {
             return reply::bad_request(
                 "the request path has '.' or '..' segments; keyproxy does not forward them",
@@ -45,7 +64,14 @@ impl Proxy {
             KeyState::Unavailable(why) => return missing_key(upstream, why),
         };
         let method = req.method().clone();
-        let outgoing = match prepare(upstream, snapshot, req, rest, uri.query()) {
+        let outgoing = match prepare(
+            upstream,
+            snapshot,
+            req,
+            rest,
+            uri.query(),
+            &self.custom_credentials,
+        ) {
             Ok(outgoing) => outgoing,
             Err(e) => {
                 return reply::bad_request(&format!("cannot build the upstream request: {e}"))
@@ -80,6 +106,7 @@ pub fn prepare<B>(
     mut req: Request<B>,
     rest: &str,
     query: Option<&str>,
+    custom_credentials: &[http::HeaderName],
 ) -> Result<Request<B>, http::Error> {
     let query = query.map(strip_key_param);
     *req.uri_mut() = upstream.uri(rest, query.as_deref())?;
@@ -87,7 +114,7 @@ pub fn prepare<B>(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     drop_hop_by_hop(headers);
-    strip_client_credentials(headers, &upstream.auth_header);
+    strip_client_credentials(headers, custom_credentials);
     headers.insert(upstream.auth_header.clone(), snapshot.header.clone());
     if upstream.provider == Provider::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
         headers.insert(ANTHROPIC_VERSION, ANTHROPIC_DEFAULT_VERSION);

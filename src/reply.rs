@@ -42,6 +42,16 @@ pub fn bad_request(message: &str) -> Response<Body> {
     json_error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
+/// Any other refusal of keyproxy's own that is not an auth problem.
+pub fn status(status: StatusCode, message: &str) -> Response<Body> {
+    let code = status
+        .canonical_reason()
+        .unwrap_or("error")
+        .to_ascii_lowercase()
+        .replace(' ', "_");
+    json_error(status, &code, message)
+}
+
 /// A small plain-text response (admin endpoints).
 pub fn text(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(text.into()));

@@ -15,7 +15,7 @@ impl Router {
             .enumerate()
             .map(|(i, p)| (p.to_owned(), i))
             .collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         Router { routes }
     }
 

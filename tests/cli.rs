@@ -1,0 +1,230 @@
+//! The real binary: `check` reports problems line by line and never prints a key; `run` drains an
+//! open stream on SIGTERM and exits 0; a bad config names file, line and field.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::channel::Channel;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::{oneshot, Mutex};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
+const KEY: &str = "sk-proj-CLItestKEYabcdefghijklmnopqrstu0001";
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let path = dir.join("keyproxy.toml");
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn check_passes_a_good_config_and_shows_only_a_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "key", KEY);
+    let config = write_config(
+        dir.path(),
+        &format!("[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = {{ file = \"{key}\" }}\n"),
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("✓ upstream openai"), "{stdout}");
+    assert!(stdout.contains("sk-proj-…0001:"), "{stdout}");
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains("CLItestKEY"), "the key leaked: {all}");
+}
+
+#[test]
+fn check_fails_with_one_line_per_missing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[upstreams]]\nname = \"a\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"KEYPROXY_CLI_TEST_UNSET\" }\n\
+         [[upstreams]]\nname = \"b\"\nprovider = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\nprefix = \"/anthropic\"\nkey = { file = \"/nonexistent/key\" }\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("KEYPROXY_CLI_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with('✗')).collect();
+    assert_eq!(problems.len(), 2, "{stdout}");
+    assert!(problems[0].contains("upstream a") && problems[0].contains("KEYPROXY_CLI_TEST_UNSET"));
+    assert!(problems[1].contains("upstream b") && problems[1].contains("/nonexistent/key"));
+}
+
+#[test]
+fn a_bad_config_names_file_line_and_field_for_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"X\" }\nconnect_timout = \"5s\"\n",
+    );
+    let want = format!("{}:9:1: upstreams[0].connect_timout", config.display());
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} succeeded");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains(&want), "{cmd}: {all}");
+        assert!(all.contains("unknown field"), "{cmd}: {all}");
+    }
+}
+
+#[test]
+fn config_defaults_to_the_env_var() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "this is not toml");
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("KEYPROXY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{}:1:", config.display())));
+}
+
+/// Reads the child's JSON log lines on a thread and hands them over one by one.
+fn log_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<serde_json::Value> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| serde_json::json!({ "message": line }));
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_log(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    message: &str,
+) -> serde_json::Value {
+    loop {
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no log line {message:?}"));
+        if line["message"] == message {
+            return line;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
+        let release_rx = release_rx.clone();
+        Box::pin(async move {
+            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
+            tokio::spawn(async move {
+                tx.send_data(Bytes::from_static(b"data: first\n\n"))
+                    .await
+                    .unwrap();
+                let rx = release_rx.lock().await.take().unwrap();
+                rx.await.unwrap();
+                tx.send_data(Bytes::from_static(b"data: last\n\n"))
+                    .await
+                    .unwrap();
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed())
+                .unwrap()
+        })
+    });
+    let upstream = serve_plain(handler).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"60s\"\n\
+             [[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://{upstream}\"\nkey = {{ env = \"OPENAI_API_KEY\" }}\n"
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("OPENAI_API_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = log_lines(child.stderr.take().unwrap());
+    let listening = wait_for_log(&logs, "proxy listening");
+    let addr = listening["addr"].as_str().unwrap().to_owned();
+
+    let req = Request::get(format!("http://{addr}/v1/chat/completions"))
+        .body(full(""))
+        .unwrap();
+    let resp = within("response headers", client().request(req))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = within("the first event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.data_ref().unwrap(),
+        &Bytes::from_static(b"data: first\n\n")
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_log(
+        &logs,
+        "shutting down: no new connections; draining in-flight requests",
+    );
+
+    release_tx.send(()).unwrap();
+    let rest = within("the rest of the stream", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"data: last\n\n");
+
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "keyproxy exits 0 after draining");
+    let mut all = Vec::new();
+    while let Ok(line) = logs.recv_timeout(std::time::Duration::from_secs(5)) {
+        all.push(line.to_string());
+    }
+    let all = all.join("\n");
+    assert!(all.contains("shutdown complete"), "{all}");
+    assert!(!all.contains("CLItestKEY"), "the key leaked into the log");
+}

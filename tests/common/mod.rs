@@ -1,0 +1,226 @@
+//! Test harness: an in-process stand-in provider, keyproxy itself on 127.0.0.1:0, and a real HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+
+use keyproxy::config::Config;
+use keyproxy::server::Server;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>;
+pub type Handler = Arc<dyn Fn(Request<Incoming>) -> HandlerFuture + Send + Sync>;
+
+/// Every test waits on signals, never on the clock; this deadline only turns a hang into a failure.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub async fn within<F: Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+/// What the stand-in provider saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An in-process stand-in for a provider. Records every request (with its body) it answers.
+pub struct StandIn {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    pub arrived: Arc<Notify>,
+}
+
+impl StandIn {
+    /// Answers every request with `200 {"ok":true}` after reading the whole body.
+    pub async fn ok() -> StandIn {
+        StandIn::recording(|_| (200, r#"{"ok":true}"#.to_string())).await
+    }
+
+    /// Reads each request's body fully, records it, answers with `(status, body)` from `answer`.
+    pub async fn recording(
+        answer: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
+    ) -> StandIn {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let arrived = Arc::new(Notify::new());
+        let answer = Arc::new(answer);
+        let (s, a) = (seen.clone(), arrived.clone());
+        let handler: Handler = Arc::new(move |req: Request<Incoming>| {
+            let (seen, arrived, answer) = (s.clone(), a.clone(), answer.clone());
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let record = Seen {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body,
+                };
+                let (status, text) = answer(&record);
+                seen.lock().unwrap().push(record);
+                arrived.notify_waiters();
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(full(text))
+                    .unwrap()
+            })
+        });
+        let addr = serve_plain(handler).await;
+        StandIn {
+            addr,
+            seen,
+            arrived,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Serve `handler` over plain HTTP/1.1 + h2c on 127.0.0.1:0.
+pub async fn serve_plain(handler: Handler) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// keyproxy running in this process on 127.0.0.1:0.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Start keyproxy from config text; `listen`/`admin_listen` are forced to 127.0.0.1:0.
+    pub async fn start(config_text: &str, dir: &Path) -> Proxy {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{config_text}"
+        );
+        let path = dir.join("keyproxy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let server = Server::bind(&config).await.unwrap();
+        let (addr, admin) = (server.proxy_addr(), server.admin_addr());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Proxy {
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("keyproxy to shut down", task).await.unwrap();
+        }
+    }
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2c_client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
+}
+
+/// Send a request and collect the response.
+pub async fn send(req: Request<TestBody>) -> (http::response::Parts, Bytes) {
+    let resp = within("a response", client().request(req)).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = within("the body", body.collect()).await.unwrap().to_bytes();
+    (parts, body)
+}
+
+pub async fn get(url: &str) -> (http::response::Parts, Bytes) {
+    send(Request::get(url).body(full("")).unwrap()).await
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Write `key` to a file in `dir` and return its path as TOML-ready text.
+pub fn key_file(dir: &Path, name: &str, key: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{key}\n")).unwrap();
+    p.display().to_string()
+}
