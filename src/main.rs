@@ -39,6 +39,14 @@ enum Command {
     Run(ConfigArg),
     /// Validate the config and every key source offline; exit non-zero on any problem.
     Check(ConfigArg),
+    /// Ask a running keyproxy's admin listener for /healthz (for container HEALTHCHECKs: no shell needed).
+    Health {
+        /// The admin base URL; defaults to `server.admin_listen` from the config.
+        #[arg(long)]
+        admin: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args.config)),
         Command::Check(args) => runtime.block_on(check(args.config)),
+        Command::Health { admin, config } => runtime.block_on(health(admin, config.config)),
     };
     match result {
         Ok(code) => code,
@@ -111,6 +120,34 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn health(admin: Option<String>, config: PathBuf) -> anyhow::Result<ExitCode> {
+    let base = match admin {
+        Some(url) => url,
+        None => {
+            let mut addr = Config::load(&config)?.server.admin_listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    let url = format!("{}/healthz", base.trim_end_matches('/'));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = client.get(url.parse().context("invalid --admin URL")?);
+    let response = tokio::time::timeout(std::time::Duration::from_secs(5), request)
+        .await
+        .with_context(|| format!("{url}: no answer within 5s"))?
+        .with_context(|| format!("{url}: request failed"))?;
+    if response.status().is_success() {
+        println!("healthy: {url}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("unhealthy: {url} answered {}", response.status());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).

@@ -1,6 +1,7 @@
 //! The forwarding path, in the order a request travels: route -> key snapshot -> strip the client's
 //! credentials and inject ours -> forward -> stream the answer back -> log. Bodies are never buffered.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Version};
@@ -42,65 +43,88 @@ impl Proxy {
     /// One proxied request, start to finish. Never fails: every problem becomes a response.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let uri = req.uri().clone();
-        if req.method() == http::Method::CONNECT {
-            return reply::status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly",
-            );
-        }
-        if !path_is_clean(uri.path()) {
-            return reply::bad_request(
-                "the request path has '.' or '..' segments; keyproxy does not forward them",
-            );
-        }
-        let Some((index, rest)) = self.router.route(uri.path()) else {
-            return no_route(uri.path());
-        };
-        let upstream = &self.upstreams[index];
-        let key = upstream.key.current();
-        let snapshot = match &*key {
-            KeyState::Ready(snapshot) => snapshot,
-            KeyState::Unavailable(why) => return missing_key(upstream, why),
-        };
         let method = req.method().clone();
-        let outgoing = match prepare(
-            upstream,
-            snapshot,
-            req,
-            rest,
-            uri.query(),
-            &self.custom_credentials,
-        ) {
-            Ok(outgoing) => outgoing,
-            Err(e) => {
-                return reply::bad_request(&format!("cannot build the upstream request: {e}"))
-            }
+        let uri = req.uri().clone();
+        let routed = match self.route(req) {
+            Ok(routed) => routed,
+            Err(refusal) => return *refusal,
         };
-        let response = match forward(upstream, outgoing).await {
+        let upstream = routed.upstream;
+        let response = match forward(upstream, routed.request).await {
             Ok(mut response) => {
                 drop_hop_by_hop(response.headers_mut());
                 response.map(Either::Left)
             }
             Err(failure) => failure.into_response(upstream),
         };
+        let key = routed.key.snapshot();
         tracing::info!(
             %method,
             upstream = %upstream.name,
             path = uri.path(),
             status = response.status().as_u16(),
             duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            key = %snapshot.fingerprint,
-            generation = snapshot.generation,
+            key = key.map(|k| k.fingerprint.as_str()),
+            generation = key.map(|k| k.generation),
             "request"
         );
         response
     }
+
+    /// The request phase: pick the upstream, take the key snapshot (one load) and rewrite the
+    /// request for the upstream; or the refusal to send back. No I/O, so the benchmark calls it too.
+    pub fn route<B>(&self, req: Request<B>) -> Result<Routed<'_, B>, Box<Response<Body>>> {
+        if req.method() == http::Method::CONNECT {
+            return Err(Box::new(reply::status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly",
+            )));
+        }
+        let uri = req.uri().clone();
+        if !path_is_clean(uri.path()) {
+            return Err(Box::new(reply::bad_request(
+                "the request path has '.' or '..' segments; keyproxy does not forward them",
+            )));
+        }
+        let Some((index, rest)) = self.router.route(uri.path()) else {
+            return Err(Box::new(no_route(uri.path())));
+        };
+        let upstream = &self.upstreams[index];
+        let key = upstream.key.current();
+        let snapshot = match &*key {
+            KeyState::Ready(snapshot) => snapshot,
+            KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
+        };
+        let request = prepare(
+            upstream,
+            snapshot,
+            req,
+            rest,
+            uri.query(),
+            &self.custom_credentials,
+        )
+        .map_err(|e| {
+            Box::new(reply::bad_request(&format!(
+                "cannot build the upstream request: {e}"
+            )))
+        })?;
+        Ok(Routed {
+            upstream,
+            key,
+            request,
+        })
+    }
+}
+
+/// A request ready for its upstream, with the key snapshot it was built from.
+pub struct Routed<'a, B> {
+    pub upstream: &'a Upstream,
+    pub key: Arc<KeyState>,
+    pub request: Request<B>,
 }
 
 /// Rewrite the client's request into the upstream's: URI, credentials, hop-by-hop headers.
-/// Generic over the body so it is the same code the benchmark measures.
-pub fn prepare<B>(
+fn prepare<B>(
     upstream: &Upstream,
     snapshot: &KeySnapshot,
     mut req: Request<B>,

@@ -228,3 +228,40 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     assert!(all.contains("shutdown complete"), "{all}");
     assert!(!all.contains("CLItestKEY"), "the key leaked into the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_asks_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = StandIn::ok().await;
+    let config = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{}\" }}\n",
+        provider.url(),
+        key_file(dir.path(), "key", KEY)
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let admin = proxy.admin_url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["health", "--admin", &admin])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    proxy.stop().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["health", "--admin", &format!("http://{closed}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t keyproxy .
+# Run:   docker run --rm -p 127.0.0.1:8787:8787 -e OPENAI_API_KEY \
+#          -v "$PWD/config/keyproxy.docker.toml:/etc/keyproxy/keyproxy.toml:ro" keyproxy
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, in their own layer: source edits don't rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
+ && echo 'fn main() {}' > benches/hot_path.rs \
+ && cargo build --release --locked \
+ && rm -rf src benches
+COPY src ./src
+COPY benches ./benches
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin keyproxy
+
+# distroless/cc: glibc, CA certificates, no shell, runs as uid 65532 ("nonroot").
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/keyproxy /usr/local/bin/keyproxy
+COPY config/keyproxy.docker.toml /etc/keyproxy/keyproxy.toml
+ENV KEYPROXY_CONFIG=/etc/keyproxy/keyproxy.toml
+USER 65532:65532
+EXPOSE 8787 8788
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/keyproxy", "health"]
+ENTRYPOINT ["/usr/local/bin/keyproxy"]
+CMD ["run"]
