@@ -63,7 +63,7 @@ impl Proxy {
             upstream = %upstream.name,
             path = uri.path(),
             status = response.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
             key = key.map(|k| k.fingerprint.as_str()),
             generation = key.map(|k| k.generation),
             "request"
