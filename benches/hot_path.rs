@@ -2,13 +2,17 @@
 //! stripping, header injection and URI rewrite, on a request shaped like an SDK's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::Request;
 
 use keyproxy::config::Config;
+use keyproxy::key::store::KeyMeta;
 use keyproxy::key::Secret;
+use keyproxy::metrics::Metrics;
 use keyproxy::proxy::Proxy;
 use keyproxy::upstream::Upstream;
 
@@ -29,17 +33,24 @@ key = { env = "UNUSED" }
 
 fn proxy() -> Proxy {
     let config = Config::parse(Path::new("bench.toml"), CONFIG).unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
     let upstreams: Vec<Upstream> = config
         .upstreams
         .iter()
-        .map(|u| Upstream::new(u).unwrap())
+        .map(|u| Upstream::new(u, &metrics).unwrap())
         .collect();
     for u in &upstreams {
         let key = Secret::new("sk-proj-BENCHbenchBENCHbenchBENCHbench0000".into());
-        u.key.install(&key, &u.auth_prefix, "bench").unwrap();
+        let meta = KeyMeta {
+            source: "bench".into(),
+            ..KeyMeta::default()
+        };
+        u.key.install(&key, &u.auth_prefix, meta).unwrap();
     }
-    Proxy::new(upstreams)
+    Proxy::new(upstreams, metrics)
 }
+
+const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000);
 
 fn sdk_request(path: &str) -> Request<()> {
     Request::post(path)
@@ -61,14 +72,14 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("route+key+rewrite (openai, root prefix)", |b| {
         b.iter_batched(
             || sdk_request("/v1/chat/completions"),
-            |req| proxy.route(req).ok().unwrap().request,
+            |req| proxy.route(req, PEER).ok().unwrap().request,
             BatchSize::SmallInput,
         )
     });
     c.bench_function("route+key+rewrite (anthropic, prefixed)", |b| {
         b.iter_batched(
             || sdk_request("/anthropic/v1/messages"),
-            |req| proxy.route(req).ok().unwrap().request,
+            |req| proxy.route(req, PEER).ok().unwrap().request,
             BatchSize::SmallInput,
         )
     });

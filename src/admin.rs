@@ -1,45 +1,331 @@
-//! The admin listener: `/healthz` (the process is up) and `/readyz` (every upstream has a usable key).
-//! Read-only endpoints need no token so probes and Prometheus can reach them.
+//! The admin listener: `GET /healthz /readyz /status /metrics` for people, probes and Prometheus (no
+//! token), and `POST /keys/{upstream}` to rotate a key, which always requires the admin token.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde::Serializer;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
-use crate::key::KeyState;
+use crate::key::expiry;
+use crate::key::rotation::{Refusal, Trigger};
+use crate::key::store::digest;
+use crate::key::{KeySource, Secret};
 use crate::proxy::Proxy;
 use crate::reply;
+use crate::upstream::Upstream;
 
-pub async fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-    }
-    match req.uri().path() {
-        "/healthz" => reply::text(StatusCode::OK, "ok\n"),
-        "/readyz" => readyz(proxy),
-        _ => reply::text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz or /readyz\n",
-        ),
+/// A key is a few hundred bytes at most; anything bigger is not a key.
+pub const MAX_KEY_BODY: usize = 4096;
+
+/// The admin token, kept only as a hash.
+pub enum AdminToken {
+    NotConfigured,
+    Unreadable(String),
+    Hash([u8; 32]),
+}
+
+impl AdminToken {
+    pub async fn load(source: Option<&KeySource>) -> AdminToken {
+        let Some(source) = source else {
+            return AdminToken::NotConfigured;
+        };
+        match source.read().await {
+            Ok(token)
+                if token.expose().trim().len() >= 16 && token.expose() == token.expose().trim() =>
+            {
+                AdminToken::Hash(digest(token.expose()))
+            }
+            Ok(_) => {
+                let why = format!("the admin token from {source} is shorter than 16 characters or has surrounding whitespace; admin mutations stay disabled");
+                tracing::error!("{why}");
+                AdminToken::Unreadable(why)
+            }
+            Err(e) => {
+                let why = format!(
+                    "the admin token could not be read: {e}; admin mutations stay disabled"
+                );
+                tracing::error!("{why}");
+                AdminToken::Unreadable(why)
+            }
+        }
     }
 }
 
-fn readyz(proxy: &Proxy) -> Response<Full<Bytes>> {
-    let mut problems = String::new();
-    for upstream in &proxy.upstreams {
-        if let KeyState::Unavailable(why) = &*upstream.key.current() {
-            problems.push_str(&format!(
-                "upstream {}: no usable key ({}): {}\n",
-                upstream.name, why.reason, why.message
-            ));
+pub struct Admin {
+    proxy: Arc<Proxy>,
+    token: AdminToken,
+    started_at: SystemTime,
+    started: Instant,
+}
+
+impl Admin {
+    pub fn new(proxy: Arc<Proxy>, token: AdminToken) -> Admin {
+        Admin {
+            proxy,
+            token,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
         }
     }
-    if problems.is_empty() {
-        reply::text(StatusCode::OK, "ready\n")
-    } else {
-        reply::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready\n{problems}"),
-        )
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        let read = req.method() == Method::GET || req.method() == Method::HEAD;
+        match (read, path.as_str()) {
+            (true, "/healthz") => reply::text(StatusCode::OK, "ok\n"),
+            (true, "/readyz") => self.readyz(),
+            (true, "/status") => json_response(StatusCode::OK, &self.status()),
+            (true, "/metrics") => {
+                let mut resp = reply::text(StatusCode::OK, self.proxy.metrics.render());
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            (false, p) if req.method() == Method::POST && p.starts_with("/keys/") => {
+                let name = p.trim_start_matches("/keys/").to_owned();
+                self.post_key(&name, req).await
+            }
+            (_, p) if p.starts_with("/keys/") => reply::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use POST with the new key as the body\n",
+            ),
+            (false, _) => reply::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+            _ => reply::text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz, /readyz, /status, /metrics or POST /keys/{upstream}\n",
+            ),
+        }
     }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let mut problems = String::new();
+        for upstream in &self.proxy.upstreams {
+            if let Some(why) = upstream.key_problem() {
+                problems.push_str(&format!(
+                    "upstream {}: no usable key ({}): {}\n",
+                    upstream.name, why.reason, why.message
+                ));
+            }
+        }
+        if problems.is_empty() {
+            reply::text(StatusCode::OK, "ready\n")
+        } else {
+            reply::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready\n{problems}"),
+            )
+        }
+    }
+
+    /// `POST /keys/{upstream}[?probe=true]`, body = the new key as text.
+    async fn post_key(&self, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(refused) = self.refuse_unauthorized(&req) {
+            return refused;
+        }
+        let Some(upstream) = self.proxy.upstream(name) else {
+            return admin_error(
+                StatusCode::NOT_FOUND,
+                "unknown_upstream",
+                &format!("no upstream named {name:?} is configured"),
+            );
+        };
+        let probe = req.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "probe=true" || p == "probe=1" || p == "probe")
+        });
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_KEY_BODY) {
+            return too_large();
+        }
+        let body = match Limited::new(req.into_body(), MAX_KEY_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Err(e) => {
+                return admin_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    &format!("could not read the request body: {e}"),
+                )
+            }
+        };
+        let Ok(text) = String::from_utf8(body.to_vec()) else {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                "not_utf8",
+                "the body must be the key as UTF-8 text",
+            );
+        };
+        let mut text = text;
+        if text.ends_with("\r\n") {
+            text.truncate(text.len() - 2);
+        } else if text.ends_with('\n') {
+            text.truncate(text.len() - 1);
+        }
+        let secret = Secret::new(text);
+        match upstream.rotate(secret, Trigger::Admin, probe).await {
+            Ok(done) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "upstream": &*upstream.name,
+                    "result": if done.changed { "applied" } else { "unchanged" },
+                    "fingerprint": done.fingerprint.as_str(),
+                    "generation": done.generation,
+                    "probed": probe || upstream.validate_on_rotate,
+                    "warnings": done.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
+                }),
+            ),
+            Err(refusal) => {
+                let status = match &refusal {
+                    Refusal::Probe { code, .. } if code == "probe_failed" => {
+                        StatusCode::BAD_GATEWAY
+                    }
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                let kept = upstream.key.current();
+                let kept = kept.snapshot().map(
+                    |k| json!({"fingerprint": k.fingerprint.as_str(), "generation": k.generation}),
+                );
+                json_response(
+                    status,
+                    &json!({
+                        "error": {"message": refusal.to_string(), "type": "key_rejected", "code": refusal.code()},
+                        "upstream": &*upstream.name,
+                        "kept": kept,
+                    }),
+                )
+            }
+        }
+    }
+
+    /// Admin mutations need `Authorization: Bearer <admin_token>`, compared in constant time.
+    /// `Some(refusal)` when the request may not proceed.
+    fn refuse_unauthorized<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let expected = match &self.token {
+            AdminToken::Hash(h) => h,
+            AdminToken::NotConfigured => {
+                return Some(admin_error(
+                    StatusCode::FORBIDDEN,
+                    "admin_disabled",
+                    "admin mutations are disabled: set [server] admin_token = { env = \"KEYPROXY_ADMIN_TOKEN\" } (or { file = \"PATH\" }) in the config, restart, and send Authorization: Bearer <token>",
+                ))
+            }
+            AdminToken::Unreadable(why) => {
+                return Some(admin_error(StatusCode::FORBIDDEN, "admin_disabled", why))
+            }
+        };
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| digest(t.trim()));
+        match presented {
+            Some(p) if bool::from(p.ct_eq(expected)) => None,
+            _ => {
+                let mut resp = admin_error(
+                    StatusCode::UNAUTHORIZED,
+                    "admin_unauthorized",
+                    "this needs Authorization: Bearer <admin token> (the value of [server] admin_token)",
+                );
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(resp)
+            }
+        }
+    }
+
+    /// The `/status` document: which key is live for each upstream, and its recent history.
+    pub fn status(&self) -> Value {
+        let now = SystemTime::now();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": rfc3339_string(self.started_at),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "upstreams": self.proxy.upstreams.iter().map(|u| upstream_status(u, now)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
+    let state = u.key.current();
+    let key = match state.snapshot() {
+        Some(k) => json!({
+            "usable": true,
+            "fingerprint": k.fingerprint.as_str(),
+            "generation": k.generation,
+            "source": &*k.source,
+            "loaded_at": rfc3339_string(k.loaded_at),
+            "age_seconds": now.duration_since(k.loaded_at).map(|d| d.as_secs()).unwrap_or(0),
+            "expires_at": k.expires_at.map(rfc3339_string),
+            "days_to_expiry": k.expires_at.map(|at| (expiry::days_left(at, now) * 10.0).round() / 10.0),
+            "warnings": k.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
+        }),
+        None => {
+            let why = u.key_problem();
+            json!({
+                "usable": false,
+                "source": u.key_source.to_string(),
+                "problem": why.map(|w| json!({"reason": w.reason.as_str(), "message": w.message})),
+            })
+        }
+    };
+    json!({
+        "name": &*u.name,
+        "provider": u.provider.as_str(),
+        "base_url": u.base_url.to_string(),
+        "prefix": u.prefix,
+        "key": key,
+        "last_rotation": u.last_attempt(),
+        "retired_keys": u.retired.load().iter().map(|r| json!({
+            "fingerprint": r.fingerprint.as_str(),
+            "generation": r.generation,
+            "retired_at": rfc3339_string(r.retired_at),
+        })).collect::<Vec<_>>(),
+        "client_credentials": u.metrics.credential_counts(),
+    })
+}
+
+fn too_large() -> Response<Full<Bytes>> {
+    admin_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the body must be just the key (at most {MAX_KEY_BODY} bytes)"),
+    )
+}
+
+fn admin_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": "admin_error", "code": code}}),
+    )
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn rfc3339_string(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// serde helper: a `SystemTime` as RFC 3339.
+pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_string(*t))
 }

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -11,7 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// What goes upstream: the client's body streamed through, or nothing (probes).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

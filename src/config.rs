@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::HeaderName;
 use http::Uri;
@@ -14,6 +14,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::key::lint::LintMode;
 use crate::key::source::KeySource;
 use crate::upstream::Provider;
 
@@ -30,6 +31,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub shutdown_grace: Duration,
+    /// Bearer token that admin mutations (POST /keys/...) require; none means they are refused.
+    pub admin_token: Option<KeySource>,
+    /// Fallback re-read of file and command key sources, for file events that never arrive.
+    pub key_reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +50,19 @@ pub struct UpstreamConfig {
     pub auth_prefix: Option<String>,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
+    pub expiry: ExpiryConfig,
+    pub validate_on_rotate: bool,
+    /// Path of the cheapest authenticated endpoint, for probes (generic upstreams).
+    pub probe_path: Option<String>,
+    pub lint: LintMode,
+}
+
+/// When the key expires: a fixed `expires_at`, or `max_age` counted from `issued_at` (or the load time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryConfig {
+    pub expires_at: Option<SystemTime>,
+    pub issued_at: Option<SystemTime>,
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +108,9 @@ struct RawServer {
     admin_listen: SocketAddr,
     #[serde(with = "duration")]
     shutdown_grace: Duration,
+    admin_token: Option<KeySource>,
+    #[serde(with = "duration")]
+    key_reload_interval: Duration,
 }
 
 impl Default for RawServer {
@@ -98,6 +119,8 @@ impl Default for RawServer {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
             shutdown_grace: Duration::from_secs(30),
+            admin_token: None,
+            key_reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -121,6 +144,18 @@ struct RawUpstream {
     connect_timeout: Duration,
     #[serde(default = "default_response_header_timeout", with = "duration")]
     response_header_timeout: Duration,
+    #[serde(default, with = "timestamp")]
+    expires_at: Option<SystemTime>,
+    #[serde(default, with = "timestamp")]
+    issued_at: Option<SystemTime>,
+    #[serde(default, with = "optional_duration")]
+    max_age: Option<Duration>,
+    #[serde(default)]
+    validate_on_rotate: bool,
+    #[serde(default)]
+    probe_path: Option<Spanned<String>>,
+    #[serde(default)]
+    lint: LintMode,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -144,6 +179,59 @@ mod duration {
             ))
         })
     }
+}
+
+mod optional_duration {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
+/// `"2027-11-27"` (midnight UTC) or RFC 3339 (`"2027-11-27T09:00:00Z"`, `"...+02:00"`).
+mod timestamp {
+    use serde::{Deserialize, Deserializer};
+    use std::time::SystemTime;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_timestamp(&text).map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
+            ))
+        })
+    }
+}
+
+/// Parse a date or an RFC 3339 timestamp with `Z` or a `+HH:MM` offset.
+pub fn parse_timestamp(text: &str) -> Result<SystemTime, String> {
+    let text = text.trim();
+    if text.len() == 10 {
+        return humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|e| e.to_string());
+    }
+    let (local, offset_secs) = match text
+        .len()
+        .checked_sub(6)
+        .and_then(|i| text.get(i..).map(|o| (i, o)))
+    {
+        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
+            let hours: u64 = o[1..3].parse().map_err(|_| "bad UTC offset".to_string())?;
+            let minutes: u64 = o[4..6].parse().map_err(|_| "bad UTC offset".to_string())?;
+            let secs = (hours * 3600 + minutes * 60) as i64;
+            (&text[..i], if o.starts_with('+') { secs } else { -secs })
+        }
+        _ => (text.trim_end_matches(['Z', 'z']), 0),
+    };
+    let utc_as_if = humantime::parse_rfc3339_weak(local).map_err(|e| e.to_string())?;
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    let t = if offset_secs >= 0 {
+        utc_as_if.checked_sub(shift)
+    } else {
+        utc_as_if.checked_add(shift)
+    };
+    t.ok_or_else(|| "out of range".to_string())
 }
 
 impl Config {
@@ -203,6 +291,8 @@ impl Config {
                 listen: raw.server.listen,
                 admin_listen: raw.server.admin_listen,
                 shutdown_grace: raw.server.shutdown_grace,
+                admin_token: raw.server.admin_token.map(|t| t.resolved(path)),
+                key_reload_interval: raw.server.key_reload_interval,
             },
             upstreams,
         })
@@ -272,6 +362,31 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         }
     }
     let key = up.key.resolved(ctx.path);
+    if up.expires_at.is_some() && up.max_age.is_some() {
+        return Err(ctx.error(
+            ctx.find_value(i, "max_age"),
+            field("max_age"),
+            "set either expires_at or max_age, not both",
+        ));
+    }
+    if up.issued_at.is_some() && up.max_age.is_none() {
+        return Err(ctx.error(
+            ctx.find_value(i, "issued_at"),
+            field("issued_at"),
+            "issued_at only counts with max_age; add max_age = \"365d\" or use expires_at",
+        ));
+    }
+    let probe_path = match &up.probe_path {
+        Some(p) if !p.get_ref().starts_with('/') => {
+            return Err(ctx.error(
+                p.span(),
+                field("probe_path"),
+                "probe_path must start with '/'",
+            ));
+        }
+        Some(p) => Some(p.get_ref().clone()),
+        None => None,
+    };
     Ok(UpstreamConfig {
         name: up.name.into_inner(),
         provider: up.provider,
@@ -283,6 +398,14 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         auth_prefix: up.auth_prefix.map(Spanned::into_inner),
         connect_timeout: up.connect_timeout,
         response_header_timeout: up.response_header_timeout,
+        expiry: ExpiryConfig {
+            expires_at: up.expires_at,
+            issued_at: up.issued_at,
+            max_age: up.max_age,
+        },
+        validate_on_rotate: up.validate_on_rotate,
+        probe_path,
+        lint: up.lint,
     })
 }
 
@@ -566,6 +689,66 @@ connect_timeout = "2s"
     fn no_upstreams_is_an_error() {
         let (_, _, field, _) = err("[server]\n");
         assert_eq!(field, "upstreams");
+    }
+
+    #[test]
+    fn lifecycle_fields() {
+        let text = r#"
+[server]
+admin_token = { env = "KEYPROXY_ADMIN_TOKEN" }
+key_reload_interval = "5s"
+
+[[upstreams]]
+name = "a"
+provider = "openai"
+base_url = "https://api.openai.com"
+key = { env = "A" }
+
+[[upstreams]]
+name = "b"
+provider = "anthropic"
+base_url = "https://api.anthropic.com"
+prefix = "/anthropic"
+key = { env = "B" }
+max_age = "365d"
+issued_at = "2026-01-01"
+validate_on_rotate = true
+lint = "warn"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(
+            c.server.admin_token,
+            Some(KeySource::Env("KEYPROXY_ADMIN_TOKEN".into()))
+        );
+        assert_eq!(c.server.key_reload_interval, Duration::from_secs(5));
+        let up = &c.upstreams[1];
+        assert_eq!(up.expiry.max_age, Some(Duration::from_secs(365 * 86400)));
+        assert_eq!(
+            up.expiry.issued_at,
+            Some(parse_timestamp("2026-01-01T00:00:00Z").unwrap())
+        );
+        assert!(up.validate_on_rotate);
+        assert_eq!(up.lint, LintMode::Warn);
+        let (_, _, field, _) =
+            err(&GOOD.replace("connect_timeout = \"2s\"", "expires_at = \"2027-13-01\""));
+        assert_eq!(field, "upstreams[1].expires_at");
+        let (_, _, field, _) = err(&GOOD.replace(
+            "connect_timeout = \"2s\"",
+            "expires_at = \"2027-01-01\"\nmax_age = \"1d\"",
+        ));
+        assert_eq!(field, "upstreams[1].max_age");
+    }
+
+    #[test]
+    fn timestamps_with_offsets() {
+        let z = parse_timestamp("2027-11-27T09:00:00Z").unwrap();
+        assert_eq!(parse_timestamp("2027-11-27T11:00:00+02:00").unwrap(), z);
+        assert_eq!(parse_timestamp("2027-11-27T04:00:00-05:00").unwrap(), z);
+        assert_eq!(
+            parse_timestamp("2027-11-27").unwrap() + Duration::from_secs(9 * 3600),
+            z
+        );
+        assert!(parse_timestamp("tomorrow").is_err());
     }
 
     #[test]

@@ -2,15 +2,27 @@
 //! Parsing arguments and building the runtime is all that happens here.
 #![forbid(unsafe_code)]
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use tokio::signal::unix::{signal, SignalKind};
 
 use keyproxy::config::Config;
+use keyproxy::key::lint::{self, Severity};
+use keyproxy::key::rotation::Trigger;
+use keyproxy::key::{expiry, Fingerprint, KeySource, Secret};
+use keyproxy::metrics::Metrics;
+use keyproxy::probe::ProbeOutcome;
 use keyproxy::server::Server;
 use keyproxy::telemetry::{self, LogFormat};
+use keyproxy::upstream::Upstream;
 
 #[derive(Parser)]
 #[command(
@@ -37,8 +49,38 @@ struct ConfigArg {
 enum Command {
     /// Run the proxy.
     Run(ConfigArg),
-    /// Validate the config and every key source offline; exit non-zero on any problem.
-    Check(ConfigArg),
+    /// Validate the config and every key (presence, lint, expiry) offline; exit non-zero on any problem.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also ask each provider whether it accepts the key (one cheap authenticated request each).
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Rotate an upstream's key in a running keyproxy, through its admin API.
+    Rotate {
+        /// The upstream whose key to replace.
+        #[arg(long)]
+        upstream: String,
+        /// Read the new key from this file.
+        #[arg(
+            long,
+            conflicts_with = "key_stdin",
+            required_unless_present = "key_stdin"
+        )]
+        key_file: Option<PathBuf>,
+        /// Read the new key from standard input.
+        #[arg(long)]
+        key_stdin: bool,
+        /// The admin base URL; defaults to `server.admin_listen` from the config.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Have keyproxy ask the provider to accept the key before swapping it in.
+        #[arg(long)]
+        probe: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Ask a running keyproxy's admin listener for /healthz (for container HEALTHCHECKs: no shell needed).
     Health {
         /// The admin base URL; defaults to `server.admin_listen` from the config.
@@ -64,7 +106,15 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args.config)),
-        Command::Check(args) => runtime.block_on(check(args.config)),
+        Command::Check { config, probe } => runtime.block_on(check(config.config, probe)),
+        Command::Rotate {
+            upstream,
+            key_file,
+            key_stdin: _,
+            admin,
+            probe,
+            config,
+        } => runtime.block_on(rotate(upstream, key_file, admin, probe, config.config)),
         Command::Health { admin, config } => runtime.block_on(health(admin, config.config)),
     };
     match result {
@@ -81,11 +131,23 @@ async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let server = Server::bind(&config)
         .await
         .context("keyproxy cannot start")?;
+    let proxy = Arc::clone(server.proxy());
+    let sighup = tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: re-reading every key source");
+            proxy.reload_all(Trigger::Sighup, true).await;
+        }
+    });
     server.run(shutdown_signal()).await;
+    sighup.abort();
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+/// `keyproxy check`: a checklist, one ✓/⚠/✗ line per item; non-zero exit on any ✗.
+async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
@@ -94,44 +156,184 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
         }
     };
     println!("✓ config: {}", path.display());
-    let mut problems = 0;
-    for up in &config.upstreams {
-        match up.key.read().await {
-            Ok(secret) => {
-                if http::HeaderValue::from_str(secret.expose()).is_err() {
-                    problems += 1;
-                    println!(
-                        "✗ upstream {}: the key from {} contains characters that cannot be sent in an HTTP header",
-                        up.name, up.key
-                    );
+    let metrics = Metrics::new()?;
+    let mut failed = false;
+    let now = SystemTime::now();
+    for cfg in &config.upstreams {
+        let name = &cfg.name;
+        let upstream = Upstream::new(cfg, &metrics)?;
+        let secret = match cfg.key.read().await {
+            Ok(secret) => secret,
+            Err(e) => {
+                failed = true;
+                println!("✗ {name}: key: {e}");
+                continue;
+            }
+        };
+        println!(
+            "✓ {name}: key present ({}): {}",
+            cfg.key,
+            Fingerprint::of(secret.expose())
+        );
+        let source = cfg.key.to_string();
+        let findings = lint::lint(
+            secret.expose(),
+            cfg.provider,
+            upstream.host(),
+            &source,
+            cfg.lint,
+        );
+        if findings.is_empty() {
+            println!("✓ {name}: lint: no copy/paste mistakes found");
+        }
+        for f in &findings {
+            let mark = if f.severity == Severity::Error {
+                "✗"
+            } else {
+                "⚠"
+            };
+            failed |= f.severity == Severity::Error;
+            println!("{mark} {name}: lint {}: {}", f.code, f.message);
+        }
+        match expiry::expires_at(&cfg.expiry, true, now) {
+            None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
+            Some(at) => {
+                let days = expiry::days_left(at, now);
+                let when = expiry::describe(at, now);
+                if days < 0.0 {
+                    failed = true;
+                    println!("✗ {name}: expiry: the key expired {when}");
+                } else if days < 30.0 {
+                    println!("⚠ {name}: expiry: the key expires {when}");
                 } else {
-                    let fp = keyproxy::key::Fingerprint::of(secret.expose());
-                    println!("✓ upstream {}: key {fp} from {}", up.name, up.key);
+                    println!("✓ {name}: expiry: {when}");
                 }
             }
-            Err(e) => {
-                problems += 1;
-                println!("✗ upstream {}: key: {e}", up.name);
+        }
+        if probe && lint::first_error(&findings).is_none() {
+            let header =
+                keyproxy::key::store::header_value(&secret, &upstream.auth_prefix, &source)?;
+            match keyproxy::probe::probe(&upstream, &header).await {
+                ProbeOutcome::Accepted { status } => {
+                    println!("✓ {name}: probe: the provider accepts the key ({status})")
+                }
+                ProbeOutcome::Refused {
+                    reason, message, ..
+                } => {
+                    failed = true;
+                    println!("✗ {name}: probe: {reason}: {message}");
+                }
+                ProbeOutcome::Failed { message } => {
+                    failed = true;
+                    println!("✗ {name}: probe: {message}");
+                }
             }
         }
     }
-    Ok(if problems == 0 {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
+}
+
+/// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
+async fn rotate(
+    upstream: String,
+    key_file: Option<PathBuf>,
+    admin: Option<String>,
+    probe: bool,
+    config_path: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let key = match key_file {
+        Some(path) => KeySource::File(path).read().await?,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the key from standard input")?;
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            Secret::new(text)
+        }
+    };
+    let config = if admin.is_none() || std::env::var_os("KEYPROXY_ADMIN_TOKEN").is_none() {
+        Some(Config::load(&config_path)?)
+    } else {
+        None
+    };
+    let base = match (admin, &config) {
+        (Some(url), _) => url,
+        (None, Some(c)) => admin_base(c.server.admin_listen),
+        (None, None) => anyhow::bail!("give --admin URL or a config"),
+    };
+    let token = match std::env::var("KEYPROXY_ADMIN_TOKEN") {
+        Ok(t) => Secret::new(t),
+        Err(_) => match config.as_ref().and_then(|c| c.server.admin_token.as_ref()) {
+            Some(source) => source.read().await.context("cannot read the admin token")?,
+            None => anyhow::bail!(
+                "no admin token: set KEYPROXY_ADMIN_TOKEN, or [server] admin_token in the config"
+            ),
+        },
+    };
+    let url = format!(
+        "{}/keys/{upstream}{}",
+        base.trim_end_matches('/'),
+        if probe { "?probe=true" } else { "" }
+    );
+    let mut request = http::Request::post(url.as_str())
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(key.expose().to_owned())))
+        .context("invalid --admin URL")?;
+    let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .context("the admin token cannot be sent in a header")?;
+    auth.set_sensitive(true);
+    request
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, auth);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.request(request))
+            .await
+            .with_context(|| format!("{url}: no answer within 60s"))?
+            .with_context(|| format!("{url}: request failed"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        println!(
+            "✓ {upstream}: {} {} (generation {})",
+            v["result"].as_str().unwrap_or("applied"),
+            v["fingerprint"].as_str().unwrap_or("?"),
+            v["generation"]
+        );
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            println!("⚠ {upstream}: {}", w["message"].as_str().unwrap_or(""));
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        println!("✗ {upstream}: {status}: {message}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn admin_base(mut addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
 }
 
 async fn health(admin: Option<String>, config: PathBuf) -> anyhow::Result<ExitCode> {
     let base = match admin {
         Some(url) => url,
-        None => {
-            let mut addr = Config::load(&config)?.server.admin_listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            format!("http://{addr}")
-        }
+        None => admin_base(Config::load(&config)?.server.admin_listen),
     };
     let url = format!("{}/healthz", base.trim_end_matches('/'));
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

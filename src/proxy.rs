@@ -1,6 +1,7 @@
 //! The forwarding path, in the order a request travels: route -> key snapshot -> strip the client's
 //! credentials and inject ours -> forward -> stream the answer back -> log. Bodies are never buffered.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,9 +9,12 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::client::UpstreamBody;
 use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param};
+use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
+use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::reply::{self, Body};
 use crate::route::{path_is_clean, Router};
@@ -18,13 +22,14 @@ use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_V
 
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
+    pub metrics: Arc<Metrics>,
     router: Router,
     /// Custom auth headers of generic upstreams: a credential for any upstream is stripped everywhere.
     custom_credentials: Vec<http::HeaderName>,
 }
 
 impl Proxy {
-    pub fn new(upstreams: Vec<Upstream>) -> Proxy {
+    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>) -> Proxy {
         let router = Router::new(upstreams.iter().map(|u| u.prefix.as_str()));
         let mut custom_credentials: Vec<http::HeaderName> = Vec::new();
         for u in &upstreams {
@@ -35,22 +40,34 @@ impl Proxy {
         }
         Proxy {
             upstreams,
+            metrics,
             router,
             custom_credentials,
         }
     }
 
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// Re-read every key source (SIGHUP: `force`; file events and the periodic re-read: not).
+    pub async fn reload_all(&self, trigger: Trigger, force: bool) {
+        for upstream in &self.upstreams {
+            upstream.reload(trigger, force).await;
+        }
+    }
+
     /// One proxied request, start to finish. Never fails: every problem becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let routed = match self.route(req) {
+        let routed = match self.route(req, peer) {
             Ok(routed) => routed,
             Err(refusal) => return *refusal,
         };
         let upstream = routed.upstream;
-        let response = match forward(upstream, routed.request).await {
+        let response = match forward(upstream, routed.request.map(Either::Left)).await {
             Ok(mut response) => {
                 drop_hop_by_hop(response.headers_mut());
                 response.map(Either::Left)
@@ -73,7 +90,11 @@ impl Proxy {
 
     /// The request phase: pick the upstream, take the key snapshot (one load) and rewrite the
     /// request for the upstream; or the refusal to send back. No I/O, so the benchmark calls it too.
-    pub fn route<B>(&self, req: Request<B>) -> Result<Routed<'_, B>, Box<Response<Body>>> {
+    pub fn route<B>(
+        &self,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Result<Routed<'_, B>, Box<Response<Body>>> {
         if req.method() == http::Method::CONNECT {
             return Err(Box::new(reply::status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -95,6 +116,13 @@ impl Proxy {
             KeyState::Ready(snapshot) => snapshot,
             KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
         };
+        upstream.observe_client_credential(
+            req.headers(),
+            uri.query(),
+            &self.custom_credentials,
+            peer,
+            snapshot,
+        );
         let request = prepare(
             upstream,
             snapshot,
@@ -153,7 +181,7 @@ enum ForwardFailure {
 
 async fn forward(
     upstream: &Upstream,
-    req: Request<Incoming>,
+    req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ForwardFailure> {
     let timeout = upstream.response_header_timeout;
     match tokio::time::timeout(timeout, upstream.client.request(req)).await {

@@ -16,10 +16,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::{Admin, AdminToken};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
-use crate::{admin, client};
+use crate::{client, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -31,39 +33,40 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A bound, ready-to-run keyproxy.
 pub struct Server {
     proxy: Arc<Proxy>,
+    admin: Arc<Admin>,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown_grace: Duration,
+    key_reload_interval: Duration,
 }
 
+/// How often expiry is re-checked; warnings are at day granularity.
+const EXPIRY_CHECK: Duration = Duration::from_secs(3600);
+
 impl Server {
-    /// Build the upstreams, load every key (a missing key is logged, not fatal) and bind both ports.
+    /// Build the upstreams, load and lint every key (a missing or bad key is logged, not fatal) and
+    /// bind both ports.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        let metrics = Arc::new(Metrics::new()?);
         let upstreams = config
             .upstreams
             .iter()
-            .map(Upstream::new)
+            .map(|u| Upstream::new(u, &metrics))
             .collect::<Result<Vec<_>, _>>()?;
-        let proxy = Arc::new(Proxy::new(upstreams));
+        let proxy = Arc::new(Proxy::new(upstreams, metrics));
         for upstream in &proxy.upstreams {
-            match upstream.load_key().await {
-                Ok(()) => {
-                    let state = upstream.key.current();
-                    if let Some(s) = state.snapshot() {
-                        tracing::info!(upstream = %upstream.name, key = %s.fingerprint, source = %s.source, "key loaded");
-                    }
-                }
-                Err(message) => tracing::error!(
-                    upstream = %upstream.name,
-                    "NO USABLE KEY: {message}. Requests to this upstream get 503 missing_key and /readyz stays 503 until it is fixed."
-                ),
-            }
+            // Failures are logged and recorded by the upstream; the proxy starts regardless.
+            let _ = upstream.load_initial().await;
         }
+        let token = AdminToken::load(config.server.admin_token.as_ref()).await;
+        let admin = Arc::new(Admin::new(Arc::clone(&proxy), token));
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -71,9 +74,11 @@ impl Server {
         };
         Ok(Server {
             proxy,
+            admin,
             proxy_listener: bind(config.server.listen, "server.listen").await?,
             admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
+            key_reload_interval: config.server.key_reload_interval,
         })
     }
 
@@ -97,17 +102,25 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.proxy_addr(), "proxy listening");
         tracing::info!(addr = %self.admin_addr(), "admin listening");
+        let watcher = key::watch::spawn(Arc::clone(&self.proxy), self.key_reload_interval);
+        let expiry = tokio::spawn(check_expiry(Arc::clone(&self.proxy)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let proxy = Arc::clone(&self.proxy);
-        let proxy_service = service_fn(move |req: Request<Incoming>| {
+        let proxy_service = move |peer: SocketAddr| {
             let proxy = Arc::clone(&proxy);
-            async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-        });
-        let admin_proxy = Arc::clone(&self.proxy);
-        let admin_service = service_fn(move |req: Request<Incoming>| {
-            let proxy = Arc::clone(&admin_proxy);
-            async move { Ok::<_, Infallible>(admin::handle(&proxy, req).await) }
-        });
+            service_fn(move |req: Request<Incoming>| {
+                let proxy = Arc::clone(&proxy);
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            })
+        };
+        let admin = Arc::clone(&self.admin);
+        let admin_service = move |_peer: SocketAddr| {
+            let admin = Arc::clone(&admin);
+            service_fn(move |req: Request<Incoming>| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            })
+        };
         let grace = self.shutdown_grace;
         let proxy_task = tokio::spawn(serve(
             self.proxy_listener,
@@ -118,21 +131,34 @@ impl Server {
         let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, grace));
         shutdown.await;
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
+        watcher.abort();
+        expiry.abort();
         let _ = stop_tx.send(true);
         let _ = tokio::join!(proxy_task, admin_task);
         tracing::info!("shutdown complete");
     }
 }
 
+async fn check_expiry(proxy: Arc<Proxy>) {
+    let mut every = tokio::time::interval(EXPIRY_CHECK);
+    loop {
+        every.tick().await;
+        let now = std::time::SystemTime::now();
+        for upstream in &proxy.upstreams {
+            upstream.check_expiry(now);
+        }
+    }
+}
+
 /// Accept connections until told to stop, then wait for open ones up to `grace`.
-async fn serve<S, B>(
+async fn serve<M, S, B>(
     listener: TcpListener,
-    service: S,
+    make_service: M,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) where
+    M: Fn(SocketAddr) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -157,7 +183,7 @@ async fn serve<S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer));
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

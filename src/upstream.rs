@@ -1,7 +1,7 @@
 //! An upstream at run time: where it lives, how its provider wants the key, its key store and its
 //! connection pool. Built once from the config; requests only read it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -9,11 +9,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
+use arc_swap::ArcSwap;
+
 use crate::client::{self, HttpClient};
-use crate::config::UpstreamConfig;
-use crate::key::store::Unavailable;
+use crate::config::{ExpiryConfig, UpstreamConfig};
+use crate::key::lint::LintMode;
+use crate::key::rotation::{Attempt, RetiredKey};
 use crate::key::{KeySource, KeyStore};
-use crate::reason::Reason;
+use crate::metrics::{Metrics, UpstreamMetrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,6 +57,7 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub provider: Provider,
     pub prefix: String,
+    pub base_url: Uri,
     scheme: Scheme,
     authority: Authority,
     /// The base URL's path without a trailing `/` (empty for the host root).
@@ -64,10 +68,32 @@ pub struct Upstream {
     pub key: KeyStore,
     pub client: HttpClient,
     pub response_header_timeout: Duration,
+    pub expiry: ExpiryConfig,
+    pub validate_on_rotate: bool,
+    pub probe_path: Option<String>,
+    pub lint: LintMode,
+    pub metrics: UpstreamMetrics,
+    /// Keys rotated out, newest first; read lock-free on the request path.
+    pub retired: ArcSwap<Vec<RetiredKey>>,
+    /// Rotation bookkeeping; never touched by requests.
+    pub lifecycle: Mutex<Lifecycle>,
+    /// One rotation at a time per upstream (a probe may be in flight).
+    pub rotating: tokio::sync::Mutex<()>,
+}
+
+/// What the key lifecycle remembers between rotations.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    pub last_attempt: Option<Attempt>,
+    /// Digest of what the source held when last read: a re-read only rotates when the source changed,
+    /// so a key set through the admin API is not undone by an unchanged file.
+    pub last_source_digest: Option<[u8; 32]>,
+    /// (generation, threshold) of the last expiry warning, so each is logged once.
+    pub expiry_warned: Option<(u64, u32)>,
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, client::ClientError> {
+    pub fn new(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, client::ClientError> {
         let (default_header, default_prefix) = cfg.provider.default_scheme();
         let parts = cfg.base_url.clone().into_parts();
         let base_path = parts
@@ -80,6 +106,7 @@ impl Upstream {
             name: cfg.name.as_str().into(),
             provider: cfg.provider,
             prefix: cfg.prefix.clone(),
+            base_url: cfg.base_url.clone(),
             scheme: parts.scheme.unwrap_or(Scheme::HTTPS),
             authority: parts
                 .authority
@@ -94,7 +121,20 @@ impl Upstream {
             key: KeyStore::new(&source),
             client: client::build(cfg)?,
             response_header_timeout: cfg.response_header_timeout,
+            expiry: cfg.expiry.clone(),
+            validate_on_rotate: cfg.validate_on_rotate,
+            probe_path: cfg.probe_path.clone(),
+            lint: cfg.lint,
+            metrics: metrics.upstream(&cfg.name),
+            retired: ArcSwap::from_pointee(Vec::new()),
+            lifecycle: Mutex::new(Lifecycle::default()),
+            rotating: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The upstream's host, for lint (another provider's key is fine on that provider's host).
+    pub fn host(&self) -> &str {
+        self.authority.host()
     }
 
     pub fn authority(&self) -> &Authority {
@@ -118,28 +158,6 @@ impl Upstream {
             .path_and_query(PathAndQuery::from_maybe_shared(pq)?)
             .build()
     }
-
-    /// Read the key from its source and swap it in; on failure the store says why.
-    /// Returns the error text when the key could not be used.
-    pub async fn load_key(&self) -> Result<(), String> {
-        let source = self.key_source.to_string();
-        let result = match self.key_source.read().await {
-            Ok(secret) => self
-                .key
-                .install(&secret, &self.auth_prefix, &source)
-                .map(|_| ())
-                .map_err(|e| (Reason::MalformedKey, e.to_string())),
-            Err(e) => Err((Reason::MissingKey, e.to_string())),
-        };
-        result.map_err(|(reason, message)| {
-            self.key.mark_unavailable(Unavailable {
-                reason,
-                message: message.clone(),
-                source: source.into(),
-            });
-            message
-        })
-    }
 }
 
 #[cfg(test)]
@@ -153,7 +171,7 @@ mod tests {
             "[[upstreams]]\nname = \"u\"\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nkey = {{ env = \"X\" }}\n"
         );
         let cfg = Config::parse(Path::new("k.toml"), &text).unwrap();
-        Upstream::new(&cfg.upstreams[0]).unwrap()
+        Upstream::new(&cfg.upstreams[0], &Metrics::new().unwrap()).unwrap()
     }
 
     #[test]

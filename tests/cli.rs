@@ -17,7 +17,11 @@ use hyper::body::Incoming;
 use tokio::sync::{oneshot, Mutex};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
-const KEY: &str = "sk-proj-CLItestKEYabcdefghijklmnopqrstu0001";
+fn key() -> String {
+    let mut k = openai_key("CLItestKEY");
+    k.replace_range(k.len() - 4.., "0001");
+    k
+}
 
 fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("keyproxy.toml");
@@ -28,7 +32,7 @@ fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
 #[test]
 fn check_passes_a_good_config_and_shows_only_a_fingerprint() {
     let dir = tempfile::tempdir().unwrap();
-    let key = key_file(dir.path(), "key", KEY);
+    let key = key_file(dir.path(), "key", &key());
     let config = write_config(
         dir.path(),
         &format!("[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = {{ file = \"{key}\" }}\n"),
@@ -40,7 +44,8 @@ fn check_passes_a_good_config_and_shows_only_a_fingerprint() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("✓ upstream openai"), "{stdout}");
+    assert!(stdout.contains("✓ openai: key present"), "{stdout}");
+    assert!(stdout.contains("✓ openai: lint"), "{stdout}");
     assert!(stdout.contains("sk-proj-…0001:"), "{stdout}");
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(!all.contains("CLItestKEY"), "the key leaked: {all}");
@@ -64,8 +69,8 @@ fn check_fails_with_one_line_per_missing_key() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with('✗')).collect();
     assert_eq!(problems.len(), 2, "{stdout}");
-    assert!(problems[0].contains("upstream a") && problems[0].contains("KEYPROXY_CLI_TEST_UNSET"));
-    assert!(problems[1].contains("upstream b") && problems[1].contains("/nonexistent/key"));
+    assert!(problems[0].starts_with("✗ a: key") && problems[0].contains("KEYPROXY_CLI_TEST_UNSET"));
+    assert!(problems[1].starts_with("✗ b: key") && problems[1].contains("/nonexistent/key"));
 }
 
 #[test]
@@ -172,7 +177,7 @@ async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
     let mut child = Command::new(BIN)
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
-        .env("OPENAI_API_KEY", KEY)
+        .env("OPENAI_API_KEY", key())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -236,7 +241,7 @@ async fn health_asks_the_admin_listener() {
     let config = format!(
         "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{}\" }}\n",
         provider.url(),
-        key_file(dir.path(), "key", KEY)
+        key_file(dir.path(), "key", &key())
     );
     let proxy = Proxy::start(&config, dir.path()).await;
     let admin = proxy.admin_url("");

@@ -7,11 +7,23 @@ mod common;
 use common::*;
 use http::Request;
 
-const OPENAI_KEY: &str = "sk-proj-TESTkeyOPENAI0000000000000000000001";
-const ANTHROPIC_KEY: &str = "sk-ant-api03-TESTkeyANTHROPIC000000000000000002";
-const AZURE_KEY: &str = "0123456789abcdef0123456789abcde3";
-const GEMINI_KEY: &str = "AIzaTESTkeyGEMINI0000000000000000000004";
 const GENERIC_KEY: &str = "gen-TESTkeyGENERIC00000000000000000005";
+
+struct Keys {
+    openai: String,
+    anthropic: String,
+    azure: String,
+    gemini: String,
+}
+
+fn keys() -> Keys {
+    Keys {
+        openai: openai_key("TESTkeyOPENAI"),
+        anthropic: anthropic_key("TESTkeyANTHROPIC"),
+        azure: azure_key("abcdef0123"),
+        gemini: gemini_key("TESTkeyGEMINI"),
+    }
+}
 
 fn five_upstreams(dir: &std::path::Path, base: &str) -> String {
     format!(
@@ -52,10 +64,10 @@ key = {{ file = "{}" }}
 auth_header = "x-custom-key"
 auth_prefix = "Token "
 "#,
-        key_file(dir, "openai", OPENAI_KEY),
-        key_file(dir, "anthropic", ANTHROPIC_KEY),
-        key_file(dir, "azure", AZURE_KEY),
-        key_file(dir, "gemini", GEMINI_KEY),
+        key_file(dir, "openai", &keys().openai),
+        key_file(dir, "anthropic", &keys().anthropic),
+        key_file(dir, "azure", &keys().azure),
+        key_file(dir, "gemini", &keys().gemini),
         key_file(dir, "generic", GENERIC_KEY),
     )
 }
@@ -87,25 +99,25 @@ async fn each_provider_gets_its_own_scheme_and_nothing_of_the_clients() {
             "/v1/chat/completions?stream=false",
             "/p-openai/v1/chat/completions?stream=false",
             "authorization",
-            format!("Bearer {OPENAI_KEY}"),
+            format!("Bearer {}", keys().openai),
         ),
         (
             "/anthropic/v1/messages",
             "/p-anthropic/v1/messages",
             "x-api-key",
-            ANTHROPIC_KEY.to_string(),
+            keys().anthropic,
         ),
         (
             "/azure/openai/deployments/d/chat/completions?api-version=2024-10-21",
             "/p-azure/openai/deployments/d/chat/completions?api-version=2024-10-21",
             "api-key",
-            AZURE_KEY.to_string(),
+            keys().azure,
         ),
         (
             "/gemini/v1beta/models/g:generateContent?key=AIzaDUMMYfromTHEapp&alt=sse",
             "/p-gemini/v1beta/models/g:generateContent?alt=sse",
             "x-goog-api-key",
-            GEMINI_KEY.to_string(),
+            keys().gemini,
         ),
         (
             "/generic/v1/chat/completions",
@@ -201,7 +213,7 @@ async fn http2_clients_are_served_too() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(
         provider.seen()[0].headers["authorization"],
-        format!("Bearer {OPENAI_KEY}").as_str()
+        format!("Bearer {}", keys().openai).as_str()
     );
     proxy.stop().await;
 }
@@ -226,7 +238,7 @@ async fn no_route_is_404_no_route() {
     let config = format!(
         "[[upstreams]]\nname = \"a\"\nprovider = \"anthropic\"\nbase_url = \"{}\"\nprefix = \"/anthropic\"\nkey = {{ file = \"{}\" }}\n",
         provider.url(),
-        key_file(dir.path(), "k", ANTHROPIC_KEY)
+        key_file(dir.path(), "k", &keys().anthropic)
     );
     let proxy = Proxy::start(&config, dir.path()).await;
     let (resp, body) = get(&proxy.url("/v1/chat/completions")).await;

@@ -15,12 +15,11 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-const KEY: &str = "sk-proj-STREAMtestKEY00000000000000000000001";
 
 fn one_upstream(dir: &std::path::Path, base_url: &str, extra: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nkey = {{ file = \"{}\" }}\n{extra}\n",
-        key_file(dir, "key", KEY)
+        key_file(dir, "key", &openai_key("STREAMtest"))
     )
 }
 
@@ -232,7 +231,7 @@ async fn https_upstream_with_a_private_ca_speaks_http2() {
     assert_eq!(seen[0].uri.path(), "/v1/models");
     assert_eq!(
         seen[0].headers["authorization"],
-        format!("Bearer {KEY}").as_str()
+        format!("Bearer {}", openai_key("STREAMtest")).as_str()
     );
     proxy.stop().await;
 }

@@ -1,10 +1,14 @@
 //! The key's whole life: where it comes from (`source`), how it is shown (`fingerprint`),
 //! how it is held in memory (`secret`) and how requests read it lock-free (`store`).
 
+pub mod expiry;
 pub mod fingerprint;
+pub mod lint;
+pub mod rotation;
 pub mod secret;
 pub mod source;
 pub mod store;
+pub mod watch;
 
 pub use fingerprint::Fingerprint;
 pub use secret::Secret;

@@ -47,10 +47,8 @@ pub enum KeyError {
     CommandTimeout { program: String },
     #[error("command has an empty argv; write command = [\"program\", \"arg\", ...]")]
     CommandEmpty,
-    #[error("the key from {0} is not valid UTF-8 text")]
+    #[error("the key from {0} is not valid UTF-8 text (a binary file?)")]
     NotUtf8(String),
-    #[error("the key from {0} is empty")]
-    Empty(String),
 }
 
 impl KeySource {
@@ -62,7 +60,8 @@ impl KeySource {
         }
     }
 
-    /// Read the key. Only a single trailing newline is removed (what `echo key > file` adds).
+    /// Read the key. Only a single trailing newline is removed (what `echo key > file` adds);
+    /// judging what is left (empty, spaces, quotes...) is the lint's job.
     pub async fn read(&self) -> Result<Secret, KeyError> {
         let raw = match self {
             KeySource::Env(var) => match std::env::var(var) {
@@ -85,11 +84,7 @@ impl KeySource {
         } else if text.ends_with('\n') {
             text.truncate(text.len() - 1);
         }
-        let secret = Secret::new(text);
-        if secret.expose().is_empty() {
-            return Err(KeyError::Empty(self.to_string()));
-        }
-        Ok(secret)
+        Ok(Secret::new(text))
     }
 }
 
@@ -184,7 +179,11 @@ mod tests {
             "{e}"
         );
         std::fs::write(&p, "\n").unwrap();
-        assert!(matches!(src.read().await, Err(KeyError::Empty(_))));
+        assert_eq!(
+            src.read().await.unwrap().expose(),
+            "",
+            "empty is the lint's call"
+        );
         std::fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
         assert!(matches!(src.read().await, Err(KeyError::NotUtf8(_))));
         std::fs::write(&p, vec![b'a'; 20_000]).unwrap();

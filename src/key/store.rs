@@ -10,6 +10,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::lint::Finding;
 use super::{Fingerprint, Secret};
 use crate::reason::Reason;
 
@@ -24,8 +25,21 @@ pub struct KeySnapshot {
     /// Where it came from: `env OPENAI_API_KEY`, `file /run/secrets/openai`, ...
     pub source: Arc<str>,
     pub loaded_at: SystemTime,
+    pub expires_at: Option<SystemTime>,
     /// SHA-256 of the key, to recognise it later without keeping it.
     pub digest: [u8; 32],
+    /// Its length, so most client credentials can be told apart without hashing them.
+    pub len: usize,
+    /// Lint warnings about the key in use (errors would have refused it).
+    pub warnings: Box<[Finding]>,
+}
+
+/// What is known about a key besides the key itself.
+#[derive(Debug, Clone, Default)]
+pub struct KeyMeta {
+    pub source: String,
+    pub expires_at: Option<SystemTime>,
+    pub warnings: Vec<Finding>,
 }
 
 /// Why there is no usable key, said so that a person can fix it.
@@ -87,27 +101,30 @@ impl KeyStore {
         &self,
         secret: &Secret,
         auth_prefix: &str,
-        source: &str,
+        meta: KeyMeta,
     ) -> Result<Arc<KeyState>, InvalidHeaderKey> {
+        let source = meta.source.as_str();
         let key = secret.expose();
-        let mut value = Zeroizing::new(String::with_capacity(auth_prefix.len() + key.len()));
-        value.push_str(auth_prefix);
-        value.push_str(key);
-        let mut header = HeaderValue::from_str(&value).map_err(|_| InvalidHeaderKey {
-            source_desc: source.to_owned(),
-        })?;
-        header.set_sensitive(true);
+        let header = header_value(secret, auth_prefix, source)?;
         let snapshot = KeySnapshot {
             header,
             fingerprint: Fingerprint::of(key),
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             source: source.into(),
             loaded_at: SystemTime::now(),
-            digest: Sha256::digest(key.as_bytes()).into(),
+            expires_at: meta.expires_at,
+            digest: digest(key),
+            len: key.len(),
+            warnings: meta.warnings.into_boxed_slice(),
         };
         let state = Arc::new(KeyState::Ready(snapshot));
         self.state.store(Arc::clone(&state));
         Ok(state)
+    }
+
+    /// How many keys have been installed so far (0 before the first).
+    pub fn generation(&self) -> u64 {
+        self.generations.load(Ordering::Relaxed)
     }
 
     /// Record that there is no usable key (startup only: a failed rotation keeps the old key).
@@ -116,9 +133,38 @@ impl KeyStore {
     }
 }
 
+/// The auth header value for `secret` (scheme prefix + key), marked sensitive.
+pub fn header_value(
+    secret: &Secret,
+    auth_prefix: &str,
+    source: &str,
+) -> Result<HeaderValue, InvalidHeaderKey> {
+    let key = secret.expose();
+    let mut value = Zeroizing::new(String::with_capacity(auth_prefix.len() + key.len()));
+    value.push_str(auth_prefix);
+    value.push_str(key);
+    let mut header = HeaderValue::from_str(&value).map_err(|_| InvalidHeaderKey {
+        source_desc: source.to_owned(),
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// SHA-256 of a key or token.
+pub fn digest(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta() -> KeyMeta {
+        KeyMeta {
+            source: "env X".into(),
+            ..KeyMeta::default()
+        }
+    }
 
     #[test]
     fn install_swaps_and_old_snapshots_live_on() {
@@ -128,7 +174,7 @@ mod tests {
             .install(
                 &Secret::new("sk-first-key-0000000001".into()),
                 "Bearer ",
-                "env X",
+                meta(),
             )
             .unwrap();
         let held = store.current();
@@ -136,7 +182,7 @@ mod tests {
             .install(
                 &Secret::new("sk-second-key-000000002".into()),
                 "Bearer ",
-                "env X",
+                meta(),
             )
             .unwrap();
         let old = held.snapshot().unwrap();
@@ -154,10 +200,10 @@ mod tests {
     fn a_key_that_cannot_be_a_header_is_refused_and_the_old_one_kept() {
         let store = KeyStore::new("env X");
         store
-            .install(&Secret::new("sk-good-key-00000000001".into()), "", "env X")
+            .install(&Secret::new("sk-good-key-00000000001".into()), "", meta())
             .unwrap();
         let err = store
-            .install(&Secret::new("sk-bad\nkey".into()), "", "env X")
+            .install(&Secret::new("sk-bad\nkey".into()), "", meta())
             .unwrap_err();
         assert!(err.to_string().contains("env X"));
         assert_eq!(

@@ -224,3 +224,37 @@ pub fn key_file(dir: &Path, name: &str, key: &str) -> String {
     std::fs::write(&p, format!("{key}\n")).unwrap();
     p.display().to_string()
 }
+
+/// Realistic keys (they pass the lint), each with a distinctive tag so a leak is easy to spot.
+pub fn openai_key(tag: &str) -> String {
+    pad(&format!("sk-proj-{tag}"), 164)
+}
+
+pub fn anthropic_key(tag: &str) -> String {
+    pad(&format!("sk-ant-api03-{tag}"), 108)
+}
+
+/// `AIza` + 35 characters; `tag` must be short.
+pub fn gemini_key(tag: &str) -> String {
+    pad(&format!("AIza{tag}"), 39)
+}
+
+/// 32 hex digits; `tag` must be hex.
+pub fn azure_key(tag: &str) -> String {
+    let mut k = tag.to_string();
+    while k.len() < 32 {
+        k.push_str("0123456789abcdef");
+    }
+    k.truncate(32);
+    k
+}
+
+fn pad(start: &str, len: usize) -> String {
+    const FILL: &str = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789";
+    let mut k = start.to_string();
+    while k.len() < len {
+        k.push_str(FILL);
+    }
+    k.truncate(len);
+    k
+}
