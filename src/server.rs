@@ -44,7 +44,17 @@ pub struct Server {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown_grace: Duration,
-    key_reload_interval: Duration,
+    /// Key-file watching starts at bind, so a change right after startup is not missed.
+    watcher: AbortOnDrop,
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often expiry is re-checked; warnings are at day granularity.
@@ -67,6 +77,7 @@ impl Server {
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
         let admin = Arc::new(Admin::new(Arc::clone(&proxy), token));
+        let proxy_for_watch = Arc::clone(&proxy);
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -78,7 +89,10 @@ impl Server {
             proxy_listener: bind(config.server.listen, "server.listen").await?,
             admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
-            key_reload_interval: config.server.key_reload_interval,
+            watcher: AbortOnDrop(key::watch::spawn(
+                Arc::clone(&proxy_for_watch),
+                config.server.key_reload_interval,
+            )),
         })
     }
 
@@ -102,8 +116,8 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.proxy_addr(), "proxy listening");
         tracing::info!(addr = %self.admin_addr(), "admin listening");
-        let watcher = key::watch::spawn(Arc::clone(&self.proxy), self.key_reload_interval);
-        let expiry = tokio::spawn(check_expiry(Arc::clone(&self.proxy)));
+        let expiry = AbortOnDrop(tokio::spawn(check_expiry(Arc::clone(&self.proxy))));
+        let watcher = self.watcher;
         let (stop_tx, stop_rx) = watch::channel(false);
         let proxy = Arc::clone(&self.proxy);
         let proxy_service = move |peer: SocketAddr| {
@@ -131,8 +145,8 @@ impl Server {
         let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, grace));
         shutdown.await;
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
-        watcher.abort();
-        expiry.abort();
+        drop(watcher);
+        drop(expiry);
         let _ = stop_tx.send(true);
         let _ = tokio::join!(proxy_task, admin_task);
         tracing::info!("shutdown complete");

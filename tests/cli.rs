@@ -270,3 +270,212 @@ async fn health_asks_the_admin_listener() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_rereads_a_command_source_and_expiry_is_warned_at_startup() {
+    let provider = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_key("HUPa"), openai_key("HUPb"));
+    let key_path = key_file(dir.path(), "key", &a);
+    let expires = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(10 * 86_400 + 3600),
+    );
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+             key = {{ command = [\"cat\", \"{key_path}\"] }}\nexpires_at = \"{expires}\"\n",
+            provider.url()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = log_lines(child.stderr.take().unwrap());
+    let mut startup = Vec::new();
+    let addr = loop {
+        let line = logs.recv_timeout(DEADLINE).expect("startup logs");
+        if line["message"] == "proxy listening" {
+            break line["addr"].as_str().unwrap().to_owned();
+        }
+        startup.push(line.to_string());
+    };
+    let startup = startup.join("\n");
+    assert!(startup.contains("expires in 10 days"), "{startup}");
+
+    std::fs::write(&key_path, &b).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let rotated = wait_for_log(&logs, "key rotated");
+    assert_eq!(rotated["trigger"], "sighup");
+    let (resp, _) = get(&format!("http://{addr}/v1/models")).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(last_bearer(&provider).as_deref(), Some(b.as_str()));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_sends_the_new_key_to_a_running_keyproxy() {
+    const TOKEN: &str = "cli-admin-token-0123456789abcdef";
+    let provider = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_key("ROTa"), openai_key("ROTb"));
+    let config = format!(
+        "admin_token = {{ file = \"{}\" }}\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{}\" }}\n",
+        key_file(dir.path(), "token", TOKEN),
+        provider.url(),
+        key_file(dir.path(), "key", &a),
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let admin = proxy.admin_url("");
+
+    let run = |args: Vec<String>, stdin: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .env("KEYPROXY_ADMIN_TOKEN", TOKEN)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut input = child.stdin.take().unwrap();
+            if let Some(text) = stdin {
+                std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+            }
+            drop(input);
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = run(
+        vec![
+            "rotate".into(),
+            "--upstream".into(),
+            "openai".into(),
+            "--key-stdin".into(),
+            "--admin".into(),
+            admin.clone(),
+        ],
+        Some(format!("{b}\n")),
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("✓ openai: applied") && stdout.contains("generation 2"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ROTb"), "the key was printed: {stdout}");
+    get(&proxy.url("/v1/models")).await;
+    assert_eq!(last_bearer(&provider).as_deref(), Some(b.as_str()));
+
+    let bad = dir.path().join("bad-key");
+    std::fs::write(&bad, format!("'{}'", openai_key("ROTc"))).unwrap();
+    let out = run(
+        vec![
+            "rotate".into(),
+            "--upstream".into(),
+            "openai".into(),
+            "--key-file".into(),
+            bad.display().to_string(),
+            "--admin".into(),
+            admin,
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        stdout.contains("✗ openai") && stdout.contains("quotes"),
+        "{stdout}"
+    );
+    get(&proxy.url("/v1/models")).await;
+    assert_eq!(
+        last_bearer(&provider).as_deref(),
+        Some(b.as_str()),
+        "the refused key was not swapped in"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_lints_dates_and_probes_each_key() {
+    let rejecting = StandIn::recording(|_| {
+        (401, r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#.into())
+    })
+    .await;
+    let accepting = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[[upstreams]]\nname = \"quoted\"\nprovider = \"openai\"\nbase_url = \"{0}\"\nkey = {{ file = \"{1}\" }}\n\
+             [[upstreams]]\nname = \"refused\"\nprovider = \"openai\"\nbase_url = \"{0}\"\nprefix = \"/r\"\nkey = {{ file = \"{2}\" }}\nmax_age = \"365d\"\n\
+             [[upstreams]]\nname = \"fine\"\nprovider = \"openai\"\nbase_url = \"{3}\"\nprefix = \"/f\"\nkey = {{ file = \"{4}\" }}\nexpires_at = \"2020-01-01\"\n",
+            rejecting.url(),
+            key_file(dir.path(), "q", &format!("\"{}\"", openai_key("CHECKq"))),
+            key_file(dir.path(), "r", &openai_key("CHECKr")),
+            accepting.url(),
+            key_file(dir.path(), "f", &openai_key("CHECKf")),
+        ),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["check", "--probe", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("✗ quoted: lint surrounding_quotes"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ refused: expiry: in 364 days")
+            || stdout.contains("✓ refused: expiry: in 365 days"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("✗ refused: probe: invalid_key"), "{stdout}");
+    assert!(
+        stdout.contains("✗ fine: expiry: the key expired"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ fine: probe: the provider accepts the key"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("CHECK"), "a key was printed: {stdout}");
+    assert_eq!(
+        rejecting.seen().len(),
+        1,
+        "no probe for a key that fails the lint"
+    );
+}

@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-
 fn one_upstream(dir: &std::path::Path, base_url: &str, extra: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nkey = {{ file = \"{}\" }}\n{extra}\n",

@@ -258,3 +258,41 @@ fn pad(start: &str, len: usize) -> String {
     k.truncate(len);
     k
 }
+
+/// Poll `check` until it holds; the deadline only turns a hang into a failure.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+/// `GET /status` from the admin listener.
+pub async fn status(proxy: &Proxy) -> serde_json::Value {
+    let (_, body) = get(&proxy.admin_url("/status")).await;
+    json(&body)
+}
+
+/// `GET /metrics` from the admin listener.
+pub async fn metrics(proxy: &Proxy) -> String {
+    let (_, body) = get(&proxy.admin_url("/metrics")).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The bearer token the stand-in saw on its last request.
+pub fn last_bearer(stand_in: &StandIn) -> Option<String> {
+    stand_in.seen().last().and_then(|s| {
+        s.headers.get("authorization").map(|v| {
+            v.to_str()
+                .unwrap()
+                .trim_start_matches("Bearer ")
+                .to_string()
+        })
+    })
+}
