@@ -129,6 +129,7 @@ async fn run_command(argv: &[String]) -> Result<Vec<u8>, KeyError> {
             program: program.clone(),
             source,
         })?;
+    log_stderr(program, &output.stderr, &output.stdout);
     if !output.status.success() {
         let mut stdout = output.stdout;
         zeroize::Zeroize::zeroize(&mut stdout);
@@ -138,6 +139,32 @@ async fn run_command(argv: &[String]) -> Result<Vec<u8>, KeyError> {
         });
     }
     Ok(output.stdout)
+}
+
+/// A key command's stderr is its diagnosis, so it is logged — with whatever it printed on stdout
+/// (the key) cut out, in case it echoes it.
+fn log_stderr(program: &str, stderr: &[u8], stdout: &[u8]) {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    let key = String::from_utf8_lossy(stdout);
+    let key = key.trim();
+    let mut shown: String = if key.len() >= 4 {
+        text.replace(key, "[key]")
+    } else {
+        text.to_owned()
+    };
+    if shown.len() > 500 {
+        let cut = (0..=500)
+            .rev()
+            .find(|i| shown.is_char_boundary(*i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    tracing::warn!(command = program, "key command wrote to stderr: {shown}");
 }
 
 impl fmt::Display for KeySource {
@@ -193,6 +220,45 @@ mod tests {
         ));
         let d = KeySource::File(dir.path().to_owned());
         assert!(matches!(d.read().await, Err(KeyError::FileRead { .. })));
+    }
+
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn command_stderr_is_logged_without_the_key() {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_stderr(
+                "vault-read",
+                b"note: fetched sk-proj-SECRETsecret123456 from the vault",
+                b"sk-proj-SECRETsecret123456\n",
+            )
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("note: fetched [key] from the vault"),
+            "{text}"
+        );
+        assert!(!text.contains("SECRET"), "{text}");
     }
 
     #[tokio::test]
