@@ -6,6 +6,8 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod diagnose;
+pub mod explain;
 pub mod headers;
 pub mod key;
 pub mod lifecycle;
@@ -16,5 +18,6 @@ pub mod reason;
 pub mod reply;
 pub mod route;
 pub mod server;
+pub mod tap;
 pub mod telemetry;
 pub mod upstream;

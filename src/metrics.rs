@@ -1,6 +1,7 @@
 //! The Prometheus registry and the handles the rest of the code increments. Label values are
 //! resolved once per upstream at startup, so the request path only touches atomics. Never a key.
 
+use crate::reason::Reason;
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -9,6 +10,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     rotations: IntCounterVec,
+    auth_failures: IntCounterVec,
     client_credentials: IntCounterVec,
     key_generation: IntGaugeVec,
     key_loaded: GaugeVec,
@@ -41,6 +43,7 @@ impl CredentialMatch {
 pub struct UpstreamMetrics {
     name: String,
     rotations: IntCounterVec,
+    auth_failures: IntCounterVec,
     credentials: [IntCounter; 3],
     pub key_generation: IntGauge,
     pub key_loaded: Gauge,
@@ -81,6 +84,11 @@ impl Metrics {
                 "Key rotation attempts by trigger (startup, file, sighup, admin, periodic) and result (applied, rejected).",
                 &["upstream", "trigger", "result"],
             )?,
+            auth_failures: counter(
+                "keyproxy_auth_failures_total",
+                "Provider refusals (401/403/429, key-related 400/402) by diagnosed reason code.",
+                &["upstream", "reason"],
+            )?,
             client_credentials: counter(
                 "keyproxy_client_credentials_total",
                 "Credentials clients sent (and keyproxy stripped), by whether they match the current key, a retired key, or nothing known.",
@@ -96,6 +104,10 @@ impl Metrics {
 
     /// Resolve every series of one upstream, so they exist (at zero) from startup.
     pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        for reason in &Reason::ALL[..16] {
+            self.auth_failures
+                .with_label_values(&[name, reason.as_str()]);
+        }
         let credentials = [
             CredentialMatch::Current,
             CredentialMatch::Retired,
@@ -108,6 +120,7 @@ impl Metrics {
         UpstreamMetrics {
             name: name.to_owned(),
             rotations: self.rotations.clone(),
+            auth_failures: self.auth_failures.clone(),
             credentials,
             key_generation: self.key_generation.with_label_values(&[name]),
             key_loaded: self.key_loaded.with_label_values(&[name]),
@@ -131,6 +144,13 @@ impl UpstreamMetrics {
     pub fn rotation(&self, trigger: &str, result: &str) {
         self.rotations
             .with_label_values(&[&self.name, trigger, result])
+            .inc();
+    }
+
+    /// On the error path only, so resolving the label here costs nothing that matters.
+    pub fn auth_failure(&self, reason: Reason) {
+        self.auth_failures
+            .with_label_values(&[self.name.as_str(), reason.as_str()])
             .inc();
     }
 

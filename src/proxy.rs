@@ -10,6 +10,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::client::UpstreamBody;
+use crate::diagnose;
+use crate::explain::{self, RequestFacts};
 use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param};
 use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
@@ -18,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::reason::Reason;
 use crate::reply::{self, Body};
 use crate::route::{path_is_clean, Router};
+use crate::tap::SseTap;
 use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 
 pub struct Proxy {
@@ -70,7 +73,20 @@ impl Proxy {
         let response = match forward(upstream, routed.request.map(Either::Left)).await {
             Ok(mut response) => {
                 drop_hop_by_hop(response.headers_mut());
-                response.map(Either::Left)
+                if diagnose::worth_reading(response.status()) {
+                    let facts = RequestFacts {
+                        method: method.as_str(),
+                        path: uri.path(),
+                        organization: routed.organization.as_ref(),
+                        project: routed.project.as_ref(),
+                    };
+                    explain::explain(upstream, &routed.key, facts, response).await
+                } else if is_event_stream(response.headers()) {
+                    let tap = Box::new(SseTap::new(Arc::clone(&upstream.name), uri.path()));
+                    response.map(|inner| Body::Tapped { inner, tap })
+                } else {
+                    response.map(Body::Upstream)
+                }
             }
             Err(failure) => failure.into_response(upstream),
         };
@@ -136,7 +152,10 @@ impl Proxy {
                 "cannot build the upstream request: {e}"
             )))
         })?;
+        let header = |name: &str| request.headers().get(name).cloned();
         Ok(Routed {
+            organization: header("openai-organization"),
+            project: header("openai-project"),
             upstream,
             key,
             request,
@@ -149,6 +168,9 @@ pub struct Routed<'a, B> {
     pub upstream: &'a Upstream,
     pub key: Arc<KeyState>,
     pub request: Request<B>,
+    /// What the app asked for, kept for explaining an org/project mismatch.
+    pub organization: Option<http::HeaderValue>,
+    pub project: Option<http::HeaderValue>,
 }
 
 /// Rewrite the client's request into the upstream's: URI, credentials, hop-by-hop headers.
@@ -235,6 +257,12 @@ fn no_route(path: &str) -> Response<Body> {
         Reason::NoRoute,
         &format!("no upstream is configured for the path {shown:?}; check the prefixes in the keyproxy config"),
     )
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// "error: cause: root cause", the way people need to read a connection failure.

@@ -1,16 +1,88 @@
 //! Responses keyproxy makes itself: the OpenAI error shape `{"error":{"message","type","code"}}`
 //! plus `x-keyproxy-reason`, so SDKs raise their usual errors and people see why.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
+use hyper::body::{Frame, Incoming, SizeHint};
 
 use crate::reason::Reason;
+use crate::tap::SseTap;
 
-/// The body every proxied response carries: the upstream's stream untouched, or one of ours.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// The body of every response the proxy sends back.
+pub enum Body {
+    /// The upstream's body, streamed through untouched.
+    Upstream(Incoming),
+    /// A body keyproxy wrote (its own errors, or a diagnosed error body with the `keyproxy` member).
+    Full(Option<Bytes>),
+    /// The part of an upstream body that was read to diagnose it, then the rest as it comes.
+    Peeked { head: Option<Bytes>, rest: Incoming },
+    /// An event stream, watched for in-band errors as it passes; no byte is held back.
+    Tapped { inner: Incoming, tap: Box<SseTap> },
+}
+
+impl Body {
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        Body::Full(Some(bytes.into()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Peeked { head, rest } => match head.take() {
+                Some(h) => Poll::Ready(Some(Ok(Frame::data(h)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
+            Body::Tapped { inner, tap } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        tap.observe(data);
+                    }
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Upstream(body) | Body::Tapped { inner: body, .. } => body.is_end_stream(),
+            Body::Full(bytes) => bytes.is_none(),
+            Body::Peeked { head, rest } => head.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Upstream(body) | Body::Tapped { inner: body, .. } => body.size_hint(),
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Peeked { head, rest } => {
+                let head = head.as_ref().map_or(0, |h| h.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + head);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
+        }
+    }
+}
 
 pub const REASON_HEADER: &str = "x-keyproxy-reason";
 
@@ -30,7 +102,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
             "code": code,
         }
     });
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut resp = Response::new(Body::full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

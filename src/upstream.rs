@@ -1,6 +1,7 @@
 //! An upstream at run time: where it lives, how its provider wants the key, its key store and its
 //! connection pool. Built once from the config; requests only read it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +80,45 @@ pub struct Upstream {
     pub lifecycle: Mutex<Lifecycle>,
     /// One rotation at a time per upstream (a probe may be in flight).
     pub rotating: tokio::sync::Mutex<()>,
+    /// The last diagnoses, newest last, for /status.
+    pub diagnoses: Mutex<VecDeque<Diagnosis>>,
+}
+
+/// How many diagnoses each upstream keeps for /status.
+pub const DIAGNOSES_KEPT: usize = 50;
+
+/// One explained refusal, as /status shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Diagnosis {
+    #[serde(serialize_with = "crate::admin::rfc3339")]
+    pub at: std::time::SystemTime,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub key_fingerprint: Option<String>,
+    pub key_generation: Option<u64>,
+    pub provider_request_id: Option<String>,
+}
+
+impl Upstream {
+    pub fn record_diagnosis(&self, d: Diagnosis) {
+        let mut kept = self.diagnoses.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() == DIAGNOSES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(d);
+    }
+
+    pub fn recent_diagnoses(&self) -> Vec<Diagnosis> {
+        self.diagnoses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// What the key lifecycle remembers between rotations.
@@ -129,6 +169,7 @@ impl Upstream {
             retired: ArcSwap::from_pointee(Vec::new()),
             lifecycle: Mutex::new(Lifecycle::default()),
             rotating: tokio::sync::Mutex::new(()),
+            diagnoses: Mutex::new(VecDeque::with_capacity(DIAGNOSES_KEPT)),
         })
     }
 

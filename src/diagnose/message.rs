@@ -1,0 +1,213 @@
+//! The sentence: what happened, to which key (by fingerprint, generation, source and age), and what
+//! to do next. Each reason has its own advice; nothing here ever prints a key.
+
+use std::time::{Duration, SystemTime};
+
+use crate::key::expiry;
+use crate::key::lint::LintCode;
+use crate::key::rotation::{Attempt, RotationResult};
+use crate::key::KeySnapshot;
+use crate::reason::Reason;
+use crate::upstream::Provider;
+
+/// A refused rotation this recent is worth mentioning next to a refusal.
+const RECENT_REFUSAL: Duration = Duration::from_secs(15 * 60);
+
+pub struct Context<'a> {
+    pub upstream: &'a str,
+    pub provider: Provider,
+    pub status: u16,
+    pub key: Option<&'a KeySnapshot>,
+    /// The provider's own sentence, if it gave one.
+    pub provider_message: &'a str,
+    pub client_org: Option<&'a str>,
+    pub client_project: Option<&'a str>,
+    pub retry_after: Option<&'a str>,
+    pub last_attempt: Option<&'a Attempt>,
+    pub base_url: &'a str,
+    pub now: SystemTime,
+}
+
+pub fn explain(reason: Reason, c: &Context<'_>) -> String {
+    let key = key_description(c);
+    let fp = c
+        .key
+        .map_or("(none)".to_owned(), |k| k.fingerprint.to_string());
+    let rotate = how_to_rotate(c);
+    let said = said(c);
+    let name = c.upstream;
+    let mut text = match reason {
+        Reason::InvalidKey => format!(
+            "{name} rejected {key} as incorrect{said}. A key that was reset or deleted in the dashboard stops working at once: create or copy the current key at {} and {rotate}.",
+            keys_page(c.provider)
+        ),
+        Reason::ExpiredKey => {
+            let when = c.key.and_then(|k| k.expires_at).map_or_else(
+                || "has expired".to_owned(),
+                |at| format!("expired {}", expiry::describe(at, c.now)),
+            );
+            format!("{name} refused {key}: the key {when}{said}. Create a new key at {} and {rotate}.", keys_page(c.provider))
+        }
+        Reason::RevokedKey => format!(
+            "{name} says {key} was revoked or reported as leaked{said}. It cannot be restored: create a new key at {}, {rotate}, and find where the old key was exposed (a public repository, a log, a shared file).",
+            keys_page(c.provider)
+        ),
+        Reason::MissingKey => format!(
+            "{name} says no key reached it, yet keyproxy sent {fp}{said}. Something between keyproxy and {} drops the credential header, or the upstream's provider setting ({}) does not match what {} expects; check provider and base_url ({}).",
+            c.base_url, c.provider.as_str(), c.base_url, c.base_url
+        ),
+        Reason::MalformedKey => format!(
+            "{name} could not read the credential keyproxy sent ({fp}){said}. The upstream's provider setting ({}) decides the header and scheme; check that it matches {} (an OAuth token or another provider's scheme will not do).",
+            c.provider.as_str(), c.base_url
+        ),
+        Reason::WrongProviderKey => {
+            let owner = c
+                .key
+                .and_then(|k| k.warnings.iter().find(|w| w.code == LintCode::WrongProvider))
+                .and_then(|w| w.belongs_to)
+                .unwrap_or("another provider");
+            format!(
+                "{name} refused {key}, which looks like {owner}'s key, not a {} key{said}. Put a {} key in place and {rotate}, or move this key to an upstream with that provider.",
+                c.provider.as_str(), c.provider.as_str()
+            )
+        }
+        Reason::OrgMismatch => match c.client_org {
+            Some(org) => format!(
+                "{name} says the OpenAI-Organization header the app sent ({org}) does not match the organization of {key}{said}. Remove OpenAI-Organization from the app (keyproxy's key already decides the organization) or set it to the key's organization."
+            ),
+            None => format!("{name} says the organization does not match {key}{said}. Use a key from the organization the request is for, or remove the organization setting from the app."),
+        },
+        Reason::ProjectMismatch => match c.client_project {
+            Some(project) => format!(
+                "{name} says the OpenAI-Project header the app sent ({project}) does not match the project of {key}{said}. Remove OpenAI-Project from the app or use a key of that project."
+            ),
+            None => format!("{name} says the project does not match {key}{said}. Use a key of the project the request is for."),
+        },
+        Reason::InsufficientPermissions => format!(
+            "{name} accepted {key} but it lacks permission for this request{said}. Give the key (or its project or service account) the needed permissions or scopes in the dashboard, or use a key that has them."
+        ),
+        Reason::IpNotAllowed => format!(
+            "{name} refuses requests for {key} from this machine's IP address{said}. Add this host's outbound IP to the allow-list (or the resource's network/firewall rules) in the provider's settings."
+        ),
+        Reason::AccountInactive => format!(
+            "The account or organization that owns {key} is deactivated or disabled at {name}{said}. Contact the provider's support, or use a key from an active account and {rotate}."
+        ),
+        Reason::RegionUnsupported => format!(
+            "{name} does not serve requests from this region or country{said}. The key is not the problem: run keyproxy (or route its traffic) from a supported region."
+        ),
+        Reason::QuotaExhausted => format!(
+            "The account behind {key} has no quota or credit left at {name}{said}. Add credit or raise the limit at {}; the same key works again once it has quota, no rotation needed.",
+            billing_page(c.provider)
+        ),
+        Reason::RateLimited => {
+            let wait = c.retry_after.map_or(String::new(), |s| format!(" (the provider asks to retry after {s}s)"));
+            format!("{name} is rate-limiting {key}{said}. Slow down and retry with backoff{wait}; the key itself is fine. Raise the limits in the provider's dashboard if this is routine.")
+        }
+        Reason::WrongEndpoint => format!(
+            "{name} refused {key} at {}{said}: the key does not belong to this endpoint. Check base_url and the region/resource the key was issued for (an Azure key works only with its own resource's endpoint).",
+            c.base_url
+        ),
+        Reason::UnknownAuthError => format!(
+            "{name} refused the request with {} for a reason keyproxy does not recognise{said}. The key in use is {key}.",
+            c.status
+        ),
+        Reason::ClientUnauthorized | Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::NoRoute => {
+            format!("{name} answered {}{said}.", c.status)
+        }
+    };
+    if let Some(note) = refused_rotation(c) {
+        text.push(' ');
+        text.push_str(&note);
+    }
+    text
+}
+
+/// "the key sk-proj-…Xy7Q:1a2b3c4d (generation 3, loaded from file /run/secrets/openai 47 days ago)".
+fn key_description(c: &Context<'_>) -> String {
+    match c.key {
+        Some(k) => format!(
+            "the key {} (generation {}, loaded from {} {})",
+            k.fingerprint,
+            k.generation,
+            k.source,
+            ago(k.loaded_at, c.now)
+        ),
+        None => "the key".to_owned(),
+    }
+}
+
+fn said(c: &Context<'_>) -> String {
+    let m = c.provider_message.trim();
+    if m.is_empty() {
+        return String::new();
+    }
+    let short: String = m.chars().take(240).collect();
+    let ellipsis = if short.len() < m.len() { "…" } else { "" };
+    format!(" (it said: \"{short}{ellipsis}\")")
+}
+
+fn how_to_rotate(c: &Context<'_>) -> String {
+    let name = c.upstream;
+    let source = c.key.map_or("", |k| &*k.source);
+    if let Some(path) = source.strip_prefix("file ") {
+        format!("write it to {path}: keyproxy picks it up without a restart")
+    } else if let Some(var) = source.strip_prefix("env ") {
+        format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin` (a running process cannot see a changed {var}; update it too for the next start)")
+    } else if let Some(cmd) = source.strip_prefix("command ") {
+        format!("make `{cmd}` return it and send keyproxy SIGHUP (or use `keyproxy rotate --upstream {name}`)")
+    } else {
+        format!("rotate it in with `keyproxy rotate --upstream {name}`")
+    }
+}
+
+fn refused_rotation(c: &Context<'_>) -> Option<String> {
+    let a = c.last_attempt?;
+    if a.result != RotationResult::Rejected {
+        return None;
+    }
+    let age = c.now.duration_since(a.at).ok()?;
+    if age > RECENT_REFUSAL {
+        return None;
+    }
+    let which = a
+        .fingerprint
+        .as_deref()
+        .map_or("A new key".to_owned(), |fp| format!("A new key ({fp})"));
+    Some(format!(
+        "{which} was refused {} ({}), so keyproxy is still using the previous key: fix the new key and rotate again.",
+        ago(a.at, c.now),
+        a.finding.as_deref().unwrap_or("no details")
+    ))
+}
+
+fn ago(then: SystemTime, now: SystemTime) -> String {
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        0..=59 => "just now".to_owned(),
+        60..=3599 => format!("{} minutes ago", secs / 60),
+        3600..=86_399 => format!("{} hours ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+fn keys_page(p: Provider) -> &'static str {
+    match p {
+        Provider::Openai => "https://platform.openai.com/api-keys",
+        Provider::Anthropic => "https://console.anthropic.com/settings/keys",
+        Provider::Gemini => "https://aistudio.google.com/apikey",
+        Provider::Azure => "the Azure portal (your resource's Keys and Endpoint page)",
+        Provider::Generic => "the provider's dashboard",
+    }
+}
+
+fn billing_page(p: Provider) -> &'static str {
+    match p {
+        Provider::Openai => "https://platform.openai.com/settings/organization/billing",
+        Provider::Anthropic => "https://console.anthropic.com/settings/billing",
+        Provider::Gemini => {
+            "https://aistudio.google.com/usage (or the Google Cloud billing account)"
+        }
+        Provider::Azure => "the Azure portal (quotas and billing of your subscription)",
+        Provider::Generic => "the provider's billing page",
+    }
+}

@@ -1,0 +1,256 @@
+//! Turning a provider's refusal into a stable reason code and a sentence a person can act on.
+//! Like linkerd's response classifiers, in two steps: the status decides whether the body is worth
+//! reading at all (`worth_reading`); then the provider's error shape (one file each), keyword rules
+//! over what it said, and what keyproxy knows about the key it injected decide the reason.
+
+mod anthropic;
+mod azure;
+mod google;
+pub mod message;
+mod openai;
+mod rules;
+
+use std::time::SystemTime;
+
+use http::StatusCode;
+use serde_json::Value;
+
+use crate::key::lint::{Finding, LintCode};
+use crate::key::rotation::Attempt;
+use crate::reason::Reason;
+
+/// What a provider said in its error body, from whichever shape it used.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorFacts {
+    /// `error.code` (string or number).
+    pub code: String,
+    /// `error.type` (OpenAI, Anthropic) or `error.status` (Google RPC).
+    pub kind: String,
+    /// The provider's own sentence.
+    pub message: String,
+    /// Google `details[].reason` / `errors[].reason` (`API_KEY_INVALID`, ...).
+    pub reasons: Vec<String>,
+}
+
+/// Only these statuses are about keys at all; the rest (and every 5xx) pass without a look.
+pub fn worth_reading(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 401 | 402 | 403 | 429)
+}
+
+/// Read the provider's error facts from a body, whatever its shape.
+pub fn facts(body: &[u8]) -> Option<ErrorFacts> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    // Some Google endpoints wrap the error in a one-element array.
+    let value = match &value {
+        Value::Array(items) => items.first()?.clone(),
+        _ => value,
+    };
+    google::read(&value)
+        .or_else(|| anthropic::read(&value))
+        .or_else(|| azure::read(&value))
+        .or_else(|| openai::read(&value))
+}
+
+/// What keyproxy knows about the request and the key it injected.
+#[derive(Debug, Clone, Default)]
+pub struct Knowledge<'a> {
+    pub expires_at: Option<SystemTime>,
+    pub lint_warnings: &'a [Finding],
+    /// The last rotation attempt, if it was refused.
+    pub refused_rotation: Option<&'a Attempt>,
+}
+
+/// The reason for a refusal, or `None` for responses that are not about the key (an ordinary 400).
+pub fn classify(
+    status: StatusCode,
+    facts: Option<&ErrorFacts>,
+    known: &Knowledge<'_>,
+    now: SystemTime,
+) -> Option<Reason> {
+    if !worth_reading(status) {
+        return None;
+    }
+    let said = facts.and_then(|f| rules::reason(f, status));
+    let reason = match (said, status.as_u16()) {
+        (Some(r), _) => r,
+        (None, 401 | 403) => Reason::UnknownAuthError,
+        (None, 402) => Reason::QuotaExhausted,
+        (None, 429) => Reason::RateLimited,
+        (None, _) => return None,
+    };
+    Some(refine(reason, status, known, now))
+}
+
+/// Combine the provider's word with keyproxy's own: an expired key explains a generic refusal
+/// better than "invalid"; another provider's key explains it better still.
+fn refine(reason: Reason, status: StatusCode, known: &Knowledge<'_>, now: SystemTime) -> Reason {
+    let about_the_key = matches!(
+        reason,
+        Reason::InvalidKey
+            | Reason::UnknownAuthError
+            | Reason::ExpiredKey
+            | Reason::RevokedKey
+            | Reason::MalformedKey
+    ) && matches!(status.as_u16(), 400 | 401 | 403);
+    if !about_the_key {
+        return reason;
+    }
+    if known
+        .lint_warnings
+        .iter()
+        .any(|w| w.code == LintCode::WrongProvider)
+    {
+        return Reason::WrongProviderKey;
+    }
+    if known.expires_at.is_some_and(|at| at <= now) && reason != Reason::RevokedKey {
+        return Reason::ExpiredKey;
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Row {
+        provider: String,
+        status: u16,
+        body: String,
+        reason: String,
+        also_ok: Vec<String>,
+    }
+
+    /// Every real error body in the fixture file gets its expected reason.
+    #[test]
+    fn every_fixture_row() {
+        let fixture = include_str!("../../tests/fixtures/provider-errors.jsonl");
+        let mut failures = Vec::new();
+        for (n, line) in fixture.lines().enumerate() {
+            let row: Row = serde_json::from_str(line).unwrap();
+            let status = StatusCode::from_u16(row.status).unwrap();
+            let facts = facts(row.body.as_bytes());
+            let got = classify(
+                status,
+                facts.as_ref(),
+                &Knowledge::default(),
+                SystemTime::now(),
+            );
+            let ok = match row.reason.as_str() {
+                "none" => got.is_none(),
+                "any" => got.is_some(),
+                want => got.is_some_and(|g| {
+                    g.as_str() == want || row.also_ok.iter().any(|a| a == g.as_str())
+                }),
+            };
+            if !ok {
+                failures.push(format!(
+                    "line {}: {} {} want {} got {got:?} ({facts:?})",
+                    n + 1,
+                    row.provider,
+                    row.status,
+                    row.reason
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn ordinary_errors_and_5xx_get_no_reason() {
+        let k = Knowledge::default();
+        let now = SystemTime::now();
+        let bad_param = facts(br#"{"error":{"message":"Invalid value for 'temperature': must be <= 2","type":"invalid_request_error","param":"temperature","code":"invalid_value"}}"#);
+        assert_eq!(
+            classify(StatusCode::BAD_REQUEST, bad_param.as_ref(), &k, now),
+            None
+        );
+        let overloaded = facts(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert_eq!(
+            classify(
+                StatusCode::from_u16(529).unwrap(),
+                overloaded.as_ref(),
+                &k,
+                now
+            ),
+            None
+        );
+        assert_eq!(
+            classify(StatusCode::INTERNAL_SERVER_ERROR, None, &k, now),
+            None
+        );
+        assert_eq!(classify(StatusCode::NOT_FOUND, None, &k, now), None);
+    }
+
+    #[test]
+    fn unrecognised_bodies_fall_back_on_the_status() {
+        let k = Knowledge::default();
+        let now = SystemTime::now();
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, None, &k, now),
+            Some(Reason::UnknownAuthError)
+        );
+        assert_eq!(
+            classify(
+                StatusCode::FORBIDDEN,
+                facts(b"<html>nope</html>").as_ref(),
+                &k,
+                now
+            ),
+            Some(Reason::UnknownAuthError)
+        );
+        assert_eq!(
+            classify(StatusCode::PAYMENT_REQUIRED, None, &k, now),
+            Some(Reason::QuotaExhausted)
+        );
+        assert_eq!(
+            classify(StatusCode::TOO_MANY_REQUESTS, None, &k, now),
+            Some(Reason::RateLimited)
+        );
+        assert_eq!(classify(StatusCode::BAD_REQUEST, None, &k, now), None);
+    }
+
+    #[test]
+    fn what_keyproxy_knows_refines_the_reason() {
+        let now = SystemTime::now();
+        let invalid = facts(
+            br#"{"error":{"message":"Incorrect API key provided","code":"invalid_api_key"}}"#,
+        );
+        let expired = Knowledge {
+            expires_at: Some(now - std::time::Duration::from_secs(60)),
+            ..Knowledge::default()
+        };
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, invalid.as_ref(), &expired, now),
+            Some(Reason::ExpiredKey)
+        );
+        let warnings = [Finding {
+            code: LintCode::WrongProvider,
+            severity: crate::key::lint::Severity::Warning,
+            message: String::new(),
+            belongs_to: Some("Anthropic"),
+        }];
+        let wrong = Knowledge {
+            lint_warnings: &warnings,
+            ..Knowledge::default()
+        };
+        assert_eq!(
+            classify(StatusCode::UNAUTHORIZED, invalid.as_ref(), &wrong, now),
+            Some(Reason::WrongProviderKey)
+        );
+        // A rate limit is a rate limit, whatever the key's expiry.
+        let limited =
+            facts(br#"{"error":{"message":"Rate limit reached","code":"rate_limit_exceeded"}}"#);
+        assert_eq!(
+            classify(
+                StatusCode::TOO_MANY_REQUESTS,
+                limited.as_ref(),
+                &expired,
+                now
+            ),
+            Some(Reason::RateLimited)
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The response phase for refusals: read a bounded prefix of the error body, classify it, and report
+//! the reason in a header, the JSON body (one added `keyproxy` member), the log, a metric and
+//! /status. Every byte of the provider's is passed on; only a complete JSON object body is extended.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::response::Parts;
+use http::{HeaderMap, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::diagnose::message::{self, Context};
+use crate::diagnose::{self, Knowledge};
+use crate::key::rotation::RotationResult;
+use crate::key::KeyState;
+use crate::reason::Reason;
+use crate::reply::{Body, REASON_HEADER};
+use crate::upstream::{Diagnosis, Upstream};
+
+/// How much of an error body is read to classify it.
+pub const PEEK_LIMIT: usize = 64 * 1024;
+/// An error body arrives at once; one that dribbles is passed on with what arrived by then.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A compressed error body is inflated up to this much.
+const INFLATE_LIMIT: usize = 256 * 1024;
+
+/// What the client's request said that the explanation may need.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub organization: Option<&'a HeaderValue>,
+    pub project: Option<&'a HeaderValue>,
+}
+
+enum Peeked {
+    /// The whole body, within the limit.
+    Complete(Bytes),
+    /// The first part; the rest still to come.
+    Partial(Bytes, Incoming),
+}
+
+pub async fn explain(
+    upstream: &Upstream,
+    key: &KeyState,
+    request: RequestFacts<'_>,
+    response: Response<Incoming>,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    let peeked = if streaming {
+        Peeked::Partial(Bytes::new(), body)
+    } else {
+        peek(body).await
+    };
+    let (head, complete) = match &peeked {
+        Peeked::Complete(b) => (b.clone(), true),
+        Peeked::Partial(b, _) => (b.clone(), false),
+    };
+    let encoding =
+        header_str(&parts.headers, CONTENT_ENCODING.as_str()).map(str::to_ascii_lowercase);
+    let decoded = if complete {
+        decode(&head, encoding.as_deref())
+    } else {
+        None
+    };
+    let facts = decoded.as_deref().and_then(diagnose::facts);
+
+    let now = SystemTime::now();
+    let snapshot = key.snapshot();
+    let last_attempt = upstream.last_attempt();
+    let knowledge = Knowledge {
+        expires_at: snapshot.and_then(|k| k.expires_at),
+        lint_warnings: snapshot.map_or(&[][..], |k| &k.warnings[..]),
+        refused_rotation: last_attempt
+            .as_ref()
+            .filter(|a| a.result == RotationResult::Rejected),
+    };
+    let Some(reason) = diagnose::classify(parts.status, facts.as_ref(), &knowledge, now) else {
+        return reassemble(parts, peeked);
+    };
+    let org = request.organization.and_then(|v| v.to_str().ok());
+    let project = request.project.and_then(|v| v.to_str().ok());
+    let base_url = upstream.base_url.to_string();
+    let message = message::explain(
+        reason,
+        &Context {
+            upstream: &upstream.name,
+            provider: upstream.provider,
+            status: parts.status.as_u16(),
+            key: snapshot,
+            provider_message: facts.as_ref().map_or("", |f| f.message.as_str()),
+            client_org: org,
+            client_project: project,
+            retry_after: header_str(&parts.headers, RETRY_AFTER.as_str()),
+            last_attempt: last_attempt.as_ref(),
+            base_url: &base_url,
+            now,
+        },
+    );
+    report(upstream, request, &parts, reason, &message, key);
+    parts
+        .headers
+        .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    let annotation = json!({
+        "reason": reason.as_str(),
+        "message": message,
+        "upstream": &*upstream.name,
+        "key_fingerprint": snapshot.map(|k| k.fingerprint.as_str()),
+        "key_generation": snapshot.map(|k| k.generation),
+    });
+    match decoded
+        .as_deref()
+        .and_then(|body| with_member(body, "keyproxy", &annotation))
+    {
+        Some(rewritten) => {
+            parts.headers.remove(CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            Response::from_parts(parts, Body::full(rewritten))
+        }
+        None => reassemble(parts, peeked),
+    }
+}
+
+/// The warn line, the metric and the /status record.
+fn report(
+    upstream: &Upstream,
+    request: RequestFacts<'_>,
+    parts: &Parts,
+    reason: Reason,
+    message: &str,
+    key: &KeyState,
+) {
+    let snapshot = key.snapshot();
+    let provider_request_id = header_str(&parts.headers, "x-request-id")
+        .or_else(|| header_str(&parts.headers, "request-id"))
+        .or_else(|| header_str(&parts.headers, "apim-request-id"))
+        .map(str::to_owned);
+    tracing::warn!(
+        upstream = %upstream.name,
+        reason = reason.as_str(),
+        status = parts.status.as_u16(),
+        key = snapshot.map(|k| k.fingerprint.as_str()),
+        generation = snapshot.map(|k| k.generation),
+        provider_request_id = provider_request_id.as_deref(),
+        path = %request.path,
+        "{message}"
+    );
+    upstream.metrics.auth_failure(reason);
+    upstream.record_diagnosis(Diagnosis {
+        at: SystemTime::now(),
+        method: request.method.to_owned(),
+        path: request.path.to_owned(),
+        status: parts.status.as_u16(),
+        reason: reason.as_str(),
+        message: message.to_owned(),
+        key_fingerprint: snapshot.map(|k| k.fingerprint.to_string()),
+        key_generation: snapshot.map(|k| k.generation),
+        provider_request_id,
+    });
+}
+
+/// Read up to `PEEK_LIMIT` bytes, or the whole body if it is smaller.
+async fn peek(mut body: Incoming) -> Peeked {
+    let mut head = BytesMut::new();
+    let read = tokio::time::timeout(PEEK_TIMEOUT, async {
+        while head.len() < PEEK_LIMIT {
+            match body.frame().await {
+                None => return true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        head.extend_from_slice(&data);
+                    }
+                }
+                // The error surfaces to the client when it reads the rest.
+                Some(Err(_)) => return false,
+            }
+        }
+        false
+    })
+    .await;
+    match read {
+        Ok(true) => Peeked::Complete(head.freeze()),
+        _ => Peeked::Partial(head.freeze(), body),
+    }
+}
+
+fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {
+    let body = match peeked {
+        Peeked::Complete(b) => Body::full(b),
+        Peeked::Partial(head, rest) if head.is_empty() => Body::Upstream(rest),
+        Peeked::Partial(head, rest) => Body::Peeked {
+            head: Some(head),
+            rest,
+        },
+    };
+    Response::from_parts(parts, body)
+}
+
+/// The body as the provider meant it: inflated when gzip/deflate, `None` for encodings we can't read.
+fn decode(body: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let limit = INFLATE_LIMIT as u64;
+    let ok = match encoding {
+        None | Some("identity") => return Some(body.to_vec()),
+        Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        Some("deflate") => flate2::read::ZlibDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        Some(_) => false,
+    };
+    ok.then_some(out)
+}
+
+/// `body` with one more top-level member, every byte of the original members left as it was.
+/// `None` unless `body` is a JSON object that has no such member yet.
+fn with_member(body: &[u8], name: &str, value: &serde_json::Value) -> Option<Vec<u8>> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    if object.contains_key(name) {
+        return None;
+    }
+    let end = body.iter().rposition(|b| *b == b'}')?;
+    let member = format!("{}:{}", serde_json::Value::from(name), value);
+    let mut out = Vec::with_capacity(body.len() + member.len() + 1);
+    out.extend_from_slice(&body[..end]);
+    if !object.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&body[end..]);
+    Some(out)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_member_is_added_and_nothing_else_changes() {
+        let body = br#"{ "error": {"message": "Incorrect API key", "code": "invalid_api_key"} }"#;
+        let out = with_member(body, "keyproxy", &json!({"reason": "invalid_key"})).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            r#"{ "error": {"message": "Incorrect API key", "code": "invalid_api_key"} ,"keyproxy":{"reason":"invalid_key"}}"#
+        );
+        let empty = with_member(b"{}\n", "keyproxy", &json!(1)).unwrap();
+        assert_eq!(empty, b"{\"keyproxy\":1}\n");
+        assert!(with_member(b"[{}]", "keyproxy", &json!(1)).is_none());
+        assert!(with_member(b"not json", "keyproxy", &json!(1)).is_none());
+        assert!(with_member(br#"{"keyproxy":0}"#, "keyproxy", &json!(1)).is_none());
+    }
+
+    #[test]
+    fn compressed_bodies_are_inflated() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"{\"a\":1}").unwrap();
+        let packed = gz.finish().unwrap();
+        assert_eq!(decode(&packed, Some("gzip")).unwrap(), b"{\"a\":1}");
+        assert_eq!(decode(b"{}", None).unwrap(), b"{}");
+        assert!(decode(b"xx", Some("br")).is_none());
+        assert!(decode(b"not gzip", Some("gzip")).is_none());
+    }
+}
