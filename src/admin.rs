@@ -295,6 +295,7 @@ fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
             "retired_at": rfc3339_string(r.retired_at),
         })).collect::<Vec<_>>(),
         "client_credentials": u.metrics.credential_counts(),
+        "recent_diagnoses": u.recent_diagnoses(),
     })
 }
 

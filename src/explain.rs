@@ -99,6 +99,7 @@ pub async fn explain(
             retry_after: header_str(&parts.headers, RETRY_AFTER.as_str()),
             last_attempt: last_attempt.as_ref(),
             base_url: &base_url,
+            auth_header: upstream.auth_header.as_str(),
             now,
         },
     );

@@ -25,6 +25,8 @@ pub struct Context<'a> {
     pub retry_after: Option<&'a str>,
     pub last_attempt: Option<&'a Attempt>,
     pub base_url: &'a str,
+    /// The header keyproxy put the key in (`authorization`, `x-api-key`, ...).
+    pub auth_header: &'a str,
     pub now: SystemTime,
 }
 
@@ -53,12 +55,12 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             keys_page(c.provider)
         ),
         Reason::MissingKey => format!(
-            "{name} says no key reached it, yet keyproxy sent {fp}{said}. Something between keyproxy and {} drops the credential header, or the upstream's provider setting ({}) does not match what {} expects; check provider and base_url ({}).",
-            c.base_url, c.provider.as_str(), c.base_url, c.base_url
+            "{name} says no key reached it, yet keyproxy sent {fp} in the {} header{said}. Either something between keyproxy and the provider drops that header, or {} expects the key elsewhere: check that provider = \"{}\" is right for base_url {}.",
+            c.auth_header, c.base_url, c.provider.as_str(), c.base_url
         ),
         Reason::MalformedKey => format!(
-            "{name} could not read the credential keyproxy sent ({fp}){said}. The upstream's provider setting ({}) decides the header and scheme; check that it matches {} (an OAuth token or another provider's scheme will not do).",
-            c.provider.as_str(), c.base_url
+            "{name} could not read the credential keyproxy sent ({fp} in the {} header){said}. The upstream's provider setting ({}) decides the header and scheme; check that it is what {} expects (an OAuth token or another provider's scheme will not do).",
+            c.auth_header, c.provider.as_str(), c.base_url
         ),
         Reason::WrongProviderKey => {
             let owner = c

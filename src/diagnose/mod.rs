@@ -156,6 +156,99 @@ mod tests {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
+    /// Wordings and shapes beyond the fixture file, from the providers' documented error formats.
+    #[test]
+    fn variants_beyond_the_fixtures() {
+        let cases: &[(u16, &str, Reason)] = &[
+            (
+                401,
+                r#"{"error":{"message":"Invalid API Key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+                Reason::InvalidKey,
+            ), // Groq
+            (401, r#"{"detail":"Unauthorized"}"#, Reason::InvalidKey), // Mistral (older)
+            (
+                401,
+                r#"{"message":"invalid api token"}"#,
+                Reason::InvalidKey,
+            ), // Cohere
+            (
+                401,
+                r#"{"error":"Incorrect API key provided: xai-****"}"#,
+                Reason::InvalidKey,
+            ), // error as a string
+            (
+                401,
+                r#"{"error":{"code":"invalid_api_key","message":""}}"#,
+                Reason::InvalidKey,
+            ),
+            (
+                401,
+                r#"{"error":{"message":"Your authentication token has expired. Please try signing in again.","type":"invalid_request_error","code":"token_expired"}}"#,
+                Reason::ExpiredKey,
+            ),
+            (
+                401,
+                r#"{"error":{"message":"The OpenAI-Project header should match project for API key","type":"invalid_request_error","code":"mismatched_project"}}"#,
+                Reason::ProjectMismatch,
+            ),
+            (
+                403,
+                r#"{"error":{"code":"PERMISSION_DENIED","message":"Permission denied: Consumer 'api_key:AIza' has been suspended.","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"CONSUMER_SUSPENDED"}]}}"#,
+                Reason::AccountInactive,
+            ),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#,
+                Reason::InvalidKey,
+            ),
+            (
+                400,
+                r#"{"error":{"code":400,"message":"User location is not supported for the API use.","status":"FAILED_PRECONDITION"}}"#,
+                Reason::RegionUnsupported,
+            ),
+            (
+                403,
+                r#"{"error":{"code":403,"message":"Requests from referer <empty> are blocked.","status":"PERMISSION_DENIED","details":[{"reason":"API_KEY_HTTP_REFERRER_BLOCKED"}]}}"#,
+                Reason::InsufficientPermissions,
+            ),
+            (
+                401,
+                r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key. Make sure to provide a valid key for an active subscription."}}"#,
+                Reason::InvalidKey,
+            ), // Azure
+            (
+                429,
+                r#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-02-01 have exceeded token rate limit of your current OpenAI S0 pricing tier."}}"#,
+                Reason::RateLimited,
+            ),
+            (
+                429,
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"}}"#,
+                Reason::RateLimited,
+            ),
+            (
+                400,
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#,
+                Reason::QuotaExhausted,
+            ),
+            (
+                403,
+                r#"{"error":{"message":"You are not allowed to sample from this model","type":"invalid_request_error","param":null,"code":null}}"#,
+                Reason::UnknownAuthError,
+            ),
+        ];
+        for (status, body, want) in cases {
+            let status = StatusCode::from_u16(*status).unwrap();
+            let got = classify(
+                status,
+                facts(body.as_bytes()).as_ref(),
+                &Knowledge::default(),
+                SystemTime::now(),
+            );
+            assert_eq!(got, Some(*want), "{body}");
+        }
+    }
+
     #[test]
     fn ordinary_errors_and_5xx_get_no_reason() {
         let k = Knowledge::default();

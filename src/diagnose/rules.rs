@@ -236,6 +236,10 @@ const PHRASES: &[(Reason, &[&str])] = &[
             "unauthenticated",
             "unauthorized",
             "invalid token",
+            "invalid api token",
+            "invalid subscription key",
+            "invalid credentials",
+            "bad credentials",
             "no such user",
             "invalid key",
             "key is invalid",
@@ -249,6 +253,18 @@ fn plausible_for_400(r: Reason) -> bool {
         r,
         Reason::RateLimited | Reason::UnknownAuthError | Reason::WrongEndpoint
     )
+}
+
+fn per_minute(message: &str) -> bool {
+    [
+        "per minute",
+        "perminute",
+        "rate-limits",
+        "rate limit",
+        "retry in",
+    ]
+    .iter()
+    .any(|p| message.contains(p))
 }
 
 pub fn reason(facts: &ErrorFacts, status: StatusCode) -> Option<Reason> {
@@ -274,8 +290,9 @@ pub fn reason(facts: &ErrorFacts, status: StatusCode) -> Option<Reason> {
     });
     match status.as_u16() {
         400 => found.filter(|r| plausible_for_400(*r)),
+        // "Quota" on a 429 that talks about per-minute limits is a rate limit (Gemini's free tier).
         429 => Some(match found {
-            Some(Reason::QuotaExhausted) => Reason::QuotaExhausted,
+            Some(Reason::QuotaExhausted) if !per_minute(&message) => Reason::QuotaExhausted,
             _ => Reason::RateLimited,
         }),
         402 => Some(match found {
