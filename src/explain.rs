@@ -30,6 +30,7 @@ const INFLATE_LIMIT: usize = 256 * 1024;
 /// What the client's request said that the explanation may need.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
+    pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub organization: Option<&'a HeaderValue>,
@@ -144,6 +145,7 @@ fn report(
         .or_else(|| header_str(&parts.headers, "apim-request-id"))
         .map(str::to_owned);
     tracing::warn!(
+        request_id = request.request_id,
         upstream = %upstream.name,
         reason = reason.as_str(),
         status = parts.status.as_u16(),
@@ -195,11 +197,7 @@ async fn peek(mut body: Incoming) -> Peeked {
 fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {
     let body = match peeked {
         Peeked::Complete(b) => Body::full(b),
-        Peeked::Partial(head, rest) if head.is_empty() => Body::Upstream(rest),
-        Peeked::Partial(head, rest) => Body::Peeked {
-            head: Some(head),
-            rest,
-        },
+        Peeked::Partial(head, rest) => Body::peeked(head, rest),
     };
     Response::from_parts(parts, body)
 }

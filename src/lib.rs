@@ -16,6 +16,7 @@ pub mod probe;
 pub mod proxy;
 pub mod reason;
 pub mod reply;
+pub mod request_id;
 pub mod route;
 pub mod server;
 pub mod tap;

@@ -1,21 +1,37 @@
-//! The Prometheus registry and the handles the rest of the code increments. Label values are
-//! resolved once per upstream at startup, so the request path only touches atomics. Never a key.
+//! The Prometheus registry and the handles the rest of the code increments. Every series of a
+//! configured upstream exists from startup (at zero), and label values are resolved once, so the
+//! request path only touches atomics. No label or value ever holds a key.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::reason::Reason;
-use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+
+/// Latency buckets (seconds) from a fast local hop to a long generation.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 pub struct Metrics {
     registry: Registry,
-    rotations: IntCounterVec,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    in_flight: IntGaugeVec,
     auth_failures: IntCounterVec,
-    client_credentials: IntCounterVec,
+    rotations: IntCounterVec,
     key_generation: IntGaugeVec,
     key_loaded: GaugeVec,
     key_expiry: GaugeVec,
     key_usable: IntGaugeVec,
+    upstream_errors: IntCounterVec,
+    client_credentials: IntCounterVec,
+    tokens: IntCounterVec,
+    websockets_open: IntGaugeVec,
 }
 
 /// How a credential the client sent compares with the keys keyproxy knows.
@@ -39,15 +55,59 @@ impl CredentialMatch {
     }
 }
 
+/// What went wrong talking to the upstream (`keyproxy_upstream_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Refused, unreachable, DNS, connect timeout.
+    Connect,
+    /// Handshake failed: unknown CA, wrong name, protocol.
+    Tls,
+    /// No response headers within `response_header_timeout`.
+    Timeout,
+    /// The connection broke before the response headers.
+    Reset,
+    /// The response body broke off after the headers.
+    Body,
+}
+
+impl UpstreamError {
+    pub const ALL: [UpstreamError; 5] = [
+        UpstreamError::Connect,
+        UpstreamError::Tls,
+        UpstreamError::Timeout,
+        UpstreamError::Reset,
+        UpstreamError::Body,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Tls => "tls",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Body => "body",
+        }
+    }
+}
+
 /// One upstream's pre-resolved series.
 pub struct UpstreamMetrics {
     name: String,
+    requests: IntCounterVec,
+    /// `requests_total` by status code, resolved on first use of each code.
+    by_status: Box<[OnceLock<IntCounter>]>,
+    pub request_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub in_flight: IntGauge,
     rotations: IntCounterVec,
     auth_failures: IntCounterVec,
     credentials: [IntCounter; 3],
+    upstream_errors: [IntCounter; 5],
+    tokens_input: IntCounter,
+    tokens_output: IntCounter,
+    pub websockets_open: IntGauge,
     pub key_generation: IntGauge,
     pub key_loaded: Gauge,
-    pub key_expiry: Gauge,
     key_expiry_vec: GaugeVec,
     pub key_usable: IntGauge,
 }
@@ -70,6 +130,16 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok::<_, prometheus::Error>(g)
         };
+        let histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, &["upstream"])?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let build_info = int_gauge(
             "keyproxy_build_info",
             "keyproxy build information; always 1.",
@@ -79,35 +149,86 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         Ok(Metrics {
-            rotations: counter(
-                "keyproxy_key_rotations_total",
-                "Key rotation attempts by trigger (startup, file, sighup, admin, periodic) and result (applied, rejected).",
-                &["upstream", "trigger", "result"],
+            requests: counter(
+                "keyproxy_requests_total",
+                "Proxied requests by upstream and response status.",
+                &["upstream", "status"],
+            )?,
+            request_duration: histogram(
+                "keyproxy_request_duration_seconds",
+                "Time from receiving a request to sending the response headers, keyproxy included.",
+            )?,
+            upstream_duration: histogram(
+                "keyproxy_upstream_duration_seconds",
+                "Time the upstream took to answer with response headers.",
+            )?,
+            in_flight: int_gauge(
+                "keyproxy_requests_in_flight",
+                "Requests whose response is not finished yet (open streams included).",
+                &["upstream"],
             )?,
             auth_failures: counter(
                 "keyproxy_auth_failures_total",
                 "Provider refusals (401/403/429, key-related 400/402) by diagnosed reason code.",
                 &["upstream", "reason"],
             )?,
+            rotations: counter(
+                "keyproxy_key_rotations_total",
+                "Key rotation attempts by trigger (startup, file, periodic, sighup, admin) and result (applied, rejected).",
+                &["upstream", "trigger", "result"],
+            )?,
+            key_generation: int_gauge(
+                "keyproxy_key_generation",
+                "Generation of the key in use (1 = first key loaded).",
+                &["upstream"],
+            )?,
+            key_loaded: gauge(
+                "keyproxy_key_loaded_timestamp_seconds",
+                "When the key in use was loaded (Unix time).",
+                &["upstream"],
+            )?,
+            key_expiry: gauge(
+                "keyproxy_key_expiry_timestamp_seconds",
+                "When the key in use expires (Unix time); absent when unknown.",
+                &["upstream"],
+            )?,
+            key_usable: int_gauge(
+                "keyproxy_key_usable",
+                "1 when the upstream has a loaded, lint-clean key; else 0.",
+                &["upstream"],
+            )?,
+            upstream_errors: counter(
+                "keyproxy_upstream_errors_total",
+                "Failures talking to the upstream by kind (connect, tls, timeout, reset, body).",
+                &["upstream", "kind"],
+            )?,
             client_credentials: counter(
                 "keyproxy_client_credentials_total",
                 "Credentials clients sent (and keyproxy stripped), by whether they match the current key, a retired key, or nothing known.",
                 &["upstream", "match"],
             )?,
-            key_generation: int_gauge("keyproxy_key_generation", "Generation of the key in use (1 = first key loaded).", &["upstream"])?,
-            key_loaded: gauge("keyproxy_key_loaded_timestamp_seconds", "When the key in use was loaded (Unix time).", &["upstream"])?,
-            key_expiry: gauge("keyproxy_key_expiry_timestamp_seconds", "When the key in use expires (Unix time); absent when unknown.", &["upstream"])?,
-            key_usable: int_gauge("keyproxy_key_usable", "1 when the upstream has a loaded, lint-clean key; else 0.", &["upstream"])?,
+            tokens: counter(
+                "keyproxy_tokens_total",
+                "Tokens the provider reported in its usage fields, by kind (input, output).",
+                &["upstream", "kind"],
+            )?,
+            websockets_open: int_gauge(
+                "keyproxy_websockets_open",
+                "WebSocket connections currently spliced through to the upstream.",
+                &["upstream"],
+            )?,
             registry,
         })
     }
 
     /// Resolve every series of one upstream, so they exist (at zero) from startup.
-    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+    pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
         for reason in &Reason::ALL[..16] {
             self.auth_failures
                 .with_label_values(&[name, reason.as_str()]);
         }
+        self.requests.with_label_values(&[name, "200"]);
+        let by_status: Box<[OnceLock<IntCounter>]> = (0..500).map(|_| OnceLock::new()).collect();
         let credentials = [
             CredentialMatch::Current,
             CredentialMatch::Retired,
@@ -117,17 +238,27 @@ impl Metrics {
             self.client_credentials
                 .with_label_values(&[name, m.as_str()])
         });
-        UpstreamMetrics {
+        let upstream_errors =
+            UpstreamError::ALL.map(|k| self.upstream_errors.with_label_values(&[name, k.as_str()]));
+        Arc::new(UpstreamMetrics {
             name: name.to_owned(),
+            requests: self.requests.clone(),
+            by_status,
+            request_duration: self.request_duration.with_label_values(&[name]),
+            upstream_duration: self.upstream_duration.with_label_values(&[name]),
+            in_flight: self.in_flight.with_label_values(&[name]),
             rotations: self.rotations.clone(),
             auth_failures: self.auth_failures.clone(),
             credentials,
+            upstream_errors,
+            tokens_input: self.tokens.with_label_values(&[name, "input"]),
+            tokens_output: self.tokens.with_label_values(&[name, "output"]),
+            websockets_open: self.websockets_open.with_label_values(&[name]),
             key_generation: self.key_generation.with_label_values(&[name]),
             key_loaded: self.key_loaded.with_label_values(&[name]),
-            key_expiry: self.key_expiry.with_label_values(&[name]),
             key_expiry_vec: self.key_expiry.clone(),
             key_usable: self.key_usable.with_label_values(&[name]),
-        }
+        })
     }
 
     /// The Prometheus text exposition of every family.
@@ -141,9 +272,30 @@ impl Metrics {
 }
 
 impl UpstreamMetrics {
+    /// One finished request phase: count it by status.
+    pub fn request(&self, status: u16) {
+        let counter = match self.by_status.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot.get_or_init(|| {
+                self.requests
+                    .with_label_values(&[self.name.as_str(), &status.to_string()])
+            }),
+            None => return,
+        };
+        counter.inc();
+    }
+
+    /// Requests counted so far (for /status).
+    pub fn requests_total(&self) -> u64 {
+        self.by_status
+            .iter()
+            .filter_map(OnceLock::get)
+            .map(IntCounter::get)
+            .sum()
+    }
+
     pub fn rotation(&self, trigger: &str, result: &str) {
         self.rotations
-            .with_label_values(&[&self.name, trigger, result])
+            .with_label_values(&[self.name.as_str(), trigger, result])
             .inc();
     }
 
@@ -154,8 +306,28 @@ impl UpstreamMetrics {
             .inc();
     }
 
+    pub fn auth_failures_total(&self) -> u64 {
+        Reason::ALL[..16]
+            .iter()
+            .map(|r| {
+                self.auth_failures
+                    .with_label_values(&[self.name.as_str(), r.as_str()])
+                    .get()
+            })
+            .sum()
+    }
+
     pub fn credential(&self, m: CredentialMatch) {
         self.credentials[m as usize].inc();
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    pub fn tokens(&self, input: u64, output: u64) {
+        self.tokens_input.inc_by(input);
+        self.tokens_output.inc_by(output);
     }
 
     /// Client credentials seen so far, by match (for /status).
@@ -170,14 +342,36 @@ impl UpstreamMetrics {
     /// Expiry is shown only when known: an unknown expiry removes the series.
     pub fn set_expiry(&self, unix_seconds: Option<f64>) {
         match unix_seconds {
-            Some(t) => {
-                let g = self.key_expiry_vec.with_label_values(&[&self.name]);
-                g.set(t);
-            }
+            Some(t) => self
+                .key_expiry_vec
+                .with_label_values(&[self.name.as_str()])
+                .set(t),
             None => {
-                let _ = self.key_expiry_vec.remove_label_values(&[&self.name]);
+                let _ = self
+                    .key_expiry_vec
+                    .remove_label_values(&[self.name.as_str()]);
             }
         }
+    }
+}
+
+/// Counts a request as in flight until its response body is finished or dropped.
+pub struct InFlight(Arc<UpstreamMetrics>);
+
+impl InFlight {
+    pub fn start(metrics: &Arc<UpstreamMetrics>) -> InFlight {
+        metrics.in_flight.inc();
+        InFlight(Arc::clone(metrics))
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
@@ -191,24 +385,40 @@ mod tests {
         let u = m.upstream("openai");
         u.credential(CredentialMatch::Retired);
         u.rotation("file", "applied");
+        u.request(401);
+        u.request(401);
+        u.request(999);
         let text = m.render();
-        assert!(text.contains("keyproxy_build_info{version=\""), "{text}");
-        assert!(
-            text.contains(
-                "keyproxy_client_credentials_total{match=\"current\",upstream=\"openai\"} 0"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "keyproxy_client_credentials_total{match=\"retired\",upstream=\"openai\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("keyproxy_key_rotations_total{result=\"applied\",trigger=\"file\",upstream=\"openai\"} 1"), "{text}");
-        assert!(
-            text.contains("keyproxy_key_usable{upstream=\"openai\"} 0"),
-            "{text}"
-        );
+        for want in [
+            "keyproxy_build_info{version=\"",
+            "keyproxy_requests_total{status=\"200\",upstream=\"openai\"} 0",
+            "keyproxy_requests_total{status=\"401\",upstream=\"openai\"} 2",
+            "keyproxy_request_duration_seconds_count{upstream=\"openai\"} 0",
+            "keyproxy_upstream_duration_seconds_bucket{upstream=\"openai\",le=\"0.001\"} 0",
+            "keyproxy_requests_in_flight{upstream=\"openai\"} 0",
+            "keyproxy_auth_failures_total{reason=\"invalid_key\",upstream=\"openai\"} 0",
+            "keyproxy_client_credentials_total{match=\"current\",upstream=\"openai\"} 0",
+            "keyproxy_client_credentials_total{match=\"retired\",upstream=\"openai\"} 1",
+            "keyproxy_key_rotations_total{result=\"applied\",trigger=\"file\",upstream=\"openai\"} 1",
+            "keyproxy_key_usable{upstream=\"openai\"} 0",
+            "keyproxy_upstream_errors_total{kind=\"tls\",upstream=\"openai\"} 0",
+            "keyproxy_tokens_total{kind=\"output\",upstream=\"openai\"} 0",
+            "keyproxy_websockets_open{upstream=\"openai\"} 0",
+            "keyproxy_key_generation{upstream=\"openai\"} 0",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert_eq!(u.requests_total(), 2);
+    }
+
+    #[test]
+    fn in_flight_follows_the_guard() {
+        let m = Metrics::new().unwrap();
+        let u = m.upstream("a");
+        let guard = InFlight::start(&u);
+        assert_eq!(u.in_flight.get(), 1);
+        drop(guard);
+        assert_eq!(u.in_flight.get(), 0);
     }
 }

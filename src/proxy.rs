@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -16,11 +16,12 @@ use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param}
 use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
-use crate::metrics::Metrics;
+use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::reason::Reason;
 use crate::reply::{self, Body};
+use crate::request_id;
 use crate::route::{path_is_clean, Router};
-use crate::tap::SseTap;
+use crate::tap::{SseTap, Tap};
 use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 
 pub struct Proxy {
@@ -60,48 +61,85 @@ impl Proxy {
         }
     }
 
-    /// One proxied request, start to finish. Never fails: every problem becomes a response.
+    /// One proxied request, start to finish. Never fails: every problem becomes a response,
+    /// and every response carries the request id.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
+        let request_id = request_id::of(req.headers());
+        let mut response = self.forward_phases(req, peer, &request_id, started).await;
+        response
+            .headers_mut()
+            .insert(request_id::RESPONSE_HEADER, request_id);
+        response
+    }
+
+    async fn forward_phases(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+        started: Instant,
+    ) -> Response<Body> {
+        let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
         let routed = match self.route(req, peer) {
             Ok(routed) => routed,
-            Err(refusal) => return *refusal,
+            Err(refusal) => {
+                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status().as_u16(), "refused before routing upstream");
+                return *refusal;
+            }
         };
         let upstream = routed.upstream;
+        let metrics = &upstream.metrics;
+        let in_flight = InFlight::start(metrics);
+        let sent = Instant::now();
         let response = match forward(upstream, routed.request.map(Either::Left)).await {
             Ok(mut response) => {
+                metrics
+                    .upstream_duration
+                    .observe(sent.elapsed().as_secs_f64());
                 drop_hop_by_hop(response.headers_mut());
                 if diagnose::worth_reading(response.status()) {
                     let facts = RequestFacts {
+                        request_id: rid,
                         method: method.as_str(),
                         path: uri.path(),
                         organization: routed.organization.as_ref(),
                         project: routed.project.as_ref(),
                     };
                     explain::explain(upstream, &routed.key, facts, response).await
-                } else if is_event_stream(response.headers()) {
-                    let tap = Box::new(SseTap::new(Arc::clone(&upstream.name), uri.path()));
-                    response.map(|inner| Body::Tapped { inner, tap })
                 } else {
-                    response.map(Body::Upstream)
+                    let tap = tap_for(upstream, response.status(), response.headers(), uri.path());
+                    response.map(|body| {
+                        let body = Body::upstream(body);
+                        match tap {
+                            Some(tap) => body.tapped(tap),
+                            None => body,
+                        }
+                    })
                 }
             }
-            Err(failure) => failure.into_response(upstream),
+            Err(failure) => failure.into_response(upstream, rid),
         };
+        let status = response.status().as_u16();
+        metrics.request(status);
+        metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
         let key = routed.key.snapshot();
         tracing::info!(
+            request_id = rid,
             %method,
             upstream = %upstream.name,
             path = uri.path(),
-            status = response.status().as_u16(),
+            status,
             duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
             key = key.map(|k| k.fingerprint.as_str()),
             generation = key.map(|k| k.generation),
             "request"
         );
-        response
+        response.map(|body| body.in_flight(in_flight))
     }
 
     /// The request phase: pick the upstream, take the key snapshot (one load) and rewrite the
@@ -201,6 +239,27 @@ enum ForwardFailure {
     Timeout(Duration),
 }
 
+/// Watch successful JSON and event-stream bodies for token usage (and streams for in-band errors).
+fn tap_for(
+    upstream: &Upstream,
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    path: &str,
+) -> Option<Tap> {
+    if !status.is_success() {
+        return None;
+    }
+    let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    if content_type.starts_with(b"text/event-stream") {
+        let errors = SseTap::new(Arc::clone(&upstream.name), path);
+        Some(Tap::new(Arc::clone(&upstream.metrics), Some(errors)))
+    } else if content_type.starts_with(b"application/json") {
+        Some(Tap::new(Arc::clone(&upstream.metrics), None))
+    } else {
+        None
+    }
+}
+
 async fn forward(
     upstream: &Upstream,
     req: Request<UpstreamBody>,
@@ -214,21 +273,34 @@ async fn forward(
 }
 
 impl ForwardFailure {
-    fn into_response(self, upstream: &Upstream) -> Response<Body> {
-        let (status, reason, message) = match self {
-            ForwardFailure::Unreachable(e) => (
-                StatusCode::BAD_GATEWAY,
-                Reason::UpstreamUnreachable,
-                format!(
-                    "keyproxy could not get a response from upstream {} at {}: {}",
-                    upstream.name,
-                    upstream.authority(),
-                    error_chain(&e)
-                ),
-            ),
+    fn into_response(self, upstream: &Upstream, request_id: &str) -> Response<Body> {
+        let (status, reason, kind, message) = match self {
+            ForwardFailure::Unreachable(e) => {
+                let chain = error_chain(&e);
+                let kind = if is_tls_failure(&chain) {
+                    UpstreamError::Tls
+                } else if e.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Reset
+                };
+                let (name, at) = (&upstream.name, upstream.authority());
+                let message = match kind {
+                    UpstreamError::Tls => format!("the TLS handshake with upstream {name} at {at} failed: {chain}"),
+                    UpstreamError::Connect => format!("keyproxy could not connect to upstream {name} at {at}: {chain}"),
+                    _ => format!("keyproxy lost the connection to upstream {name} at {at} before the response headers: {chain}"),
+                };
+                (
+                    StatusCode::BAD_GATEWAY,
+                    Reason::UpstreamUnreachable,
+                    kind,
+                    message,
+                )
+            }
             ForwardFailure::Timeout(after) => (
                 StatusCode::GATEWAY_TIMEOUT,
                 Reason::UpstreamTimeout,
+                UpstreamError::Timeout,
                 format!(
                     "upstream {} sent no response headers within {} (response_header_timeout)",
                     upstream.name,
@@ -236,7 +308,8 @@ impl ForwardFailure {
                 ),
             ),
         };
-        tracing::warn!(upstream = %upstream.name, reason = %reason, "{message}");
+        upstream.metrics.upstream_error(kind);
+        tracing::warn!(request_id, upstream = %upstream.name, reason = %reason, kind = kind.as_str(), "{message}");
         reply::error(status, reason, &message)
     }
 }
@@ -259,10 +332,12 @@ fn no_route(path: &str) -> Response<Body> {
     )
 }
 
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+/// rustls reports handshake failures (unknown issuer, wrong name, protocol) through the connector.
+fn is_tls_failure(chain: &str) -> bool {
+    let lower = chain.to_ascii_lowercase();
+    ["certificate", "tls", "handshake", "invalid peer"]
+        .iter()
+        .any(|w| lower.contains(w))
 }
 
 /// "error: cause: root cause", the way people need to read a connection failure.

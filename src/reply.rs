@@ -10,24 +10,58 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Frame, Incoming, SizeHint};
 
+use crate::metrics::{InFlight, UpstreamError};
 use crate::reason::Reason;
-use crate::tap::SseTap;
+use crate::tap::Tap;
 
-/// The body of every response the proxy sends back.
-pub enum Body {
+/// The body of every response the proxy sends back: what it carries, plus what watches it.
+pub struct Body {
+    kind: Kind,
+    tap: Option<Box<Tap>>,
+    /// Keeps the request counted in flight until the body is done.
+    in_flight: Option<InFlight>,
+}
+
+enum Kind {
     /// The upstream's body, streamed through untouched.
     Upstream(Incoming),
     /// A body keyproxy wrote (its own errors, or a diagnosed error body with the `keyproxy` member).
     Full(Option<Bytes>),
     /// The part of an upstream body that was read to diagnose it, then the rest as it comes.
     Peeked { head: Option<Bytes>, rest: Incoming },
-    /// An event stream, watched for in-band errors as it passes; no byte is held back.
-    Tapped { inner: Incoming, tap: Box<SseTap> },
 }
 
 impl Body {
+    pub fn upstream(body: Incoming) -> Body {
+        Body::of(Kind::Upstream(body))
+    }
+
     pub fn full(bytes: impl Into<Bytes>) -> Body {
-        Body::Full(Some(bytes.into()))
+        Body::of(Kind::Full(Some(bytes.into())))
+    }
+
+    pub fn peeked(head: Bytes, rest: Incoming) -> Body {
+        let head = (!head.is_empty()).then_some(head);
+        Body::of(Kind::Peeked { head, rest })
+    }
+
+    fn of(kind: Kind) -> Body {
+        Body {
+            kind,
+            tap: None,
+            in_flight: None,
+        }
+    }
+
+    /// Watch the upstream's bytes as they pass (usage, in-band errors).
+    pub fn tapped(mut self, tap: Tap) -> Body {
+        self.tap = Some(Box::new(tap));
+        self
+    }
+
+    pub fn in_flight(mut self, guard: InFlight) -> Body {
+        self.in_flight = Some(guard);
+        self
     }
 }
 
@@ -39,38 +73,49 @@ impl hyper::body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Body::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::Peeked { head, rest } => match head.take() {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Peeked { head, rest } => match head.take() {
                 Some(h) => Poll::Ready(Some(Ok(Frame::data(h)))),
                 None => Pin::new(rest).poll_frame(cx),
             },
-            Body::Tapped { inner, tap } => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
-                    if let Some(data) = frame.data_ref() {
-                        tap.observe(data);
-                    }
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(tap), Some(data)) = (&mut this.tap, frame.data_ref()) {
+                    tap.observe(data);
                 }
-                polled
             }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(guard) = &this.in_flight {
+                    guard.metrics().upstream_error(UpstreamError::Body);
+                }
+            }
+            Poll::Ready(None) => {
+                // Done: count tokens and leave "in flight" now, not when hyper drops the body.
+                this.tap = None;
+                this.in_flight = None;
+            }
+            Poll::Pending => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Body::Upstream(body) | Body::Tapped { inner: body, .. } => body.is_end_stream(),
-            Body::Full(bytes) => bytes.is_none(),
-            Body::Peeked { head, rest } => head.is_none() && rest.is_end_stream(),
+        match &self.kind {
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Peeked { head, rest } => head.is_none() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Body::Upstream(body) | Body::Tapped { inner: body, .. } => body.size_hint(),
-            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::Peeked { head, rest } => {
+        match &self.kind {
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Peeked { head, rest } => {
                 let head = head.as_ref().map_or(0, |h| h.len() as u64);
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();

@@ -1,8 +1,169 @@
-//! Watching an event stream as it passes: an in-band error (an SSE `event: error`, or a
-//! `data: {"error":...}` after a 200) is logged once per stream. Every byte goes on unchanged,
-//! and the work per chunk is one linear scan.
+//! Watching a response body as it passes, with no byte held back and bounded work per chunk:
+//! the provider's `usage` token counts (JSON bodies and the final streamed events) are counted,
+//! and an in-band stream error (an SSE `event: error` after a 200) is logged.
 
 use std::sync::Arc;
+
+use crate::metrics::UpstreamMetrics;
+
+/// Everything watched on one response body. Token counts are added when the body is done.
+pub struct Tap {
+    usage: UsageTap,
+    errors: Option<SseTap>,
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl Tap {
+    pub fn new(metrics: Arc<UpstreamMetrics>, errors: Option<SseTap>) -> Tap {
+        Tap {
+            usage: UsageTap::default(),
+            errors,
+            metrics,
+        }
+    }
+
+    pub fn observe(&mut self, chunk: &[u8]) {
+        self.usage.observe(chunk);
+        if let Some(errors) = &mut self.errors {
+            errors.observe(chunk);
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let (input, output) = self.usage.totals();
+        if input + output > 0 {
+            self.metrics.tokens(input, output);
+        }
+    }
+}
+
+/// Token counts from `"usage": {...}` objects: OpenAI (`prompt_tokens`/`completion_tokens`, or
+/// `input_tokens`/`output_tokens` in the Responses API) and Anthropic (`input_tokens` in
+/// `message_start`, the cumulative `output_tokens` in `message_delta`). The largest value seen for
+/// each wins, so a count repeated across events is not added twice.
+#[derive(Debug, Default)]
+pub struct UsageTap {
+    /// The tail of a `usage` object cut off at a chunk boundary.
+    pending: Vec<u8>,
+    input: u64,
+    output: u64,
+}
+
+/// How much after `"usage"` is read for the counts.
+const USAGE_WINDOW: usize = 512;
+
+impl UsageTap {
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if !self.pending.is_empty() {
+            let need = USAGE_WINDOW
+                .saturating_sub(self.pending.len())
+                .min(chunk.len());
+            let mut window = std::mem::take(&mut self.pending);
+            window.extend_from_slice(&chunk[..need]);
+            self.read_window(&window);
+        }
+        let mut from = 0;
+        while let Some(at) = find(&chunk[from..], b"\"usage\"") {
+            let start = from + at;
+            let end = (start + USAGE_WINDOW).min(chunk.len());
+            if end - start < USAGE_WINDOW && end == chunk.len() && !closes(&chunk[start..end]) {
+                self.pending = chunk[start..end].to_vec();
+                return;
+            }
+            self.read_window(&chunk[start..end]);
+            from = start + 7;
+        }
+        // A `"usage"` marker itself split across chunks.
+        let tail = &chunk[chunk.len().saturating_sub(6)..];
+        if let Some(i) = (0..tail.len()).find(|&i| b"\"usage\"".starts_with(&tail[i..])) {
+            self.pending = tail[i..].to_vec();
+        }
+    }
+
+    fn read_window(&mut self, window: &[u8]) {
+        let Some(rest) = window.strip_prefix(b"\"usage\"") else {
+            return;
+        };
+        // Only the object itself: `"usage": {...}` up to its closing brace.
+        let Some(open) = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace() && *b != b':')
+        else {
+            return;
+        };
+        if rest[open] != b'{' {
+            return;
+        }
+        let object = &rest[open..];
+        let window = match object_end(object) {
+            Some(end) => &object[..end],
+            None => object,
+        };
+        for key in [&b"\"prompt_tokens\""[..], b"\"input_tokens\""] {
+            if let Some(n) = number_after(window, key) {
+                self.input = self.input.max(n);
+            }
+        }
+        for key in [&b"\"completion_tokens\""[..], b"\"output_tokens\""] {
+            if let Some(n) = number_after(window, key) {
+                self.output = self.output.max(n);
+            }
+        }
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        (self.input, self.output)
+    }
+}
+
+/// True when the `usage` object in `window` is complete (its braces balance).
+fn closes(window: &[u8]) -> bool {
+    window
+        .iter()
+        .position(|b| *b == b'{')
+        .is_some_and(|i| object_end(&window[i..]).is_some())
+}
+
+/// The length of the JSON object that starts at `object[0] == b'{'`, if it ends in `object`.
+fn object_end(object: &[u8]) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, &b) in object.iter().enumerate() {
+        match b {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The integer after `"key":` inside the usage object (not inside a nested `_details` object's name).
+fn number_after(window: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(window, key)? + key.len();
+    let rest = &window[at..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let digits: Vec<u8> = rest[colon + 1..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
 
 /// How much of the previous chunk is kept, to see a marker split across two chunks.
 const CARRY: usize = 24;
@@ -86,6 +247,57 @@ fn find_error(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage_of(chunks: &[&[u8]]) -> (u64, u64) {
+        let mut u = UsageTap::default();
+        for c in chunks {
+            u.observe(c);
+        }
+        u.totals()
+    }
+
+    #[test]
+    fn usage_from_json_bodies() {
+        let openai = br#"{"id":"chatcmpl-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":34,"total_tokens":46,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        assert_eq!(usage_of(&[openai]), (12, 34));
+        let anthropic = br#"{"id":"msg_1","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":7,"output_tokens":9}}"#;
+        assert_eq!(usage_of(&[anthropic]), (7, 9));
+        assert_eq!(
+            usage_of(&[&openai[..100], &openai[100..150], &openai[150..]]),
+            (12, 34),
+            "split anywhere"
+        );
+        for cut in 1..openai.len() {
+            assert_eq!(
+                usage_of(&[&openai[..cut], &openai[cut..]]),
+                (12, 34),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_from_streams() {
+        let anthropic: [&[u8]; 3] = [
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+            b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"Hello\"}}\n\n",
+            b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
+        ];
+        assert_eq!(usage_of(&anthropic), (25, 15));
+        let openai: [&[u8]; 2] = [
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\ndata: [DONE]\n\n",
+        ];
+        assert_eq!(usage_of(&openai), (8, 2));
+        assert_eq!(usage_of(&[b"{\"text\":\"no usage here\"}"]), (0, 0));
+        let null_then_other: &[u8] =
+            b"data: {\"usage\":null,\"tool\":{\"arguments\":\"{\\\"input_tokens\\\": 99}\"}}\n\n";
+        assert_eq!(
+            usage_of(&[null_then_other]),
+            (0, 0),
+            "only the usage object counts"
+        );
+    }
 
     fn tap() -> SseTap {
         SseTap::new("openai".into(), "/v1/chat/completions")

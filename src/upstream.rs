@@ -73,7 +73,7 @@ pub struct Upstream {
     pub validate_on_rotate: bool,
     pub probe_path: Option<String>,
     pub lint: LintMode,
-    pub metrics: UpstreamMetrics,
+    pub metrics: Arc<UpstreamMetrics>,
     /// Keys rotated out, newest first; read lock-free on the request path.
     pub retired: ArcSwap<Vec<RetiredKey>>,
     /// Rotation bookkeeping; never touched by requests.
