@@ -82,6 +82,15 @@ impl Admin {
             (true, "/healthz") => reply::text(StatusCode::OK, "ok\n"),
             (true, "/readyz") => self.readyz(),
             (true, "/status") => json_response(StatusCode::OK, &self.status()),
+            (true, "/") => {
+                let mut resp =
+                    reply::text(StatusCode::OK, crate::status_page::render(&self.status()));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
+            }
             (true, "/metrics") => {
                 let mut resp = reply::text(StatusCode::OK, self.proxy.metrics.render());
                 resp.headers_mut().insert(
@@ -101,7 +110,7 @@ impl Admin {
             (false, _) => reply::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
             _ => reply::text(
                 StatusCode::NOT_FOUND,
-                "not found; try /healthz, /readyz, /status, /metrics or POST /keys/{upstream}\n",
+                "not found; try /, /healthz, /readyz, /status, /metrics or POST /keys/{upstream}\n",
             ),
         }
     }
@@ -294,6 +303,11 @@ fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
             "generation": r.generation,
             "retired_at": rfc3339_string(r.retired_at),
         })).collect::<Vec<_>>(),
+        "requests": {
+            "total": u.metrics.requests_total(),
+            "in_flight": u.metrics.in_flight.get(),
+            "auth_failures": u.metrics.auth_failures_total(),
+        },
         "client_credentials": u.metrics.credential_counts(),
         "recent_diagnoses": u.recent_diagnoses(),
     })

@@ -19,6 +19,7 @@ pub mod reply;
 pub mod request_id;
 pub mod route;
 pub mod server;
+pub mod status_page;
 pub mod tap;
 pub mod telemetry;
 pub mod upstream;
