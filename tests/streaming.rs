@@ -247,7 +247,11 @@ async fn an_unknown_ca_is_a_502_that_says_so() {
     assert_eq!(resp.headers["x-keyproxy-reason"], "upstream_unreachable");
     let msg = json(&body)["error"]["message"].as_str().unwrap().to_owned();
     assert!(msg.to_lowercase().contains("certificate"), "{msg}");
+    assert!(msg.contains("TLS handshake"), "{msg}");
     assert!(seen.lock().unwrap().is_empty());
+    assert!(metrics(&proxy)
+        .await
+        .contains("keyproxy_upstream_errors_total{kind=\"tls\",upstream=\"openai\"} 1"));
     proxy.stop().await;
 }
 
