@@ -9,6 +9,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::Request;
 
+use keyproxy::clients::Clients;
 use keyproxy::config::Config;
 use keyproxy::key::store::KeyMeta;
 use keyproxy::key::Secret;
@@ -47,7 +48,7 @@ fn proxy() -> Proxy {
         };
         u.key.install(&key, &u.auth_prefix, meta).unwrap();
     }
-    Proxy::new(upstreams, metrics)
+    Proxy::new(upstreams, metrics, Clients::none())
 }
 
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000);

@@ -24,6 +24,15 @@ pub struct Config {
     pub path: PathBuf,
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    /// Apps allowed to use the proxy; empty means any app that can connect.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[[clients]]`: an app's own token ("virtual key"), which it sends instead of a provider key.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub token: KeySource,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +44,10 @@ pub struct ServerConfig {
     pub admin_token: Option<KeySource>,
     /// Fallback re-read of file and command key sources, for file events that never arrive.
     pub key_reload_interval: Duration,
+    /// A client must send its request headers within this long.
+    pub client_header_timeout: Duration,
+    /// Listen beyond loopback without client tokens (something else restricts who connects).
+    pub allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +68,8 @@ pub struct UpstreamConfig {
     /// Path of the cheapest authenticated endpoint, for probes (generic upstreams).
     pub probe_path: Option<String>,
     pub lint: LintMode,
+    /// An open response stream with no byte for this long is cut (a stalled upstream).
+    pub stream_idle_timeout: Duration,
 }
 
 /// When the key expires: a fixed `expires_at`, or `max_age` counted from `issued_at` (or the load time).
@@ -99,28 +114,42 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Spanned<String>,
+    token: KeySource,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
-    listen: SocketAddr,
+    listen: Option<Spanned<SocketAddr>>,
     admin_listen: SocketAddr,
     #[serde(with = "duration")]
     shutdown_grace: Duration,
     admin_token: Option<KeySource>,
     #[serde(with = "duration")]
     key_reload_interval: Duration,
+    #[serde(with = "duration")]
+    client_header_timeout: Duration,
+    allow_unauthenticated: bool,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
         RawServer {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            listen: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
             shutdown_grace: Duration::from_secs(30),
             admin_token: None,
             key_reload_interval: Duration::from_secs(30),
+            client_header_timeout: Duration::from_secs(30),
+            allow_unauthenticated: false,
         }
     }
 }
@@ -156,6 +185,12 @@ struct RawUpstream {
     probe_path: Option<Spanned<String>>,
     #[serde(default)]
     lint: LintMode,
+    #[serde(default = "default_stream_idle_timeout", with = "duration")]
+    stream_idle_timeout: Duration,
+}
+
+fn default_stream_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_connect_timeout() -> Duration {
@@ -285,18 +320,66 @@ impl Config {
             }
             upstreams.push(up);
         }
+        let clients = validate_clients(&ctx, raw.clients)?;
+        let listen = raw
+            .server
+            .listen
+            .as_ref()
+            .map_or(DEFAULT_LISTEN, |l| *l.get_ref());
+        if !listen.ip().is_loopback() && clients.is_empty() && !raw.server.allow_unauthenticated {
+            let span = raw.server.listen.as_ref().map_or(0..0, Spanned::span);
+            return Err(ctx.error(
+                span,
+                "server.listen".into(),
+                &format!(
+                    "refusing to listen on {listen} without client tokens: anyone who can reach that address could spend your API key. \
+                     Listen on 127.0.0.1, or add [[clients]] with a token for each app (apps send it as their API key), \
+                     or set [server] allow_unauthenticated = true if something else (a firewall, a container's port mapping, a pod network) decides who can connect"
+                ),
+            ));
+        }
         Ok(Config {
             path: path.to_owned(),
+            clients,
             server: ServerConfig {
-                listen: raw.server.listen,
+                listen,
                 admin_listen: raw.server.admin_listen,
                 shutdown_grace: raw.server.shutdown_grace,
                 admin_token: raw.server.admin_token.map(|t| t.resolved(path)),
                 key_reload_interval: raw.server.key_reload_interval,
+                client_header_timeout: raw.server.client_header_timeout,
+                allow_unauthenticated: raw.server.allow_unauthenticated,
             },
             upstreams,
         })
     }
+}
+
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8787);
+
+fn validate_clients(ctx: &Ctx, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut clients = Vec::with_capacity(raw.len());
+    for (i, c) in raw.into_iter().enumerate() {
+        let name = c.name.get_ref();
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+        if !valid || !names.insert(name.clone()) {
+            return Err(ctx.error(
+                c.name.span(),
+                format!("clients[{i}].name"),
+                "client names must be unique and use only letters, digits, '-' and '_' (they appear in logs and metrics)",
+            ));
+        }
+        clients.push(ClientConfig {
+            name: c.name.into_inner(),
+            token: c.token.resolved(ctx.path),
+        });
+    }
+    Ok(clients)
 }
 
 fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
@@ -406,6 +489,7 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         validate_on_rotate: up.validate_on_rotate,
         probe_path,
         lint: up.lint,
+        stream_idle_timeout: up.stream_idle_timeout,
     })
 }
 
@@ -514,11 +598,15 @@ impl Ctx<'_> {
             .unwrap_or_default();
         let mut table = String::new();
         let mut upstream_index: Option<usize> = None;
+        let mut client_index: Option<usize> = None;
         for l in self.text[..line_start].lines() {
             let l = l.trim();
             if l.starts_with("[[upstreams]]") {
                 upstream_index = Some(upstream_index.map_or(0, |i| i + 1));
                 table = format!("upstreams[{}]", upstream_index.unwrap_or(0));
+            } else if l.starts_with("[[clients]]") {
+                client_index = Some(client_index.map_or(0, |i| i + 1));
+                table = format!("clients[{}]", client_index.unwrap_or(0));
             } else if let Some(t) = l.strip_prefix('[') {
                 table = t.trim_end_matches(']').trim().to_owned();
             }
@@ -749,6 +837,39 @@ lint = "warn"
             z
         );
         assert!(parse_timestamp("tomorrow").is_err());
+    }
+
+    #[test]
+    fn beyond_loopback_needs_client_tokens_or_an_explicit_opt_out() {
+        let open = GOOD.replace("127.0.0.1:9000", "0.0.0.0:9000");
+        let (line, _, field, msg) = err(&open);
+        assert_eq!((line, field.as_str()), (3, "server.listen"));
+        assert!(
+            msg.contains("[[clients]]") && msg.contains("allow_unauthenticated"),
+            "{msg}"
+        );
+        let with_clients = format!(
+            "{open}\n[[clients]]\nname = \"notebook\"\ntoken = {{ env = \"NOTEBOOK_TOKEN\" }}\n"
+        );
+        let c = parse(&with_clients).unwrap();
+        assert_eq!(c.clients[0].name, "notebook");
+        let opted_out = open.replace("[server]\n", "[server]\nallow_unauthenticated = true\n");
+        assert!(parse(&opted_out).unwrap().server.allow_unauthenticated);
+        let (_, _, field, _) = err(&format!(
+            "{with_clients}[[clients]]\nname = \"notebook\"\ntoken = {{ env = \"X\" }}\n"
+        ));
+        assert_eq!(field, "clients[1].name");
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        for (name, text) in [
+            ("keyproxy.toml", include_str!("../config/keyproxy.toml")),
+            ("keyproxy.docker.toml", include_str!("../config/keyproxy.docker.toml")),
+        ] {
+            let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(c.upstreams[0].key, KeySource::Env("OPENAI_API_KEY".into()));
+        }
     }
 
     #[test]

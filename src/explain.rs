@@ -31,6 +31,8 @@ const INFLATE_LIMIT: usize = 256 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub request_id: &'a str,
+    /// The client index for metrics (0 without `[[clients]]`).
+    pub client: usize,
     pub method: &'a str,
     pub path: &'a str,
     pub organization: Option<&'a HeaderValue>,
@@ -155,7 +157,7 @@ fn report(
         path = %request.path,
         "{message}"
     );
-    upstream.metrics.auth_failure(reason);
+    upstream.metrics.auth_failure(request.client, reason);
     upstream.record_diagnosis(Diagnosis {
         at: SystemTime::now(),
         method: request.method.to_owned(),

@@ -62,6 +62,31 @@ pub fn is_standard_credential(name: &HeaderName) -> bool {
         || CREDENTIAL_HEADERS.contains(&name.as_str())
 }
 
+/// The first credential the app sent, without its scheme: `Authorization` (any scheme),
+/// `x-api-key`, `api-key`, `x-goog-api-key`, a generic upstream's header, or a `key=` parameter.
+pub fn presented_credential<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+    custom: &[HeaderName],
+) -> Option<&'a str> {
+    let value = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let without_scheme = |v: &'a str| v.split_once(' ').map_or(v, |(_, t)| t).trim();
+    if let Some(auth) = value(&AUTHORIZATION) {
+        return Some(without_scheme(auth));
+    }
+    for name in CREDENTIAL_HEADERS {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            return Some(v.trim());
+        }
+    }
+    for name in custom {
+        if let Some(v) = value(name) {
+            return Some(without_scheme(v));
+        }
+    }
+    query?.split('&').find_map(|pair| pair.strip_prefix("key="))
+}
+
 /// The query without any `key=` parameter (Gemini's key-in-URL form). Borrowed when there is none.
 pub fn strip_key_param(query: &str) -> Cow<'_, str> {
     let has_key = query

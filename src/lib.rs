@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod clients;
 pub mod config;
 pub mod diagnose;
 pub mod explain;

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName};
 
+use crate::headers::presented_credential;
+
 use crate::key::expiry;
 use crate::key::lint::{self, Finding, LintCode, Severity};
 use crate::key::rotation::{Attempt, Refusal, RetiredKey, RotationResult, Trigger, RETIRED_KEPT};
@@ -379,7 +381,7 @@ impl Upstream {
         peer: SocketAddr,
         key: &KeySnapshot,
     ) {
-        let Some(sent) = client_credential(headers, query, custom) else {
+        let Some(sent) = presented_credential(headers, query, custom) else {
             return;
         };
         let retired = self.retired.load();
@@ -426,28 +428,4 @@ impl Upstream {
             KeyState::Unavailable(why) => Some(why.clone()),
         }
     }
-}
-
-/// The first credential the app sent, without its scheme.
-fn client_credential<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-    custom: &[HeaderName],
-) -> Option<&'a str> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(auth) = header("authorization") {
-        let token = auth.split_once(' ').map_or(auth, |(_, t)| t).trim();
-        return Some(token);
-    }
-    for name in ["x-api-key", "api-key", "x-goog-api-key"] {
-        if let Some(v) = header(name) {
-            return Some(v.trim());
-        }
-    }
-    for name in custom {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(v.split_once(' ').map_or(v, |(_, t)| t).trim());
-        }
-    }
-    query?.split('&').find_map(|pair| pair.strip_prefix("key="))
 }

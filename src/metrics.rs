@@ -18,6 +18,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    /// Configured client names; when any, requests, refusals and tokens get a `client` label.
+    clients: Vec<String>,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
@@ -94,8 +96,8 @@ impl UpstreamError {
 pub struct UpstreamMetrics {
     name: String,
     requests: IntCounterVec,
-    /// `requests_total` by status code, resolved on first use of each code.
-    by_status: Box<[OnceLock<IntCounter>]>,
+    /// Per client (one entry when no clients are configured).
+    per_client: Vec<ClientSeries>,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub in_flight: IntGauge,
@@ -103,8 +105,6 @@ pub struct UpstreamMetrics {
     auth_failures: IntCounterVec,
     credentials: [IntCounter; 3],
     upstream_errors: [IntCounter; 5],
-    tokens_input: IntCounter,
-    tokens_output: IntCounter,
     pub websockets_open: IntGauge,
     pub key_generation: IntGauge,
     pub key_loaded: Gauge,
@@ -112,8 +112,31 @@ pub struct UpstreamMetrics {
     pub key_usable: IntGauge,
 }
 
+/// The series one client's traffic to one upstream moves.
+struct ClientSeries {
+    /// The `client` label value, when clients are configured.
+    client: Option<String>,
+    /// `requests_total` by status code, resolved on first use of each code.
+    by_status: Box<[OnceLock<IntCounter>]>,
+    tokens_input: IntCounter,
+    tokens_output: IntCounter,
+}
+
+/// Label values in family order: upstream, [client], last.
+fn labels<'a>(upstream: &'a str, client: Option<&'a str>, last: &'a str) -> Vec<&'a str> {
+    match client {
+        Some(c) => vec![upstream, c, last],
+        None => vec![upstream, last],
+    }
+}
+
 impl Metrics {
+    /// Metrics without client labels (no `[[clients]]` configured).
     pub fn new() -> Result<Metrics, prometheus::Error> {
+        Metrics::with_clients(&[])
+    }
+
+    pub fn with_clients(clients: &[String]) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -148,11 +171,19 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let with_client = |last: &'static str| -> Vec<&'static str> {
+            if clients.is_empty() {
+                vec!["upstream", last]
+            } else {
+                vec!["upstream", "client", last]
+            }
+        };
         Ok(Metrics {
+            clients: clients.to_vec(),
             requests: counter(
                 "keyproxy_requests_total",
-                "Proxied requests by upstream and response status.",
-                &["upstream", "status"],
+                "Proxied requests by upstream (and client) and response status.",
+                &with_client("status"),
             )?,
             request_duration: histogram(
                 "keyproxy_request_duration_seconds",
@@ -170,7 +201,7 @@ impl Metrics {
             auth_failures: counter(
                 "keyproxy_auth_failures_total",
                 "Provider refusals (401/403/429, key-related 400/402) by diagnosed reason code.",
-                &["upstream", "reason"],
+                &with_client("reason"),
             )?,
             rotations: counter(
                 "keyproxy_key_rotations_total",
@@ -210,7 +241,7 @@ impl Metrics {
             tokens: counter(
                 "keyproxy_tokens_total",
                 "Tokens the provider reported in its usage fields, by kind (input, output).",
-                &["upstream", "kind"],
+                &with_client("kind"),
             )?,
             websockets_open: int_gauge(
                 "keyproxy_websockets_open",
@@ -223,12 +254,28 @@ impl Metrics {
 
     /// Resolve every series of one upstream, so they exist (at zero) from startup.
     pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
-        for reason in &Reason::ALL[..16] {
-            self.auth_failures
-                .with_label_values(&[name, reason.as_str()]);
-        }
-        self.requests.with_label_values(&[name, "200"]);
-        let by_status: Box<[OnceLock<IntCounter>]> = (0..500).map(|_| OnceLock::new()).collect();
+        let clients: Vec<Option<String>> = if self.clients.is_empty() {
+            vec![None]
+        } else {
+            self.clients.iter().cloned().map(Some).collect()
+        };
+        let per_client = clients
+            .into_iter()
+            .map(|client| {
+                let c = client.as_deref();
+                for reason in &Reason::ALL[..16] {
+                    self.auth_failures
+                        .with_label_values(&labels(name, c, reason.as_str()));
+                }
+                self.requests.with_label_values(&labels(name, c, "200"));
+                ClientSeries {
+                    by_status: (0..500).map(|_| OnceLock::new()).collect(),
+                    tokens_input: self.tokens.with_label_values(&labels(name, c, "input")),
+                    tokens_output: self.tokens.with_label_values(&labels(name, c, "output")),
+                    client,
+                }
+            })
+            .collect();
         let credentials = [
             CredentialMatch::Current,
             CredentialMatch::Retired,
@@ -243,7 +290,7 @@ impl Metrics {
         Arc::new(UpstreamMetrics {
             name: name.to_owned(),
             requests: self.requests.clone(),
-            by_status,
+            per_client,
             request_duration: self.request_duration.with_label_values(&[name]),
             upstream_duration: self.upstream_duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
@@ -251,8 +298,6 @@ impl Metrics {
             auth_failures: self.auth_failures.clone(),
             credentials,
             upstream_errors,
-            tokens_input: self.tokens.with_label_values(&[name, "input"]),
-            tokens_output: self.tokens.with_label_values(&[name, "output"]),
             websockets_open: self.websockets_open.with_label_values(&[name]),
             key_generation: self.key_generation.with_label_values(&[name]),
             key_loaded: self.key_loaded.with_label_values(&[name]),
@@ -272,12 +317,21 @@ impl Metrics {
 }
 
 impl UpstreamMetrics {
-    /// One finished request phase: count it by status.
-    pub fn request(&self, status: u16) {
-        let counter = match self.by_status.get(usize::from(status).wrapping_sub(100)) {
+    fn series(&self, client: usize) -> &ClientSeries {
+        self.per_client.get(client).unwrap_or(&self.per_client[0])
+    }
+
+    /// One finished request phase: count it by (client and) status.
+    pub fn request(&self, client: usize, status: u16) {
+        let series = self.series(client);
+        let counter = match series.by_status.get(usize::from(status).wrapping_sub(100)) {
             Some(slot) => slot.get_or_init(|| {
-                self.requests
-                    .with_label_values(&[self.name.as_str(), &status.to_string()])
+                let status = status.to_string();
+                self.requests.with_label_values(&labels(
+                    &self.name,
+                    series.client.as_deref(),
+                    &status,
+                ))
             }),
             None => return,
         };
@@ -286,8 +340,9 @@ impl UpstreamMetrics {
 
     /// Requests counted so far (for /status).
     pub fn requests_total(&self) -> u64 {
-        self.by_status
+        self.per_client
             .iter()
+            .flat_map(|s| s.by_status.iter())
             .filter_map(OnceLock::get)
             .map(IntCounter::get)
             .sum()
@@ -300,21 +355,22 @@ impl UpstreamMetrics {
     }
 
     /// On the error path only, so resolving the label here costs nothing that matters.
-    pub fn auth_failure(&self, reason: Reason) {
+    pub fn auth_failure(&self, client: usize, reason: Reason) {
+        let c = self.series(client).client.as_deref();
         self.auth_failures
-            .with_label_values(&[self.name.as_str(), reason.as_str()])
+            .with_label_values(&labels(&self.name, c, reason.as_str()))
             .inc();
     }
 
     pub fn auth_failures_total(&self) -> u64 {
-        Reason::ALL[..16]
-            .iter()
-            .map(|r| {
-                self.auth_failures
-                    .with_label_values(&[self.name.as_str(), r.as_str()])
-                    .get()
-            })
-            .sum()
+        let mut total = 0;
+        for series in &self.per_client {
+            for r in &Reason::ALL[..16] {
+                let l = labels(&self.name, series.client.as_deref(), r.as_str());
+                total += self.auth_failures.with_label_values(&l).get();
+            }
+        }
+        total
     }
 
     pub fn credential(&self, m: CredentialMatch) {
@@ -325,9 +381,10 @@ impl UpstreamMetrics {
         self.upstream_errors[kind as usize].inc();
     }
 
-    pub fn tokens(&self, input: u64, output: u64) {
-        self.tokens_input.inc_by(input);
-        self.tokens_output.inc_by(output);
+    pub fn tokens(&self, client: usize, input: u64, output: u64) {
+        let series = self.series(client);
+        series.tokens_input.inc_by(input);
+        series.tokens_output.inc_by(output);
     }
 
     /// Client credentials seen so far, by match (for /status).
@@ -385,9 +442,9 @@ mod tests {
         let u = m.upstream("openai");
         u.credential(CredentialMatch::Retired);
         u.rotation("file", "applied");
-        u.request(401);
-        u.request(401);
-        u.request(999);
+        u.request(0, 401);
+        u.request(0, 401);
+        u.request(0, 999);
         let text = m.render();
         for want in [
             "keyproxy_build_info{version=\"",
@@ -410,6 +467,25 @@ mod tests {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
         assert_eq!(u.requests_total(), 2);
+    }
+
+    #[test]
+    fn client_labels_when_clients_are_configured() {
+        let m = Metrics::with_clients(&["notebook".into(), "ci".into()]).unwrap();
+        let u = m.upstream("openai");
+        u.request(1, 200);
+        u.tokens(0, 5, 6);
+        u.auth_failure(1, Reason::InvalidKey);
+        let text = m.render();
+        for want in [
+            "keyproxy_requests_total{client=\"ci\",status=\"200\",upstream=\"openai\"} 1",
+            "keyproxy_requests_total{client=\"notebook\",status=\"200\",upstream=\"openai\"} 0",
+            "keyproxy_tokens_total{client=\"notebook\",kind=\"input\",upstream=\"openai\"} 5",
+            "keyproxy_auth_failures_total{client=\"ci\",reason=\"invalid_key\",upstream=\"openai\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert_eq!(u.auth_failures_total(), 1);
     }
 
     #[test]

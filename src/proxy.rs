@@ -10,6 +10,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::client::UpstreamBody;
+use crate::clients::Clients;
 use crate::diagnose;
 use crate::explain::{self, RequestFacts};
 use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param};
@@ -27,13 +28,14 @@ use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_V
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
+    pub clients: Clients,
     router: Router,
     /// Custom auth headers of generic upstreams: a credential for any upstream is stripped everywhere.
     custom_credentials: Vec<http::HeaderName>,
 }
 
 impl Proxy {
-    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>, clients: Clients) -> Proxy {
         let router = Router::new(upstreams.iter().map(|u| u.prefix.as_str()));
         let mut custom_credentials: Vec<http::HeaderName> = Vec::new();
         for u in &upstreams {
@@ -45,6 +47,7 @@ impl Proxy {
         Proxy {
             upstreams,
             metrics,
+            clients,
             router,
             custom_credentials,
         }
@@ -91,6 +94,7 @@ impl Proxy {
             }
         };
         let upstream = routed.upstream;
+        let client = routed.client;
         let metrics = &upstream.metrics;
         let in_flight = InFlight::start(metrics);
         let sent = Instant::now();
@@ -103,6 +107,7 @@ impl Proxy {
                 if diagnose::worth_reading(response.status()) {
                     let facts = RequestFacts {
                         request_id: rid,
+                        client,
                         method: method.as_str(),
                         path: uri.path(),
                         organization: routed.organization.as_ref(),
@@ -110,7 +115,13 @@ impl Proxy {
                     };
                     explain::explain(upstream, &routed.key, facts, response).await
                 } else {
-                    let tap = tap_for(upstream, response.status(), response.headers(), uri.path());
+                    let tap = tap_for(
+                        upstream,
+                        client,
+                        response.status(),
+                        response.headers(),
+                        uri.path(),
+                    );
                     response.map(|body| {
                         let body = Body::upstream(body);
                         match tap {
@@ -123,7 +134,7 @@ impl Proxy {
             Err(failure) => failure.into_response(upstream, rid),
         };
         let status = response.status().as_u16();
-        metrics.request(status);
+        metrics.request(client, status);
         metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
@@ -132,6 +143,7 @@ impl Proxy {
             request_id = rid,
             %method,
             upstream = %upstream.name,
+            client = self.clients.name(client),
             path = uri.path(),
             status,
             duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
@@ -156,6 +168,10 @@ impl Proxy {
             )));
         }
         let uri = req.uri().clone();
+        let client = self
+            .clients
+            .identify(req.headers(), uri.query(), &self.custom_credentials)
+            .ok_or_else(|| Box::new(client_unauthorized()))?;
         if !path_is_clean(uri.path()) {
             return Err(Box::new(reply::bad_request(
                 "the request path has '.' or '..' segments; keyproxy does not forward them",
@@ -170,13 +186,15 @@ impl Proxy {
             KeyState::Ready(snapshot) => snapshot,
             KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
         };
-        upstream.observe_client_credential(
-            req.headers(),
-            uri.query(),
-            &self.custom_credentials,
-            peer,
-            snapshot,
-        );
+        if self.clients.is_empty() {
+            upstream.observe_client_credential(
+                req.headers(),
+                uri.query(),
+                &self.custom_credentials,
+                peer,
+                snapshot,
+            );
+        }
         let request = prepare(
             upstream,
             snapshot,
@@ -192,6 +210,7 @@ impl Proxy {
         })?;
         let header = |name: &str| request.headers().get(name).cloned();
         Ok(Routed {
+            client,
             organization: header("openai-organization"),
             project: header("openai-project"),
             upstream,
@@ -204,6 +223,8 @@ impl Proxy {
 /// A request ready for its upstream, with the key snapshot it was built from.
 pub struct Routed<'a, B> {
     pub upstream: &'a Upstream,
+    /// Index of the client whose token the request carried (0 without `[[clients]]`).
+    pub client: usize,
     pub key: Arc<KeyState>,
     pub request: Request<B>,
     /// What the app asked for, kept for explaining an org/project mismatch.
@@ -242,6 +263,7 @@ enum ForwardFailure {
 /// Watch successful JSON and event-stream bodies for token usage (and streams for in-band errors).
 fn tap_for(
     upstream: &Upstream,
+    client: usize,
     status: StatusCode,
     headers: &http::HeaderMap,
     path: &str,
@@ -252,9 +274,13 @@ fn tap_for(
     let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
     if content_type.starts_with(b"text/event-stream") {
         let errors = SseTap::new(Arc::clone(&upstream.name), path);
-        Some(Tap::new(Arc::clone(&upstream.metrics), Some(errors)))
+        Some(Tap::new(
+            Arc::clone(&upstream.metrics),
+            client,
+            Some(errors),
+        ))
     } else if content_type.starts_with(b"application/json") {
-        Some(Tap::new(Arc::clone(&upstream.metrics), None))
+        Some(Tap::new(Arc::clone(&upstream.metrics), client, None))
     } else {
         None
     }
@@ -321,6 +347,14 @@ fn missing_key(upstream: &Upstream, why: &Unavailable) -> Response<Body> {
     );
     tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{message}");
     reply::error(StatusCode::SERVICE_UNAVAILABLE, why.reason, &message)
+}
+
+fn client_unauthorized() -> Response<Body> {
+    reply::error(
+        StatusCode::UNAUTHORIZED,
+        Reason::ClientUnauthorized,
+        "keyproxy needs this app's client token: configure the app with the token from its [[clients]] entry as its API key (it is sent as Authorization: Bearer or x-api-key); keyproxy then adds the real provider key",
+    )
 }
 
 fn no_route(path: &str) -> Response<Body> {

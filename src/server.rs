@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminToken};
+use crate::clients::Clients;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -33,6 +34,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    ClientToken(#[from] crate::clients::ClientTokenError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -64,13 +67,14 @@ impl Server {
     /// Build the upstreams, load and lint every key (a missing or bad key is logged, not fatal) and
     /// bind both ports.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
-        let metrics = Arc::new(Metrics::new()?);
+        let clients = Clients::load(&config.clients).await?;
+        let metrics = Arc::new(Metrics::with_clients(clients.names())?);
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, &metrics))
             .collect::<Result<Vec<_>, _>>()?;
-        let proxy = Arc::new(Proxy::new(upstreams, metrics));
+        let proxy = Arc::new(Proxy::new(upstreams, metrics, clients));
         for upstream in &proxy.upstreams {
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             let _ = upstream.load_initial().await;

@@ -11,14 +11,16 @@ pub struct Tap {
     usage: UsageTap,
     errors: Option<SseTap>,
     metrics: Arc<UpstreamMetrics>,
+    client: usize,
 }
 
 impl Tap {
-    pub fn new(metrics: Arc<UpstreamMetrics>, errors: Option<SseTap>) -> Tap {
+    pub fn new(metrics: Arc<UpstreamMetrics>, client: usize, errors: Option<SseTap>) -> Tap {
         Tap {
             usage: UsageTap::default(),
             errors,
             metrics,
+            client,
         }
     }
 
@@ -34,7 +36,7 @@ impl Drop for Tap {
     fn drop(&mut self) {
         let (input, output) = self.usage.totals();
         if input + output > 0 {
-            self.metrics.tokens(input, output);
+            self.metrics.tokens(self.client, input, output);
         }
     }
 }
