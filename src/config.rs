@@ -865,7 +865,10 @@ lint = "warn"
     fn the_shipped_configs_are_valid() {
         for (name, text) in [
             ("keyproxy.toml", include_str!("../config/keyproxy.toml")),
-            ("keyproxy.docker.toml", include_str!("../config/keyproxy.docker.toml")),
+            (
+                "keyproxy.docker.toml",
+                include_str!("../config/keyproxy.docker.toml"),
+            ),
         ] {
             let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.upstreams[0].key, KeySource::Env("OPENAI_API_KEY".into()));

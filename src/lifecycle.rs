@@ -35,6 +35,9 @@ impl Upstream {
     pub async fn load_initial(&self) -> Result<Rotated, Refusal> {
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.key_source.to_string();
+        if let Some(warning) = self.key_source.permission_warning() {
+            tracing::warn!(upstream = %self.name, "{warning}");
+        }
         let secret = match self.key_source.read().await {
             Ok(secret) => secret,
             Err(e) => {

@@ -122,8 +122,9 @@ impl Proxy {
                         response.headers(),
                         uri.path(),
                     );
+                    let idle = upstream.stream_idle_timeout;
                     response.map(|body| {
-                        let body = Body::upstream(body);
+                        let body = Body::upstream(body).idle_timeout(idle);
                         match tap {
                             Some(tap) => body.tapped(tap),
                             None => body,

@@ -1,8 +1,10 @@
 //! Responses keyproxy makes itself: the OpenAI error shape `{"error":{"message","type","code"}}`
 //! plus `x-keyproxy-reason`, so SDKs raise their usual errors and people see why.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -20,7 +22,19 @@ pub struct Body {
     tap: Option<Box<Tap>>,
     /// Keeps the request counted in flight until the body is done.
     in_flight: Option<InFlight>,
+    /// Cuts an upstream stream that sends nothing for this long.
+    idle: Option<Idle>,
 }
+
+struct Idle {
+    after: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// A stream the upstream stopped feeding.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {}; keyproxy closed the stream (stream_idle_timeout)", humantime::format_duration(*.0))]
+pub struct StreamIdle(pub Duration);
 
 enum Kind {
     /// The upstream's body, streamed through untouched.
@@ -50,7 +64,17 @@ impl Body {
             kind,
             tap: None,
             in_flight: None,
+            idle: None,
         }
+    }
+
+    /// Cut the stream if the upstream sends nothing for `after`.
+    pub fn idle_timeout(mut self, after: Duration) -> Body {
+        self.idle = Some(Idle {
+            after,
+            deadline: Box::pin(tokio::time::sleep(after)),
+        });
+        self
     }
 
     /// Watch the upstream's bytes as they pass (usage, in-band errors).
@@ -65,14 +89,16 @@ impl Body {
     }
 }
 
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -82,6 +108,23 @@ impl hyper::body::Body for Body {
                 None => Pin::new(rest).poll_frame(cx),
             },
         };
+        if let Some(idle) = &mut this.idle {
+            if polled.is_pending() {
+                if idle.deadline.as_mut().poll(cx).is_ready() {
+                    let after = idle.after;
+                    this.idle = None;
+                    if let Some(guard) = this.in_flight.take() {
+                        guard.metrics().upstream_error(UpstreamError::Timeout);
+                    }
+                    tracing::warn!("{}", StreamIdle(after));
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(after)))));
+                }
+            } else {
+                let next = tokio::time::Instant::now() + idle.after;
+                idle.deadline.as_mut().reset(next);
+            }
+        }
+        let polled = polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)));
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(tap), Some(data)) = (&mut this.tap, frame.data_ref()) {

@@ -47,6 +47,7 @@ pub struct Server {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown_grace: Duration,
+    client_header_timeout: Duration,
     /// Key-file watching starts at bind, so a change right after startup is not missed.
     watcher: AbortOnDrop,
 }
@@ -93,6 +94,7 @@ impl Server {
             proxy_listener: bind(config.server.listen, "server.listen").await?,
             admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
+            client_header_timeout: config.server.client_header_timeout,
             watcher: AbortOnDrop(key::watch::spawn(
                 Arc::clone(&proxy_for_watch),
                 config.server.key_reload_interval,
@@ -140,13 +142,17 @@ impl Server {
             })
         };
         let grace = self.shutdown_grace;
+        let limits = Limits {
+            grace,
+            header_timeout: self.client_header_timeout,
+        };
         let proxy_task = tokio::spawn(serve(
             self.proxy_listener,
             proxy_service,
             stop_rx.clone(),
-            grace,
+            limits,
         ));
-        let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, grace));
+        let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, limits));
         shutdown.await;
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
         drop(watcher);
@@ -168,12 +174,19 @@ async fn check_expiry(proxy: Arc<Proxy>) {
     }
 }
 
+/// How long connections may take: to send request headers (or sit idle), and to drain at shutdown.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    grace: Duration,
+    header_timeout: Duration,
+}
+
 /// Accept connections until told to stop, then wait for open ones up to `grace`.
 async fn serve<M, S, B>(
     listener: TcpListener,
     make_service: M,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    limits: Limits,
 ) where
     M: Fn(SocketAddr) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -185,7 +198,10 @@ async fn serve<M, S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -213,7 +229,7 @@ async fn serve<M, S, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(limits.grace, graceful.shutdown())
         .await
         .is_err()
     {

@@ -88,6 +88,25 @@ impl KeySource {
     }
 }
 
+impl KeySource {
+    /// A warning when a key file can be read by other users (group or world bits set).
+    pub fn permission_warning(&self) -> Option<String> {
+        #[cfg(unix)]
+        if let KeySource::File(path) = self {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Some(format!(
+                    "key file {} is readable by other users (mode {mode:04o}); run `chmod 600 {}` (on Kubernetes, set the Secret volume's defaultMode: 0400)",
+                    path.display(),
+                    path.display()
+                ));
+            }
+        }
+        None
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     let err = |source| KeyError::FileRead {
         path: path.to_owned(),
@@ -259,6 +278,24 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn group_or_world_readable_key_files_are_flagged() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, "sk-abc").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = KeySource::File(p.clone()).permission_warning().unwrap();
+        assert!(
+            warning.contains("0644") && warning.contains("chmod 600"),
+            "{warning}"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(KeySource::File(p).permission_warning(), None);
+        assert_eq!(KeySource::Env("X".into()).permission_warning(), None);
     }
 
     #[tokio::test]
