@@ -175,6 +175,9 @@ async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
             cfg.key,
             Fingerprint::of(secret.expose())
         );
+        if let Some(warning) = cfg.key.permission_warning() {
+            println!("⚠ {name}: permissions: {warning}");
+        }
         let source = cfg.key.to_string();
         let findings = lint::lint(
             secret.expose(),
