@@ -203,6 +203,7 @@ async fn serve<M, S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -217,10 +218,18 @@ async fn serve<M, S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer));
-                let conn = graceful.watch(conn.into_owned());
+                let service = make_service(peer);
+                let (builder, watcher) = (Arc::clone(&builder), graceful.watcher());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    // A client that connects and sends nothing is dropped like one that stalls
+                    // mid-header (telling HTTP/1 from h2c needs its first bytes).
+                    let mut first = [0u8; 1];
+                    if tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await.is_err() {
+                        tracing::debug!(%peer, "client sent nothing; connection closed");
+                        return;
+                    }
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 });

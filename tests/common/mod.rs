@@ -296,3 +296,52 @@ pub fn last_bearer(stand_in: &StandIn) -> Option<String> {
         })
     })
 }
+
+/// A raw TCP "upstream" that answers every connection with `script`: bytes to write, then what
+/// to do (close, or hold the connection open).
+pub async fn raw_upstream(response: &'static [u8], then_close: bool) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                // Read the request head before answering.
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+                if !then_close {
+                    // Hold the connection open until the peer goes away.
+                    let _ = stream.read(&mut buf).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Send raw bytes to `addr` and read until the peer closes or `DEADLINE`; returns what was read.
+pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = within("the peer to answer and close", stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
