@@ -861,6 +861,98 @@ lint = "warn"
         assert_eq!(field, "clients[1].name");
     }
 
+    /// Every field, given a value of the wrong type or range, is a clear error naming it.
+    #[test]
+    fn every_field_with_a_wrong_value_names_the_field() {
+        const FULL: &str = r#"[server]
+listen = "127.0.0.1:8787"
+admin_listen = "127.0.0.1:8788"
+shutdown_grace = "30s"
+admin_token = { env = "T" }
+key_reload_interval = "30s"
+client_header_timeout = "30s"
+allow_unauthenticated = false
+
+[[upstreams]]
+name = "openai"
+provider = "openai"
+base_url = "https://api.openai.com"
+prefix = "/"
+key = { env = "K" }
+connect_timeout = "5s"
+response_header_timeout = "120s"
+stream_idle_timeout = "300s"
+expires_at = "2027-11-27"
+validate_on_rotate = false
+lint = "enforce"
+
+[[upstreams]]
+name = "gen"
+provider = "generic"
+base_url = "https://openrouter.ai/api"
+prefix = "/gen"
+key = { file = "k" }
+auth_header = "authorization"
+auth_prefix = "Bearer "
+probe_path = "/v1/models"
+max_age = "365d"
+issued_at = "2026-11-27"
+
+[[clients]]
+name = "app"
+token = { env = "C" }
+"#;
+        assert!(parse(FULL).is_ok(), "{:?}", parse(FULL).err());
+        let wrong = [
+            "12",
+            "true",
+            "[1, 2]",
+            "{ a = 1 }",
+            "\"\"",
+            "\"nonsense value\"",
+            "-1",
+            "\"\\u0000\"",
+        ];
+        let mut checked = 0;
+        for (n, line) in FULL.lines().enumerate() {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            for value in wrong {
+                let text: String = FULL
+                    .lines()
+                    .enumerate()
+                    .map(|(i, l)| {
+                        if i == n {
+                            format!("{key} = {value}")
+                        } else {
+                            l.to_owned()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                match parse(&text) {
+                    Ok(_) => {} // e.g. "" is a fine prefix-less string somewhere; no panic is the point
+                    Err(ConfigError::Invalid {
+                        line,
+                        field,
+                        message,
+                        ..
+                    }) => {
+                        assert!(
+                            field.ends_with(key),
+                            "{key} = {value}: error names {field}: {message}"
+                        );
+                        assert_eq!(line, n + 1, "{key} = {value}: {message}");
+                        checked += 1;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        assert!(checked > 150, "only {checked} wrong values were refused");
+    }
+
     #[test]
     fn the_shipped_configs_are_valid() {
         for (name, text) in [

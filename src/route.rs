@@ -43,10 +43,16 @@ impl Router {
 /// prefix or a base path once the upstream normalises them.
 #[inline]
 pub fn path_is_clean(path: &str) -> bool {
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    if !path.bytes().any(|b| b == b'.' || b == b'%' || b == b'\\') {
         return true;
     }
-    !path.split('/').any(is_dot_segment)
+    // An encoded slash or a backslash is a separator to some servers: judge the segments as they would.
+    let lower = path.to_ascii_lowercase();
+    let separated = lower
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    !separated.split('/').any(is_dot_segment)
 }
 
 /// `.`, `..`, `%2e`, `.%2E`, ...: one or two dots, each written raw or percent-encoded.
@@ -94,7 +100,17 @@ mod tests {
         assert!(path_is_clean("/v1/chat/completions"));
         assert!(path_is_clean("/v1/file.json"));
         assert!(path_is_clean("/v1/...")); // three dots is a name, not a climb
-        for bad in ["/a/../b", "/..", "/a/.", "/a/%2e%2e/b", "/a/%2E./b", "/./x"] {
+        for bad in [
+            "/a/../b",
+            "/..",
+            "/a/.",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/./x",
+            "/..%2f..%2fadmin",
+            "/a\\..\\b",
+            "/x/..%5Cy",
+        ] {
             assert!(!path_is_clean(bad), "{bad}");
         }
     }

@@ -174,6 +174,9 @@ async fn check_expiry(proxy: Arc<Proxy>) {
     }
 }
 
+/// Request heads larger than this get 431; LLM API requests carry a few hundred bytes of headers.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// How long connections may take: to send request headers (or sit idle), and to drain at shutdown.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -201,8 +204,12 @@ async fn serve<M, S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
