@@ -133,7 +133,8 @@ async fn oversized_admin_bodies_are_refused_even_without_a_length() {
 async fn key_files_that_are_not_keys_leave_the_upstream_unusable_with_a_clear_message() {
     let provider = StandIn::ok().await;
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Make = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Make, &str)> = vec![
         (
             "empty",
             Box::new(|p| std::fs::write(p, "").unwrap()),
