@@ -34,7 +34,16 @@ pub enum ClientError {
     },
 }
 
-pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ClientError> {
+/// Which HTTP versions a client may speak to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// HTTP/1.1 or HTTP/2, as ALPN decides: ordinary requests.
+    Negotiated,
+    /// HTTP/1.1 only: WebSocket upgrades (an HTTP/2 connection cannot carry an `Upgrade`).
+    Http1Only,
+}
+
+pub fn build(cfg: &UpstreamConfig, versions: Versions) -> Result<HttpClient, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &cfg.ca_certs {
@@ -64,9 +73,11 @@ pub fn build(cfg: &UpstreamConfig) -> Result<HttpClient, ClientError> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = match versions {
+        Versions::Negotiated => https.enable_http2().wrap_connector(http),
+        Versions::Http1Only => https.wrap_connector(http),
+    };
 
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())

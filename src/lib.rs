@@ -24,3 +24,4 @@ pub mod status_page;
 pub mod tap;
 pub mod telemetry;
 pub mod upstream;
+pub mod websocket;

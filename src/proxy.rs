@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::client::UpstreamBody;
+use crate::client::{HttpClient, UpstreamBody};
 use crate::clients::Clients;
 use crate::diagnose;
 use crate::explain::{self, RequestFacts};
@@ -24,11 +24,14 @@ use crate::request_id;
 use crate::route::{path_is_clean, Router};
 use crate::tap::{SseTap, Tap};
 use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
+use crate::websocket::{self, Sockets};
 
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
     pub clients: Clients,
+    /// Open WebSocket splices, for shutdown.
+    pub sockets: Arc<Sockets>,
     router: Router,
     /// Custom auth headers of generic upstreams: a credential for any upstream is stripped everywhere.
     custom_credentials: Vec<http::HeaderName>,
@@ -48,6 +51,7 @@ impl Proxy {
             upstreams,
             metrics,
             clients,
+            sockets: Arc::default(),
             router,
             custom_credentials,
         }
@@ -86,7 +90,7 @@ impl Proxy {
         let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let routed = match self.route(req, peer) {
+        let mut routed = match self.route(req, peer) {
             Ok(routed) => routed,
             Err(refusal) => {
                 tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status().as_u16(), "refused before routing upstream");
@@ -98,13 +102,34 @@ impl Proxy {
         let metrics = &upstream.metrics;
         let in_flight = InFlight::start(metrics);
         let sent = Instant::now();
-        let response = match forward(upstream, routed.request.map(Either::Left)).await {
+        let upgrade = websocket::is_upgrade(routed.request.headers())
+            .then(|| hyper::upgrade::on(&mut routed.request));
+        let via = if upgrade.is_some() {
+            &upstream.upgrade_client
+        } else {
+            &upstream.client
+        };
+        let response = match forward(upstream, via, routed.request.map(Either::Left)).await {
             Ok(mut response) => {
                 metrics
                     .upstream_duration
                     .observe(sent.elapsed().as_secs_f64());
                 drop_hop_by_hop(response.headers_mut());
-                if diagnose::worth_reading(response.status()) {
+                if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
+                    (upgrade, response.status())
+                {
+                    websocket::restore_upgrade_headers(response.headers_mut());
+                    let upstream_side = hyper::upgrade::on(&mut response);
+                    websocket::splice(
+                        Arc::clone(&self.sockets),
+                        Arc::clone(metrics),
+                        Arc::clone(&upstream.name),
+                        rid.to_owned(),
+                        client_side,
+                        upstream_side,
+                    );
+                    response.map(Body::upstream)
+                } else if diagnose::worth_reading(response.status()) {
                     let facts = RequestFacts {
                         request_id: rid,
                         client,
@@ -243,11 +268,15 @@ fn prepare<B>(
     custom_credentials: &[http::HeaderName],
 ) -> Result<Request<B>, http::Error> {
     let query = query.map(strip_key_param);
+    let upgrade = websocket::is_upgrade(req.headers());
     *req.uri_mut() = upstream.uri(rest, query.as_deref())?;
     // The pool picks HTTP/1.1 or HTTP/2 per connection (ALPN); the client's version is irrelevant.
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     drop_hop_by_hop(headers);
+    if upgrade {
+        websocket::restore_upgrade_headers(headers);
+    }
     strip_client_credentials(headers, custom_credentials);
     headers.insert(upstream.auth_header.clone(), snapshot.header.clone());
     if upstream.provider == Provider::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
@@ -289,10 +318,11 @@ fn tap_for(
 
 async fn forward(
     upstream: &Upstream,
+    client: &HttpClient,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ForwardFailure> {
     let timeout = upstream.response_header_timeout;
-    match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    match tokio::time::timeout(timeout, client.request(req)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(ForwardFailure::Unreachable(e)),
         Err(_) => Err(ForwardFailure::Timeout(timeout)),

@@ -154,11 +154,24 @@ impl Server {
         ));
         let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, limits));
         shutdown.await;
+        let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
         drop(watcher);
         drop(expiry);
         let _ = stop_tx.send(true);
         let _ = tokio::join!(proxy_task, admin_task);
+        let sockets = &self.proxy.sockets;
+        if tokio::time::timeout_at(deadline, sockets.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = sockets.open(),
+                "shutdown grace elapsed; closing the WebSockets still open"
+            );
+            sockets.close_all();
+            let _ = tokio::time::timeout(Duration::from_secs(1), sockets.drained()).await;
+        }
         tracing::info!("shutdown complete");
     }
 }

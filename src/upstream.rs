@@ -68,6 +68,8 @@ pub struct Upstream {
     pub key_source: KeySource,
     pub key: KeyStore,
     pub client: HttpClient,
+    /// HTTP/1.1-only twin of `client`, for WebSocket upgrades.
+    pub upgrade_client: HttpClient,
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub expiry: ExpiryConfig,
@@ -160,7 +162,8 @@ impl Upstream {
                 .unwrap_or_else(|| default_prefix.to_owned()),
             key_source: cfg.key.clone(),
             key: KeyStore::new(&source),
-            client: client::build(cfg)?,
+            client: client::build(cfg, client::Versions::Negotiated)?,
+            upgrade_client: client::build(cfg, client::Versions::Http1Only)?,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             expiry: cfg.expiry.clone(),
