@@ -14,7 +14,7 @@ trap cleanup EXIT
 
 good="sk-proj-$(python3 -c 'print("MonitoringCheck" * 11)')"
 bad="sk-proj-$(python3 -c 'print("WrongKeyWrongKey" * 10)')"
-FAKE_PROVIDER_KEY="$good" python3 tests/sdk/fake_provider.py "$work/port" &
+FAKE_PROVIDER_KEYS="$good" python3 tests/sdk/fake_provider.py "$work/port" &
 fake_pid=$!
 for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
 port=$(cat "$work/port")

@@ -1,7 +1,7 @@
 """A stand-in for OpenAI and Anthropic, for driving the official SDKs through keyproxy without a network.
 
-It accepts only the key given in FAKE_PROVIDER_KEY and answers like the real APIs: chat completions
-and messages, streamed (SSE) and not, and the providers' own 401 bodies for a wrong key.
+It accepts only the keys listed in FAKE_PROVIDER_KEYS (comma-separated) and answers like the real APIs:
+chat completions and messages, streamed (SSE) and not, and the providers' own 401 bodies for a wrong key.
 Usage: python3 fake_provider.py PORT_FILE   (binds 127.0.0.1:0 and writes the port to PORT_FILE)
 """
 
@@ -10,7 +10,7 @@ import os
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-KEY = os.environ.get("FAKE_PROVIDER_KEY", "")
+KEYS = set(k for k in os.environ.get("FAKE_PROVIDER_KEYS", "").split(",") if k)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, json.dumps({"error": {"message": "not found", "type": "invalid_request_error"}}))
 
     def openai(self, body):
-        if self.headers.get("authorization") != f"Bearer {KEY}":
+        if (self.headers.get("authorization") or "").removeprefix("Bearer ") not in KEYS:
             shown = (self.headers.get("authorization") or "")[-4:]
             self._send(401, json.dumps({"error": {
                 "message": f"Incorrect API key provided: sk-****{shown}. You can find your API key at https://platform.openai.com/account/api-keys.",
@@ -76,7 +76,7 @@ class Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}))
 
     def anthropic(self, body):
-        if self.headers.get("x-api-key") != KEY or not self.headers.get("anthropic-version"):
+        if self.headers.get("x-api-key") not in KEYS or not self.headers.get("anthropic-version"):
             self._send(401, json.dumps({"type": "error", "error": {"type": "authentication_error",
                                                                    "message": "invalid x-api-key"},
                                         "request_id": "req_fake_anthropic"}))
