@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -24,10 +24,22 @@ use keyproxy::server::Server;
 use keyproxy::telemetry::{self, LogFormat};
 use keyproxy::upstream::Upstream;
 
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYPROXY_GIT_SHA"),
+    ", ",
+    env!("KEYPROXY_TARGET"),
+    ", ",
+    env!("KEYPROXY_PROFILE"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "keyproxy",
     version,
+    long_version = LONG_VERSION,
     about = "Holds your LLM API keys, injects them upstream, and explains every auth failure."
 )]
 struct Cli {
@@ -56,6 +68,11 @@ enum Command {
         /// Also ask each provider whether it accepts the key (one cheap authenticated request each).
         #[arg(long)]
         probe: bool,
+    },
+    /// Print a shell completion script: `keyproxy completions bash > /etc/bash_completion.d/keyproxy`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Rotate an upstream's key in a running keyproxy, through its admin API.
     Rotate {
@@ -107,6 +124,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args.config)),
         Command::Check { config, probe } => runtime.block_on(check(config.config, probe)),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "keyproxy",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rotate {
             upstream,
             key_file,
@@ -156,8 +182,8 @@ async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
         }
     };
     println!("✓ config: {}", path.display());
+    let mut failed = security_checklist(&config).await;
     let metrics = Metrics::new()?;
-    let mut failed = false;
     let now = SystemTime::now();
     for cfg in &config.upstreams {
         let name = &cfg.name;
@@ -238,6 +264,62 @@ async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The security settings, as checklist lines; true when any is a ✗.
+async fn security_checklist(config: &Config) -> bool {
+    let mut failed = false;
+    let server = &config.server;
+    match (server.listen.ip().is_loopback(), config.clients.len(), server.allow_unauthenticated) {
+        (true, 0, _) => println!("✓ listen: {} is loopback: only this machine's apps can use it", server.listen),
+        (_, n, _) if n > 0 => println!("✓ listen: {} requires one of {n} client tokens", server.listen),
+        _ => println!(
+            "⚠ listen: {} is reachable beyond this machine without client tokens (allow_unauthenticated); be sure something else restricts who connects",
+            server.listen
+        ),
+    }
+    for client in &config.clients {
+        match client.token.read().await {
+            Ok(t) if t.expose().len() >= 16 => {
+                println!("✓ client {}: token from {}", client.name, client.token)
+            }
+            Ok(_) => {
+                failed = true;
+                println!(
+                    "✗ client {}: the token from {} is shorter than 16 characters",
+                    client.name, client.token
+                );
+            }
+            Err(e) => {
+                failed = true;
+                println!("✗ client {}: token: {e}", client.name);
+            }
+        }
+        if let Some(warning) = client.token.permission_warning() {
+            println!("⚠ client {}: permissions: {warning}", client.name);
+        }
+    }
+    match &server.admin_token {
+        None => println!("⚠ admin: no admin_token, so POST /keys and `keyproxy rotate` are disabled (key files and SIGHUP still rotate)"),
+        Some(source) => match source.read().await {
+            Ok(t) if t.expose().len() >= 16 => println!("✓ admin: admin_token from {source} enables POST /keys"),
+            Ok(_) => {
+                failed = true;
+                println!("✗ admin: the admin_token from {source} is shorter than 16 characters");
+            }
+            Err(e) => {
+                failed = true;
+                println!("✗ admin: admin_token: {e}");
+            }
+        },
+    }
+    if !server.admin_listen.ip().is_loopback() {
+        println!(
+            "⚠ admin: admin_listen {} is reachable beyond this machine (status and metrics are readable without a token)",
+            server.admin_listen
+        );
+    }
+    failed
 }
 
 /// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
