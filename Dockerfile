@@ -13,6 +13,7 @@ RUN mkdir -p src benches \
  && echo 'fn main() {}' > benches/hot_path.rs \
  && cargo build --release --locked \
  && rm -rf src benches
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin keyproxy
