@@ -483,14 +483,23 @@ async fn check_lints_dates_and_probes_each_key() {
 #[test]
 fn completions_version_and_the_security_checklist() {
     for shell in ["bash", "zsh", "fish"] {
-        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{shell}");
         let script = String::from_utf8_lossy(&out.stdout);
-        assert!(script.contains("keyproxy") && script.contains("rotate"), "{shell}: {script}");
+        assert!(
+            script.contains("keyproxy") && script.contains("rotate"),
+            "{shell}: {script}"
+        );
     }
     let out = Command::new(BIN).arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&out.stdout);
-    assert!(version.starts_with("keyproxy ") && version.contains("commit "), "{version}");
+    assert!(
+        version.starts_with("keyproxy ") && version.contains("commit "),
+        "{version}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
@@ -503,12 +512,36 @@ fn completions_version_and_the_security_checklist() {
             key_file(dir.path(), "client", "notebook-client-token-0123456789"),
         ),
     );
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&config).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "an unreadable admin token fails the check: {stdout}");
-    assert!(stdout.contains("✓ listen: 0.0.0.0:8787 requires one of 1 client tokens"), "{stdout}");
-    assert!(stdout.contains("✓ client notebook: token from file"), "{stdout}");
-    assert!(stdout.contains("✗ admin: admin_token: environment variable KEYPROXY_CLI_UNSET_ADMIN is not set"), "{stdout}");
-    assert!(stdout.contains("⚠ admin: admin_listen 0.0.0.0:8788"), "{stdout}");
-    assert!(!stdout.contains("notebook-client-token"), "a token was printed");
+    assert!(
+        !out.status.success(),
+        "an unreadable admin token fails the check: {stdout}"
+    );
+    assert!(
+        stdout.contains("✓ listen: 0.0.0.0:8787 requires one of 1 client tokens"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✓ client notebook: token from file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "✗ admin: admin_token: environment variable KEYPROXY_CLI_UNSET_ADMIN is not set"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("⚠ admin: admin_listen 0.0.0.0:8788"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("notebook-client-token"),
+        "a token was printed"
+    );
 }
