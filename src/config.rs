@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub client_header_timeout: Duration,
     /// Listen beyond loopback without client tokens (something else restricts who connects).
     pub allow_unauthenticated: bool,
+    /// Event-loop threads: 1 (default) one thread, N threads, 0 one per core.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -138,6 +140,7 @@ struct RawServer {
     #[serde(with = "duration")]
     client_header_timeout: Duration,
     allow_unauthenticated: bool,
+    workers: usize,
 }
 
 impl Default for RawServer {
@@ -150,6 +153,7 @@ impl Default for RawServer {
             key_reload_interval: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
+            workers: 1,
         }
     }
 }
@@ -349,6 +353,7 @@ impl Config {
                 key_reload_interval: raw.server.key_reload_interval,
                 client_header_timeout: raw.server.client_header_timeout,
                 allow_unauthenticated: raw.server.allow_unauthenticated,
+                workers: raw.server.workers,
             },
             upstreams,
         })
@@ -872,6 +877,7 @@ admin_token = { env = "T" }
 key_reload_interval = "30s"
 client_header_timeout = "30s"
 allow_unauthenticated = false
+workers = 1
 
 [[upstreams]]
 name = "openai"

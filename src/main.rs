@@ -24,6 +24,11 @@ use keyproxy::server::Server;
 use keyproxy::telemetry::{self, LogFormat};
 use keyproxy::upstream::Upstream;
 
+/// mimalloc: per-thread free lists, measurably less time in the allocator than glibc's under load
+/// (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
@@ -111,10 +116,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyproxy: cannot start the async runtime: {e}");
@@ -152,22 +154,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// `[server] workers`: 1 (the default) runs everything on one event-loop thread, as nginx's default
+/// single worker does: no cross-thread wake-ups, the least CPU per request (see BENCHMARKS.md) and far
+/// more than an LLM workload needs. N > 1 uses N threads; 0 one per core.
+fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match command {
+        Command::Run(args) => Config::load(&args.config).map_or(1, |c| c.server.workers),
+        _ => 1,
+    };
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
     let config = Config::load(&path)?;
+    // Handlers first: a signal that arrives while starting must not take its default action (exit).
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let server = Server::bind(&config)
         .await
         .context("keyproxy cannot start")?;
     let proxy = Arc::clone(server.proxy());
     let sighup = tokio::spawn(async move {
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: re-reading every key source");
             proxy.reload_all(Trigger::Sighup, true).await;
         }
     });
-    server.run(shutdown_signal()).await;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    server.run(shutdown).await;
     sighup.abort();
     Ok(ExitCode::SUCCESS)
 }
@@ -434,27 +463,5 @@ async fn health(admin: Option<String>, config: PathBuf) -> anyhow::Result<ExitCo
     } else {
         println!("unhealthy: {url} answered {}", response.status());
         Ok(ExitCode::FAILURE)
-    }
-}
-
-/// SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
     }
 }

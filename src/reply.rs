@@ -26,9 +26,12 @@ pub struct Body {
     idle: Option<Idle>,
 }
 
+/// The timer is armed only when the stream waits (most bodies never do), and re-armed only after
+/// progress: a quick response costs no timer operation at all.
 struct Idle {
     after: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    progressed: bool,
 }
 
 /// A stream the upstream stopped feeding.
@@ -72,7 +75,8 @@ impl Body {
     pub fn idle_timeout(mut self, after: Duration) -> Body {
         self.idle = Some(Idle {
             after,
-            deadline: Box::pin(tokio::time::sleep(after)),
+            deadline: None,
+            progressed: false,
         });
         self
     }
@@ -110,7 +114,20 @@ impl hyper::body::Body for Body {
         };
         if let Some(idle) = &mut this.idle {
             if polled.is_pending() {
-                if idle.deadline.as_mut().poll(cx).is_ready() {
+                let deadline = tokio::time::Instant::now() + idle.after;
+                let timer = match &mut idle.deadline {
+                    Some(timer) => {
+                        if idle.progressed {
+                            timer.as_mut().reset(deadline);
+                        }
+                        timer
+                    }
+                    None => idle
+                        .deadline
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                idle.progressed = false;
+                if timer.as_mut().poll(cx).is_ready() {
                     let after = idle.after;
                     this.idle = None;
                     if let Some(guard) = this.in_flight.take() {
@@ -120,8 +137,7 @@ impl hyper::body::Body for Body {
                     return Poll::Ready(Some(Err(Box::new(StreamIdle(after)))));
                 }
             } else {
-                let next = tokio::time::Instant::now() + idle.after;
-                idle.deadline.as_mut().reset(next);
+                idle.progressed = true;
             }
         }
         let polled = polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)));
