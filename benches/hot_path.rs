@@ -1,13 +1,20 @@
-//! The per-request hot path without I/O: route lookup, one key-snapshot load, credential
-//! stripping, header injection and URI rewrite, on a request shaped like an SDK's.
+//! Micro-benchmarks: the per-request hot path without I/O (route lookup, one key-snapshot load,
+//! credential stripping, header injection, URI rewrite, metric updates) on a request shaped like an
+//! SDK's; the classifier on each fixture body; and `ArcSwap` loads while another thread keeps storing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::Request;
+use keyproxy::diagnose::{self, Knowledge};
+use keyproxy::key::KeyStore;
 
 use keyproxy::clients::Clients;
 use keyproxy::config::Config;
@@ -86,5 +93,81 @@ fn hot_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hot_path);
+fn metric_updates(c: &mut Criterion) {
+    let metrics = Metrics::new().unwrap();
+    let upstream = metrics.upstream("openai");
+    c.bench_function("metrics: count + 2 histograms + in-flight guard", |b| {
+        b.iter(|| {
+            let guard = keyproxy::metrics::InFlight::start(&upstream);
+            upstream.request(0, 200);
+            upstream.request_duration.observe(0.0012);
+            upstream.upstream_duration.observe(0.0011);
+            drop(guard);
+        })
+    });
+}
+
+fn classifier(c: &mut Criterion) {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        status: u16,
+        body: String,
+    }
+    let rows: Vec<Row> = include_str!("../tests/fixtures/provider-errors.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut group = c.benchmark_group("classifier");
+    for (n, row) in rows.iter().enumerate() {
+        let status = http::StatusCode::from_u16(row.status).unwrap();
+        group.bench_function(format!("fixture line {}", n + 1), |b| {
+            b.iter(|| {
+                let facts = diagnose::facts(black_box(row.body.as_bytes()));
+                diagnose::classify(
+                    status,
+                    facts.as_ref(),
+                    &Knowledge::default(),
+                    SystemTime::now(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn key_store(c: &mut Criterion) {
+    let store = Arc::new(KeyStore::new("bench"));
+    let install = |store: &KeyStore, n: u64| {
+        let key = Secret::new(format!("sk-proj-Bench{n:020}{}", "x".repeat(60)));
+        let meta = KeyMeta {
+            source: "bench".into(),
+            ..KeyMeta::default()
+        };
+        store.install(&key, "Bearer ", meta).unwrap();
+    };
+    install(&store, 0);
+    c.bench_function("key store: load (quiet)", |b| {
+        b.iter(|| black_box(store.current()))
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::Relaxed) {
+                install(&store, n);
+                n += 1;
+            }
+            n
+        })
+    };
+    c.bench_function("key store: load while another thread stores nonstop", |b| {
+        b.iter(|| black_box(store.current()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    let stores = writer.join().unwrap();
+    assert!(stores > 1);
+}
+
+criterion_group!(benches, hot_path, metric_updates, classifier, key_store);
 criterion_main!(benches);

@@ -36,7 +36,9 @@ fn client() -> HttpClient {
         .build(http)
 }
 
-/// Open loop: one request every 1/rate s for `duration`, latency from its scheduled time to its last byte.
+/// Open loop: one request every 1/rate s for `duration` (sends do not wait for answers), latency from
+/// the moment each is sent to its last byte. (Tokio's timer ticks in milliseconds, so measuring from the
+/// scheduled instant would add up to a millisecond of the generator's own jitter to every target alike.)
 async fn fixed_rate(url: &str, rate: u64, duration: Duration) -> (Vec<Duration>, usize) {
     let client = client();
     let uri: http::Uri = url.parse().unwrap();
@@ -54,11 +56,12 @@ async fn fixed_rate(url: &str, rate: u64, duration: Duration) -> (Vec<Duration>,
         tokio::time::sleep_until(scheduled).await;
         let (client, uri, tx) = (client.clone(), uri.clone(), tx.clone());
         tokio::spawn(async move {
+            let sent = tokio::time::Instant::now();
             let ok = match client.get(uri).await {
                 Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
                 Err(_) => false,
             };
-            let _ = tx.send((scheduled.elapsed(), ok));
+            let _ = tx.send((sent.elapsed(), ok));
         });
     }
     drop(tx);
