@@ -7,6 +7,7 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer: source edits don't rebuild them.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
