@@ -6,15 +6,11 @@ mod common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, Response};
-use http_body_util::channel::Channel;
+use http::Request;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use tokio::sync::{oneshot, Mutex};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
 fn key() -> String {
@@ -143,28 +139,7 @@ fn wait_for_log(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_open_stream_finish_then_exits_zero() {
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
-    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
-        let release_rx = release_rx.clone();
-        Box::pin(async move {
-            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"data: first\n\n"))
-                    .await
-                    .unwrap();
-                let rx = release_rx.lock().await.take().unwrap();
-                rx.await.unwrap();
-                tx.send_data(Bytes::from_static(b"data: last\n\n"))
-                    .await
-                    .unwrap();
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body.boxed())
-                .unwrap()
-        })
-    });
+    let (handler, release_tx) = held_stream(b"data: first\n\n", b"data: last\n\n");
     let upstream = serve_plain(handler).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(

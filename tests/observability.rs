@@ -7,13 +7,10 @@ mod common;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
-use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::sync::{oneshot, Mutex};
 
 const TOKEN: &str = "observability-admin-token-0123456789";
 
@@ -145,27 +142,7 @@ async fn metrics_move_with_traffic_refusals_and_rotations() {
 
 #[tokio::test]
 async fn an_open_stream_is_in_flight_until_it_ends() {
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
-    let handler: Handler = Arc::new(move |_req| {
-        let release_rx = release_rx.clone();
-        Box::pin(async move {
-            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"data: 1\n\n"))
-                    .await
-                    .unwrap();
-                release_rx.lock().await.take().unwrap().await.unwrap();
-                tx.send_data(Bytes::from_static(b"data: [DONE]\n\n"))
-                    .await
-                    .unwrap();
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body.boxed())
-                .unwrap()
-        })
-    });
+    let (handler, release_tx) = held_stream(b"data: 1\n\n", b"data: [DONE]\n\n");
     let upstream = serve_plain(handler).await;
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("key");

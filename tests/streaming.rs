@@ -13,7 +13,7 @@ use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::mpsc;
 
 fn one_upstream(dir: &std::path::Path, base_url: &str, extra: &str) -> String {
     format!(
@@ -26,31 +26,10 @@ fn one_upstream(dir: &std::path::Path, base_url: &str, extra: &str) -> String {
 async fn sse_events_reach_the_client_as_the_upstream_sends_them() {
     // The stand-in sends event 1, then waits until the client has it before sending event 2:
     // if keyproxy buffered anything, the client would never see event 1 and the test would time out.
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let release_rx = Arc::new(Mutex::new(Some(release_rx)));
-    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
-        let release_rx = release_rx.clone();
-        Box::pin(async move {
-            let (mut tx, body) = Channel::<Bytes, BoxError>::new(1);
-            tokio::spawn(async move {
-                tx.send_data(Bytes::from_static(b"data: {\"n\":1}\n\n"))
-                    .await
-                    .unwrap();
-                let rx = release_rx.lock().await.take().unwrap();
-                rx.await.unwrap();
-                tx.send_data(Bytes::from_static(b"data: {\"n\":2}\n\n"))
-                    .await
-                    .unwrap();
-                tx.send_data(Bytes::from_static(b"data: [DONE]\n\n"))
-                    .await
-                    .unwrap();
-            });
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body.boxed())
-                .unwrap()
-        })
-    });
+    let (handler, release_tx) = held_stream(
+        b"data: {\"n\":1}\n\n",
+        b"data: {\"n\":2}\n\ndata: [DONE]\n\n",
+    );
     let upstream = serve_plain(handler).await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = Proxy::start(

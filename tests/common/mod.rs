@@ -404,3 +404,30 @@ pub async fn serve_tls(handler: Handler, config: rustls::ServerConfig) -> u16 {
     });
     port
 }
+
+/// A provider whose event stream sends `first`, then waits for the returned sender to fire before
+/// sending `rest` and ending: the test decides when the stream moves on (one request only).
+pub fn held_stream(
+    first: &'static [u8],
+    rest: &'static [u8],
+) -> (Handler, tokio::sync::oneshot::Sender<()>) {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let handler: Handler = Arc::new(move |_req: Request<Incoming>| {
+        let release_rx = release_rx.clone();
+        Box::pin(async move {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+            tokio::spawn(async move {
+                tx.send_data(Bytes::from_static(first)).await.unwrap();
+                let rx = release_rx.lock().await.take().unwrap();
+                rx.await.unwrap();
+                tx.send_data(Bytes::from_static(rest)).await.unwrap();
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed())
+                .unwrap()
+        })
+    });
+    (handler, release_tx)
+}
