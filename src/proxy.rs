@@ -80,6 +80,7 @@ impl Proxy {
         response
     }
 
+    /// The phases, in order: request (route, key, rewrite) -> upstream -> response -> log.
     async fn forward_phases(
         &self,
         req: Request<Incoming>,
@@ -93,91 +94,113 @@ impl Proxy {
         let mut routed = match self.route(req, peer) {
             Ok(routed) => routed,
             Err(refusal) => {
-                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status().as_u16(), "refused before routing upstream");
+                let status = refusal.status().as_u16();
+                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
                 return *refusal;
             }
         };
         let upstream = routed.upstream;
-        let client = routed.client;
-        let metrics = &upstream.metrics;
-        let in_flight = InFlight::start(metrics);
-        let sent = Instant::now();
+        let in_flight = InFlight::start(&upstream.metrics);
         let upgrade = websocket::is_upgrade(routed.request.headers())
             .then(|| hyper::upgrade::on(&mut routed.request));
-        let via = if upgrade.is_some() {
-            &upstream.upgrade_client
-        } else {
-            &upstream.client
+        let via = match upgrade {
+            Some(_) => &upstream.upgrade_client,
+            None => &upstream.client,
         };
-        let response = match forward(upstream, via, routed.request.map(Either::Left)).await {
-            Ok(mut response) => {
-                metrics
-                    .upstream_duration
-                    .observe(sent.elapsed().as_secs_f64());
-                drop_hop_by_hop(response.headers_mut());
-                if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
-                    (upgrade, response.status())
-                {
-                    websocket::restore_upgrade_headers(response.headers_mut());
-                    let upstream_side = hyper::upgrade::on(&mut response);
-                    websocket::splice(
-                        Arc::clone(&self.sockets),
-                        Arc::clone(metrics),
-                        Arc::clone(&upstream.name),
-                        rid.to_owned(),
-                        client_side,
-                        upstream_side,
-                    );
-                    response.map(Body::upstream)
-                } else if diagnose::worth_reading(response.status()) {
-                    let facts = RequestFacts {
-                        request_id: rid,
-                        client,
-                        method: method.as_str(),
-                        path: uri.path(),
-                        organization: routed.organization.as_ref(),
-                        project: routed.project.as_ref(),
-                    };
-                    explain::explain(upstream, &routed.key, facts, response).await
-                } else {
-                    let tap = tap_for(
-                        upstream,
-                        client,
-                        response.status(),
-                        response.headers(),
-                        uri.path(),
-                    );
-                    let idle = upstream.stream_idle_timeout;
-                    response.map(|body| {
-                        let body = Body::upstream(body).idle_timeout(idle);
-                        match tap {
-                            Some(tap) => body.tapped(tap),
-                            None => body,
-                        }
-                    })
-                }
+        let sent = Instant::now();
+        let answer = forward(upstream, via, routed.request.map(Either::Left)).await;
+        let facts = RequestFacts {
+            request_id: rid,
+            client: routed.client,
+            method: method.as_str(),
+            path: uri.path(),
+            organization: routed.organization.as_ref(),
+            project: routed.project.as_ref(),
+        };
+        let response = match answer {
+            Ok(response) => {
+                let upstream_time = sent.elapsed().as_secs_f64();
+                upstream.metrics.upstream_duration.observe(upstream_time);
+                self.response_phase(upstream, &routed.key, facts, upgrade, response)
+                    .await
             }
             Err(failure) => failure.into_response(upstream, rid),
         };
+        self.log_phase(upstream, &routed.key, facts, started, &response);
+        response.map(|body| body.in_flight(in_flight))
+    }
+
+    /// What goes back: a spliced WebSocket, an explained refusal, or the upstream's body as it streams.
+    async fn response_phase(
+        &self,
+        upstream: &Upstream,
+        key: &KeyState,
+        facts: RequestFacts<'_>,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut response: Response<Incoming>,
+    ) -> Response<Body> {
+        drop_hop_by_hop(response.headers_mut());
+        if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
+            websocket::restore_upgrade_headers(response.headers_mut());
+            let upstream_side = hyper::upgrade::on(&mut response);
+            websocket::splice(
+                Arc::clone(&self.sockets),
+                Arc::clone(&upstream.metrics),
+                Arc::clone(&upstream.name),
+                facts.request_id.to_owned(),
+                client_side,
+                upstream_side,
+            );
+            return response.map(Body::upstream);
+        }
+        if diagnose::worth_reading(response.status()) {
+            return explain::explain(upstream, key, facts, response).await;
+        }
+        let tap = tap_for(
+            upstream,
+            facts.client,
+            response.status(),
+            response.headers(),
+            facts.path,
+        );
+        let idle = upstream.stream_idle_timeout;
+        response.map(|body| {
+            let body = Body::upstream(body).idle_timeout(idle);
+            match tap {
+                Some(tap) => body.tapped(tap),
+                None => body,
+            }
+        })
+    }
+
+    /// Count the request and write its one log line.
+    fn log_phase(
+        &self,
+        upstream: &Upstream,
+        key: &KeyState,
+        facts: RequestFacts<'_>,
+        started: Instant,
+        response: &Response<Body>,
+    ) {
         let status = response.status().as_u16();
-        metrics.request(client, status);
-        metrics
+        upstream.metrics.request(facts.client, status);
+        upstream
+            .metrics
             .request_duration
             .observe(started.elapsed().as_secs_f64());
-        let key = routed.key.snapshot();
+        let key = key.snapshot();
         tracing::info!(
-            request_id = rid,
-            %method,
+            request_id = facts.request_id,
+            method = facts.method,
             upstream = %upstream.name,
-            client = self.clients.name(client),
-            path = uri.path(),
+            client = self.clients.name(facts.client),
+            path = facts.path,
             status,
             duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
             key = key.map(|k| k.fingerprint.as_str()),
             generation = key.map(|k| k.generation),
             "request"
         );
-        response.map(|body| body.in_flight(in_flight))
     }
 
     /// The request phase: pick the upstream, take the key snapshot (one load) and rewrite the
