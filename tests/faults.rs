@@ -10,6 +10,9 @@ use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 
+/// The fd-leak check counts this whole process's descriptors, so the tests here run one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn upstream(name: &str, base: &str, prefix: &str, key: &str, extra: &str) -> String {
     format!(
         "[[upstreams]]\nname = \"{name}\"\nprovider = \"openai\"\nbase_url = \"{base}\"\nprefix = \"{prefix}\"\nkey = {{ file = \"{key}\" }}\n{extra}\n"
@@ -126,6 +129,7 @@ async fn every_fault_once(proxy: &Proxy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_are_answered_clearly_counted_and_leak_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let f = faulty_proxy().await;
     every_fault_once(&f.proxy).await;
     let m = metrics(&f.proxy).await;
@@ -163,6 +167,7 @@ async fn upstream_faults_are_answered_clearly_counted_and_leak_nothing() {
 
 #[tokio::test]
 async fn stalled_and_idle_clients_are_disconnected() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let f = faulty_proxy().await;
     // Half a request head, then nothing: closed after client_header_timeout.
     let answer = raw_request(f.proxy.addr, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n").await;
