@@ -178,11 +178,7 @@ impl Admin {
             );
         };
         let mut text = text;
-        if text.ends_with("\r\n") {
-            text.truncate(text.len() - 2);
-        } else if text.ends_with('\n') {
-            text.truncate(text.len() - 1);
-        }
+        crate::key::source::trim_one_newline(&mut text);
         let secret = Secret::new(text);
         match upstream.rotate(secret, Trigger::Admin, probe).await {
             Ok(done) => json_response(

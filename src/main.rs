@@ -366,9 +366,7 @@ async fn rotate(
             std::io::stdin()
                 .read_to_string(&mut text)
                 .context("cannot read the key from standard input")?;
-            if text.ends_with('\n') {
-                text.pop();
-            }
+            keyproxy::key::source::trim_one_newline(&mut text);
             Secret::new(text)
         }
     };

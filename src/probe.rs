@@ -7,6 +7,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Either, Empty, Limited};
 
+use std::time::SystemTime;
+
+use crate::diagnose::{self, Knowledge};
 use crate::reason::Reason;
 use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 
@@ -80,32 +83,36 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    judge(upstream.provider, status, &body)
+    judge(status, &body)
 }
 
-fn judge(provider: Provider, status: StatusCode, body: &[u8]) -> ProbeOutcome {
+/// The diagnosis classifier decides; a rate limit still means the key itself was recognised.
+fn judge(status: StatusCode, body: &[u8]) -> ProbeOutcome {
     let code = status.as_u16();
-    let said = provider_message(body);
     if status.is_success() {
         return ProbeOutcome::Accepted { status: code };
     }
-    let quota = said.to_ascii_lowercase().contains("quota")
-        || String::from_utf8_lossy(body).contains("insufficient_quota");
-    let reason = match code {
-        429 if !quota => return ProbeOutcome::Accepted { status: code },
-        429 | 402 => Reason::QuotaExhausted,
-        401 => Reason::InvalidKey,
-        400 if provider == Provider::Gemini => Reason::InvalidKey,
-        403 => Reason::InsufficientPermissions,
-        s if s >= 500 => {
-            return ProbeOutcome::Failed {
-                message: format!(
-                    "the provider answered {status} to the probe, so the key could not be judged"
-                ),
-            }
-        }
-        _ => Reason::UnknownAuthError,
-    };
+    if status.is_server_error() {
+        return ProbeOutcome::Failed {
+            message: format!(
+                "the provider answered {status} to the probe, so the key could not be judged"
+            ),
+        };
+    }
+    let facts = diagnose::facts(body);
+    let reason = diagnose::classify(
+        status,
+        facts.as_ref(),
+        &Knowledge::default(),
+        SystemTime::now(),
+    )
+    .unwrap_or(Reason::UnknownAuthError);
+    if reason == Reason::RateLimited {
+        return ProbeOutcome::Accepted { status: code };
+    }
+    let said: String = facts
+        .map(|f| f.message.chars().take(300).collect())
+        .unwrap_or_default();
     let message = if said.is_empty() {
         format!("the provider answered {status}")
     } else {
@@ -118,31 +125,15 @@ fn judge(provider: Provider, status: StatusCode, body: &[u8]) -> ProbeOutcome {
     }
 }
 
-/// The provider's own error sentence, from the usual JSON shapes, shortened.
-fn provider_message(body: &[u8]) -> String {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return String::new();
-    };
-    let v = v.as_array().and_then(|a| a.first()).unwrap_or(&v);
-    let text = v
-        .pointer("/error/message")
-        .or_else(|| v.get("message"))
-        .or_else(|| v.pointer("/detail/message"))
-        .and_then(|m| m.as_str())
-        .unwrap_or("");
-    text.chars().take(300).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn judging_probe_answers() {
-        let ok = judge(Provider::Openai, StatusCode::OK, b"{}");
+        let ok = judge(StatusCode::OK, b"{}");
         assert_eq!(ok, ProbeOutcome::Accepted { status: 200 });
         let limited = judge(
-            Provider::Openai,
             StatusCode::TOO_MANY_REQUESTS,
             br#"{"error":{"message":"Rate limit reached"}}"#,
         );
@@ -150,7 +141,6 @@ mod tests {
         let ProbeOutcome::Refused {
             reason, message, ..
         } = judge(
-            Provider::Openai,
             StatusCode::UNAUTHORIZED,
             br#"{"error":{"message":"Incorrect API key provided"}}"#,
         )
@@ -160,7 +150,6 @@ mod tests {
         assert_eq!(reason, Reason::InvalidKey);
         assert!(message.contains("Incorrect API key provided"));
         let gemini = judge(
-            Provider::Gemini,
             StatusCode::BAD_REQUEST,
             br#"[{"error":{"message":"API key not valid"}}]"#,
         );
@@ -171,7 +160,7 @@ mod tests {
                 ..
             }
         ));
-        let quota = judge(Provider::Openai, StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"type":"insufficient_quota","message":"You exceeded your current quota"}}"#);
+        let quota = judge(StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"type":"insufficient_quota","message":"You exceeded your current quota"}}"#);
         assert!(matches!(
             quota,
             ProbeOutcome::Refused {
@@ -180,7 +169,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            judge(Provider::Openai, StatusCode::BAD_GATEWAY, b""),
+            judge(StatusCode::BAD_GATEWAY, b""),
             ProbeOutcome::Failed { .. }
         ));
     }

@@ -215,7 +215,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 
 /// A request keyproxy will not forward as it is; not an auth problem, so no reason header.
 pub fn bad_request(message: &str) -> Response<Body> {
-    json_error(StatusCode::BAD_REQUEST, "bad_request", message)
+    status(StatusCode::BAD_REQUEST, message)
 }
 
 /// Any other refusal of keyproxy's own that is not an auth problem.

@@ -79,11 +79,7 @@ impl KeySource {
             zeroize::Zeroize::zeroize(&mut bytes);
             KeyError::NotUtf8(self.to_string())
         })?;
-        if text.ends_with("\r\n") {
-            text.truncate(text.len() - 2);
-        } else if text.ends_with('\n') {
-            text.truncate(text.len() - 1);
-        }
+        trim_one_newline(&mut text);
         Ok(Secret::new(text))
     }
 }
@@ -104,6 +100,15 @@ impl KeySource {
             }
         }
         None
+    }
+}
+
+/// Remove exactly one trailing `\n` or `\r\n` (what `echo key > file` or a pasted line adds).
+pub fn trim_one_newline(text: &mut String) {
+    if text.ends_with("\r\n") {
+        text.truncate(text.len() - 2);
+    } else if text.ends_with('\n') {
+        text.truncate(text.len() - 1);
     }
 }
 
