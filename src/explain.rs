@@ -4,12 +4,12 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::client::PooledBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::response::Parts;
 use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::diagnose::message::{self, Context};
@@ -43,14 +43,14 @@ enum Peeked {
     /// The whole body, within the limit.
     Complete(Bytes),
     /// The first part; the rest still to come.
-    Partial(Bytes, Incoming),
+    Partial(Bytes, PooledBody),
 }
 
 pub async fn explain(
     upstream: &Upstream,
     key: &KeyState,
     request: RequestFacts<'_>,
-    response: Response<Incoming>,
+    response: Response<PooledBody>,
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
@@ -172,7 +172,7 @@ fn report(
 }
 
 /// Read up to `PEEK_LIMIT` bytes, or the whole body if it is smaller.
-async fn peek(mut body: Incoming) -> Peeked {
+async fn peek(mut body: PooledBody) -> Peeked {
     let mut head = BytesMut::new();
     let read = tokio::time::timeout(PEEK_TIMEOUT, async {
         while head.len() < PEEK_LIMIT {

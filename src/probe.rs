@@ -60,7 +60,7 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
             .insert(ANTHROPIC_VERSION, ANTHROPIC_DEFAULT_VERSION);
     }
     let timeout = upstream.response_header_timeout.min(PROBE_TIMEOUT);
-    let response = match tokio::time::timeout(timeout, upstream.client.request(req)).await {
+    let response = match tokio::time::timeout(timeout, upstream.client.send(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             return ProbeOutcome::Failed {

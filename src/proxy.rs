@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::client::{HttpClient, UpstreamBody};
+use crate::client::{Pool, PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
 use crate::diagnose;
 use crate::explain::{self, RequestFacts};
@@ -137,7 +137,7 @@ impl Proxy {
         key: &KeyState,
         facts: RequestFacts<'_>,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
-        mut response: Response<Incoming>,
+        mut response: Response<PooledBody>,
     ) -> Response<Body> {
         drop_hop_by_hop(response.headers_mut());
         if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
@@ -289,7 +289,7 @@ fn prepare<B>(
     rest: &str,
     query: Option<&str>,
     custom_credentials: &[http::HeaderName],
-) -> Result<Request<B>, http::Error> {
+) -> Result<Request<B>, http::uri::InvalidUri> {
     let query = query.map(strip_key_param);
     let upgrade = websocket::is_upgrade(req.headers());
     *req.uri_mut() = upstream.uri(rest, query.as_deref())?;
@@ -309,7 +309,7 @@ fn prepare<B>(
 }
 
 enum ForwardFailure {
-    Unreachable(hyper_util::client::legacy::Error),
+    Unreachable(SendError),
     Timeout(Duration),
 }
 
@@ -341,11 +341,11 @@ fn tap_for(
 
 async fn forward(
     upstream: &Upstream,
-    client: &HttpClient,
+    pool: &Pool,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ForwardFailure> {
+) -> Result<Response<PooledBody>, ForwardFailure> {
     let timeout = upstream.response_header_timeout;
-    match tokio::time::timeout(timeout, client.request(req)).await {
+    match tokio::time::timeout(timeout, pool.send(req)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(e)) => Err(ForwardFailure::Unreachable(e)),
         Err(_) => Err(ForwardFailure::Timeout(timeout)),
@@ -359,7 +359,7 @@ impl ForwardFailure {
                 let chain = error_chain(&e);
                 let kind = if is_tls_failure(&chain) {
                     UpstreamError::Tls
-                } else if e.is_connect() {
+                } else if matches!(e, SendError::Connect(_)) {
                     UpstreamError::Connect
                 } else {
                     UpstreamError::Reset

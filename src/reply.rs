@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
+
+use crate::client::PooledBody;
 
 use crate::metrics::{InFlight, UpstreamError};
 use crate::reason::Reason;
@@ -41,15 +43,18 @@ pub struct StreamIdle(pub Duration);
 
 enum Kind {
     /// The upstream's body, streamed through untouched.
-    Upstream(Incoming),
+    Upstream(PooledBody),
     /// A body keyproxy wrote (its own errors, or a diagnosed error body with the `keyproxy` member).
     Full(Option<Bytes>),
     /// The part of an upstream body that was read to diagnose it, then the rest as it comes.
-    Peeked { head: Option<Bytes>, rest: Incoming },
+    Peeked {
+        head: Option<Bytes>,
+        rest: PooledBody,
+    },
 }
 
 impl Body {
-    pub fn upstream(body: Incoming) -> Body {
+    pub fn upstream(body: PooledBody) -> Body {
         Body::of(Kind::Upstream(body))
     }
 
@@ -57,7 +62,7 @@ impl Body {
         Body::of(Kind::Full(Some(bytes.into())))
     }
 
-    pub fn peeked(head: Bytes, rest: Incoming) -> Body {
+    pub fn peeked(head: Bytes, rest: PooledBody) -> Body {
         let head = (!head.is_empty()).then_some(head);
         Body::of(Kind::Peeked { head, rest })
     }

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::HeaderName;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Uri};
 use serde::Deserialize;
 
 use arc_swap::ArcSwap;
 
-use crate::client::{self, HttpClient};
+use crate::client::{self, Pool};
 use crate::config::{ExpiryConfig, UpstreamConfig};
 use crate::key::lint::LintMode;
 use crate::key::rotation::{Attempt, RetiredKey};
@@ -59,7 +59,6 @@ pub struct Upstream {
     pub provider: Provider,
     pub prefix: String,
     pub base_url: Uri,
-    scheme: Scheme,
     authority: Authority,
     /// The base URL's path without a trailing `/` (empty for the host root).
     base_path: String,
@@ -67,9 +66,9 @@ pub struct Upstream {
     pub auth_prefix: String,
     pub key_source: KeySource,
     pub key: KeyStore,
-    pub client: HttpClient,
-    /// HTTP/1.1-only twin of `client`, for WebSocket upgrades.
-    pub upgrade_client: HttpClient,
+    pub client: Pool,
+    /// HTTP/1.1-only twin of `client` whose connections are never reused: WebSocket upgrades.
+    pub upgrade_client: Pool,
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub expiry: ExpiryConfig,
@@ -145,15 +144,17 @@ impl Upstream {
             .map(|pq| pq.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
         let source = cfg.key.to_string();
+        let authority = parts
+            .authority
+            .ok_or(client::ClientError::NoHost(cfg.name.clone()))?;
         Ok(Upstream {
             name: cfg.name.as_str().into(),
             provider: cfg.provider,
             prefix: cfg.prefix.clone(),
             base_url: cfg.base_url.clone(),
-            scheme: parts.scheme.unwrap_or(Scheme::HTTPS),
-            authority: parts
-                .authority
-                .ok_or(client::ClientError::NoHost(cfg.name.clone()))?,
+            client: Pool::new(cfg, &authority, client::Versions::Negotiated)?,
+            upgrade_client: Pool::new(cfg, &authority, client::Versions::Upgrades)?,
+            authority,
             base_path,
             auth_header: cfg.auth_header.clone().unwrap_or(default_header),
             auth_prefix: cfg
@@ -162,8 +163,6 @@ impl Upstream {
                 .unwrap_or_else(|| default_prefix.to_owned()),
             key_source: cfg.key.clone(),
             key: KeyStore::new(&source),
-            client: client::build(cfg, client::Versions::Negotiated)?,
-            upgrade_client: client::build(cfg, client::Versions::Http1Only)?,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             expiry: cfg.expiry.clone(),
@@ -187,8 +186,9 @@ impl Upstream {
         &self.authority
     }
 
-    /// The upstream URI for a request path (after the prefix) and its query.
-    pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+    /// The upstream URI for a request path (after the prefix) and its query, in origin form: the
+    /// pool adds the scheme and authority each HTTP version wants.
+    pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::uri::InvalidUri> {
         let mut pq = String::with_capacity(
             self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1),
         );
@@ -198,11 +198,7 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::from_maybe_shared(pq)?)
-            .build()
+        PathAndQuery::from_maybe_shared(pq).map(Uri::from)
     }
 }
 
@@ -225,16 +221,10 @@ mod tests {
         let u = upstream("https://openrouter.ai/api/");
         assert_eq!(
             u.uri("/v1/chat/completions", Some("a=1")).unwrap(),
-            "https://openrouter.ai/api/v1/chat/completions?a=1"
+            "/api/v1/chat/completions?a=1"
         );
         let u = upstream("http://127.0.0.1:9/");
-        assert_eq!(
-            u.uri("/v1/models", None).unwrap(),
-            "http://127.0.0.1:9/v1/models"
-        );
-        assert_eq!(
-            u.uri("/v1/models", Some("")).unwrap(),
-            "http://127.0.0.1:9/v1/models"
-        );
+        assert_eq!(u.uri("/v1/models", None).unwrap(), "/v1/models");
+        assert_eq!(u.uri("/v1/models", Some("")).unwrap(), "/v1/models");
     }
 }
