@@ -45,7 +45,7 @@ fn proxy() -> Proxy {
     let upstreams: Vec<Upstream> = config
         .upstreams
         .iter()
-        .map(|u| Upstream::new(u, &metrics).unwrap())
+        .map(|u| Upstream::new(u, &metrics, 1).unwrap())
         .collect();
     for u in &upstreams {
         let key = Secret::new("sk-proj-BENCHbenchBENCHbenchBENCHbench0000".into());

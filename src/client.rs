@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
+use crate::workers;
 
 /// What goes upstream: the client's body streamed through, or nothing (probes).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -83,9 +84,15 @@ struct Shared {
     authority: Authority,
     /// `Host` for HTTP/1.1, computed once: the authority without a default port.
     host: HeaderValue,
+    /// One per event-loop thread: a connection is only used by the thread whose runtime drives it.
+    slots: Box<[Slot]>,
+}
+
+#[derive(Default)]
+struct Slot {
     /// Idle HTTP/1.1 connections, most recently used last.
     idle: Mutex<Vec<Idle>>,
-    /// The HTTP/2 connection, shared by every request while it lives.
+    /// The HTTP/2 connection, shared by this thread's requests while it lives.
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
@@ -100,10 +107,12 @@ enum Conn {
 }
 
 impl Pool {
+    /// `threads`: how many event loops will send through it (see `workers`).
     pub fn new(
         cfg: &UpstreamConfig,
         authority: &Authority,
         versions: Versions,
+        threads: usize,
     ) -> Result<Pool, ClientError> {
         let scheme = cfg.base_url.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
@@ -119,8 +128,7 @@ impl Pool {
             scheme,
             authority: authority.clone(),
             host,
-            idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
+            slots: (0..threads.max(1)).map(|_| Slot::default()).collect(),
         })))
     }
 
@@ -163,15 +171,16 @@ impl Pool {
 
     /// A live HTTP/2 connection, or the most recently used idle HTTP/1.1 one that is ready.
     fn checkout(&self) -> Option<Conn> {
+        let slot = self.0.slot();
         {
-            let mut h2 = lock(&self.0.h2);
+            let mut h2 = lock(&slot.h2);
             match &*h2 {
                 Some(sender) if !sender.is_closed() => return Some(Conn::H2(sender.clone())),
                 Some(_) => *h2 = None,
                 None => {}
             }
         }
-        let mut idle = lock(&self.0.idle);
+        let mut idle = lock(&slot.idle);
         while let Some(entry) = idle.pop() {
             if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
                 return Some(Conn::H1(entry.sender));
@@ -206,7 +215,7 @@ impl Pool {
                     tracing::debug!("upstream HTTP/2 connection ended: {e}");
                 }
             });
-            *lock(&self.0.h2) = Some(sender.clone());
+            *lock(&self.0.slot().h2) = Some(sender.clone());
             return Ok(Conn::H2(sender));
         }
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
@@ -265,9 +274,13 @@ impl Lease {
 }
 
 impl Shared {
+    fn slot(&self) -> &Slot {
+        &self.slots[workers::current() % self.slots.len()]
+    }
+
     fn put(&self, sender: http1::SendRequest<UpstreamBody>) {
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.slot().idle);
         // The oldest sits first; let one expired connection go per return.
         if idle
             .first()

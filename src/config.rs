@@ -48,7 +48,7 @@ pub struct ServerConfig {
     pub client_header_timeout: Duration,
     /// Listen beyond loopback without client tokens (something else restricts who connects).
     pub allow_unauthenticated: bool,
-    /// Event-loop threads: 1 (default) one thread, N threads, 0 one per core.
+    /// Event-loop threads serving the proxy port: 0 (the default) one per core, or N.
     pub workers: usize,
 }
 
@@ -153,7 +153,7 @@ impl Default for RawServer {
             key_reload_interval: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
-            workers: 1,
+            workers: 0,
         }
     }
 }

@@ -3,63 +3,75 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, HeaderName, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, CONNECTION, HOST};
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Every header an SDK may carry a key in: OpenAI, Anthropic, Azure and Gemini schemes.
-const CREDENTIAL_HEADERS: [&str; 3] = ["x-api-key", "api-key", "x-goog-api-key"];
-
-/// Remove hop-by-hop headers, including any the `Connection` header names. `upgrade` goes too;
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `upgrade` goes too;
 /// WebSocket pass-through puts it back deliberately.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Every header an SDK may carry a key in (OpenAI, Anthropic, Azure and Gemini schemes), plus
+/// `Host`, so the upstream's own authority is used.
+fn is_client_credential(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "authorization"
+            | "proxy-authorization"
+            | "x-api-key"
+            | "api-key"
+            | "x-goog-api-key"
+            | "host"
+    )
+}
+
+/// Remove hop-by-hop headers, including any the `Connection` header names.
 pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    remove_where(headers, is_hop_by_hop);
+}
+
+/// The request for the upstream: hop-by-hop headers and every credential the client sent go (SDKs
+/// send dummy keys). `extra`: custom auth headers of any configured generic upstream. One pass
+/// over the names; only what is present is removed.
+pub fn strip_for_upstream(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    remove_where(headers, |name| {
+        is_hop_by_hop(name) || is_client_credential(name) || extra.contains(name)
+    });
+}
+
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut found: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    if found.is_empty() {
+        return;
+    }
+    if found.contains(&CONNECTION) {
+        let named = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        found.extend(named);
     }
-    for name in HOP_BY_HOP {
+    for name in found {
         headers.remove(name);
     }
-    headers.remove(http::header::UPGRADE);
 }
 
-/// Remove every credential the client sent (SDKs send dummy keys), plus `Host` so the upstream's
-/// own authority is used. `extra`: custom auth headers of any configured generic upstream.
-pub fn strip_client_credentials(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    headers.remove(AUTHORIZATION);
-    headers.remove(PROXY_AUTHORIZATION);
-    for name in CREDENTIAL_HEADERS {
-        headers.remove(name);
-    }
-    for name in extra {
-        headers.remove(name);
-    }
-    headers.remove(HOST);
-}
-
-/// True for headers `strip_client_credentials` always removes.
+/// True for headers `strip_for_upstream` always removes.
 pub fn is_standard_credential(name: &HeaderName) -> bool {
-    name == AUTHORIZATION
-        || name == PROXY_AUTHORIZATION
-        || CREDENTIAL_HEADERS.contains(&name.as_str())
+    is_client_credential(name) && name != HOST
 }
 
 /// The first credential the app sent, without its scheme: `Authorization` (any scheme),
@@ -69,20 +81,34 @@ pub fn presented_credential<'a>(
     query: Option<&'a str>,
     custom: &[HeaderName],
 ) -> Option<&'a str> {
-    let value = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let without_scheme = |v: &'a str| v.split_once(' ').map_or(v, |(_, t)| t).trim();
-    if let Some(auth) = value(&AUTHORIZATION) {
-        return Some(without_scheme(auth));
-    }
-    for name in CREDENTIAL_HEADERS {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(v.trim());
+    // One pass over the headers, keeping the best-ranked credential (a lookup per candidate name
+    // costs more than looking at each header once).
+    let mut best: Option<(usize, &'a str)> = None;
+    for (name, value) in headers {
+        let rank = match name.as_str() {
+            "authorization" => 0,
+            "x-api-key" => 1,
+            "api-key" => 2,
+            "x-goog-api-key" => 3,
+            _ => match custom.iter().position(|c| c == name) {
+                Some(i) => 4 + i,
+                None => continue,
+            },
+        };
+        if best.is_some_and(|(b, _)| b <= rank) {
+            continue;
         }
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        let value = match rank {
+            1..=3 => value.trim(),
+            _ => value.split_once(' ').map_or(value, |(_, t)| t).trim(),
+        };
+        best = Some((rank, value));
     }
-    for name in custom {
-        if let Some(v) = value(name) {
-            return Some(without_scheme(v));
-        }
+    if let Some((_, value)) = best {
+        return Some(value);
     }
     query?.split('&').find_map(|pair| pair.strip_prefix("key="))
 }
@@ -142,9 +168,37 @@ mod tests {
             );
         }
         h.insert("openai-organization", HeaderValue::from_static("org-1"));
-        strip_client_credentials(&mut h, &[HeaderName::from_static("x-custom-auth")]);
+        strip_for_upstream(&mut h, &[HeaderName::from_static("x-custom-auth")]);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("openai-organization"));
+    }
+
+    #[test]
+    fn the_presented_credential_is_the_best_ranked_one() {
+        let custom = [HeaderName::from_static("x-custom-auth")];
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            presented_credential(&h, Some("alt=sse&key=AIza1"), &custom),
+            Some("AIza1")
+        );
+        h.insert("x-custom-auth", HeaderValue::from_static("Token c-1"));
+        assert_eq!(presented_credential(&h, None, &custom), Some("c-1"));
+        h.insert("x-goog-api-key", HeaderValue::from_static(" g-1 "));
+        assert_eq!(presented_credential(&h, None, &custom), Some("g-1"));
+        h.insert("x-api-key", HeaderValue::from_static("a-1"));
+        assert_eq!(presented_credential(&h, None, &custom), Some("a-1"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
+        assert_eq!(
+            presented_credential(&h, None, &custom),
+            Some("a-1"),
+            "unreadable: next"
+        );
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        assert_eq!(presented_credential(&h, None, &custom), Some("sk-1"));
+        assert_eq!(presented_credential(&HeaderMap::new(), None, &custom), None);
     }
 
     #[test]

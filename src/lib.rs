@@ -25,3 +25,4 @@ pub mod tap;
 pub mod telemetry;
 pub mod upstream;
 pub mod websocket;
+pub mod workers;

@@ -116,7 +116,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    let runtime = match build_runtime(&cli.command) {
+    let runtime = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyproxy: cannot start the async runtime: {e}");
@@ -154,24 +154,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `[server] workers`: 1 (the default) runs everything on one event-loop thread, as nginx's default
-/// single worker does: no cross-thread wake-ups, the least CPU per request (see BENCHMARKS.md) and far
-/// more than an LLM workload needs. N > 1 uses N threads; 0 one per core.
-fn build_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = match command {
-        Command::Run(args) => Config::load(&args.config).map_or(1, |c| c.server.workers),
-        _ => 1,
-    };
-    let mut builder = match workers {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    builder.enable_all().build()
+/// The main runtime: one thread for the CLI, the admin API, the key lifecycle and accepting
+/// connections (it is also proxy worker 0). `[server] workers` adds event-loop threads of their own,
+/// each a runtime like this one (see `workers.rs`).
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
@@ -216,7 +205,7 @@ async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
     for cfg in &config.upstreams {
         let name = &cfg.name;
-        let upstream = Upstream::new(cfg, &metrics)?;
+        let upstream = Upstream::new(cfg, &metrics, 1)?;
         let secret = match cfg.key.read().await {
             Ok(secret) => secret,
             Err(e) => {

@@ -57,7 +57,7 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
         .insert(upstream.auth_header.clone(), auth.clone());
     if upstream.provider == Provider::Anthropic {
         req.headers_mut()
-            .insert(ANTHROPIC_VERSION, ANTHROPIC_DEFAULT_VERSION);
+            .insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
     let timeout = upstream.response_header_timeout.min(PROBE_TIMEOUT);
     let response = match tokio::time::timeout(timeout, upstream.client.send(req)).await {

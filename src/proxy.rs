@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::header::HeaderName;
+use std::borrow::Cow;
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
@@ -13,7 +16,7 @@ use crate::client::{Pool, PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
 use crate::diagnose;
 use crate::explain::{self, RequestFacts};
-use crate::headers::{drop_hop_by_hop, strip_client_credentials, strip_key_param};
+use crate::headers::{drop_hop_by_hop, strip_for_upstream, strip_key_param};
 use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
@@ -25,6 +28,9 @@ use crate::route::{path_is_clean, Router};
 use crate::tap::{SseTap, Tap};
 use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::websocket::{self, Sockets};
+
+static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
 
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
@@ -76,7 +82,7 @@ impl Proxy {
         let mut response = self.forward_phases(req, peer, &request_id, started).await;
         response
             .headers_mut()
-            .insert(request_id::RESPONSE_HEADER, request_id);
+            .insert(request_id::RESPONSE_HEADER.clone(), request_id);
         response
     }
 
@@ -101,7 +107,8 @@ impl Proxy {
         };
         let upstream = routed.upstream;
         let in_flight = InFlight::start(&upstream.metrics);
-        let upgrade = websocket::is_upgrade(routed.request.headers())
+        let upgrade = routed
+            .upgrade
             .then(|| hyper::upgrade::on(&mut routed.request));
         let via = match upgrade {
             Some(_) => &upstream.upgrade_client,
@@ -184,10 +191,11 @@ impl Proxy {
     ) {
         let status = response.status().as_u16();
         upstream.metrics.request(facts.client, status);
+        let elapsed = started.elapsed();
         upstream
             .metrics
             .request_duration
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         let key = key.snapshot();
         tracing::info!(
             request_id = facts.request_id,
@@ -196,7 +204,7 @@ impl Proxy {
             client = self.clients.name(facts.client),
             path = facts.path,
             status,
-            duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
             key = key.map(|k| k.fingerprint.as_str()),
             generation = key.map(|k| k.generation),
             "request"
@@ -244,6 +252,7 @@ impl Proxy {
                 snapshot,
             );
         }
+        let upgrade = websocket::is_upgrade(req.headers());
         let request = prepare(
             upstream,
             snapshot,
@@ -251,17 +260,19 @@ impl Proxy {
             rest,
             uri.query(),
             &self.custom_credentials,
+            upgrade,
         )
         .map_err(|e| {
             Box::new(reply::bad_request(&format!(
                 "cannot build the upstream request: {e}"
             )))
         })?;
-        let header = |name: &str| request.headers().get(name).cloned();
+        let header = |name: &HeaderName| request.headers().get(name).cloned();
         Ok(Routed {
+            upgrade,
             client,
-            organization: header("openai-organization"),
-            project: header("openai-project"),
+            organization: header(&OPENAI_ORGANIZATION),
+            project: header(&OPENAI_PROJECT),
             upstream,
             key,
             request,
@@ -276,6 +287,8 @@ pub struct Routed<'a, B> {
     pub client: usize,
     pub key: Arc<KeyState>,
     pub request: Request<B>,
+    /// A WebSocket handshake (its `Upgrade` headers are kept).
+    pub upgrade: bool,
     /// What the app asked for, kept for explaining an org/project mismatch.
     pub organization: Option<http::HeaderValue>,
     pub project: Option<http::HeaderValue>,
@@ -289,21 +302,32 @@ fn prepare<B>(
     rest: &str,
     query: Option<&str>,
     custom_credentials: &[http::HeaderName],
+    upgrade: bool,
 ) -> Result<Request<B>, http::uri::InvalidUri> {
     let query = query.map(strip_key_param);
-    let upgrade = websocket::is_upgrade(req.headers());
-    *req.uri_mut() = upstream.uri(rest, query.as_deref())?;
+    // The common case (root prefix, no base path, no `key=`) keeps the client's path and query as
+    // they are, without building and re-validating a new one.
+    let untouched = upstream.passes_paths_through()
+        && rest.len() == req.uri().path().len()
+        && match &query {
+            None => true,
+            Some(Cow::Borrowed(q)) => !q.is_empty(),
+            Some(Cow::Owned(_)) => false,
+        };
+    *req.uri_mut() = match req.uri().path_and_query() {
+        Some(pq) if untouched => Uri::from(pq.clone()),
+        _ => upstream.uri(rest, query.as_deref())?,
+    };
     // The pool picks HTTP/1.1 or HTTP/2 per connection (ALPN); the client's version is irrelevant.
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
-    drop_hop_by_hop(headers);
+    strip_for_upstream(headers, custom_credentials);
     if upgrade {
         websocket::restore_upgrade_headers(headers);
     }
-    strip_client_credentials(headers, custom_credentials);
     headers.insert(upstream.auth_header.clone(), snapshot.header.clone());
-    if upstream.provider == Provider::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
-        headers.insert(ANTHROPIC_VERSION, ANTHROPIC_DEFAULT_VERSION);
+    if upstream.provider == Provider::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
+        headers.insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
     Ok(req)
 }

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
+use crate::workers::{self, Job, Workers};
 use crate::{client, key};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum ServerError {
     ClientToken(#[from] crate::clients::ClientTokenError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A bound, ready-to-run keyproxy.
@@ -50,6 +53,8 @@ pub struct Server {
     client_header_timeout: Duration,
     /// Key-file watching starts at bind, so a change right after startup is not missed.
     watcher: AbortOnDrop,
+    /// The event-loop threads that serve proxy connections besides this runtime.
+    workers: Workers,
 }
 
 /// A background task that ends with its owner.
@@ -70,10 +75,11 @@ impl Server {
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
         let clients = Clients::load(&config.clients).await?;
         let metrics = Arc::new(Metrics::with_clients(clients.names())?);
+        let loops = workers::count(config.server.workers);
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, &metrics))
+            .map(|u| Upstream::new(u, &metrics, loops))
             .collect::<Result<Vec<_>, _>>()?;
         let proxy = Arc::new(Proxy::new(upstreams, metrics, clients));
         for upstream in &proxy.upstreams {
@@ -99,6 +105,7 @@ impl Server {
                 Arc::clone(&proxy_for_watch),
                 config.server.key_reload_interval,
             )),
+            workers: Workers::start(loops).map_err(ServerError::Workers)?,
         })
     }
 
@@ -146,13 +153,21 @@ impl Server {
             grace,
             header_timeout: self.client_header_timeout,
         };
+        let workers = Arc::new(self.workers);
         let proxy_task = tokio::spawn(serve(
             self.proxy_listener,
             proxy_service,
             stop_rx.clone(),
             limits,
+            Arc::clone(&workers),
         ));
-        let admin_task = tokio::spawn(serve(self.admin_listener, admin_service, stop_rx, limits));
+        let admin_task = tokio::spawn(serve(
+            self.admin_listener,
+            admin_service,
+            stop_rx,
+            limits,
+            Arc::new(Workers::none()),
+        ));
         shutdown.await;
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(grace = %humantime::format_duration(grace), "shutting down: no new connections; draining in-flight requests");
@@ -171,6 +186,9 @@ impl Server {
             );
             sockets.close_all();
             let _ = tokio::time::timeout(Duration::from_secs(1), sockets.drained()).await;
+        }
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.finish().await;
         }
         tracing::info!("shutdown complete");
     }
@@ -203,10 +221,12 @@ async fn serve<M, S, B>(
     make_service: M,
     mut stop: watch::Receiver<bool>,
     limits: Limits,
+    workers: Arc<Workers>,
 ) where
     M: Fn(SocketAddr) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
+        + Sync
         + 'static,
     S::Future: Send + 'static,
     B: HttpBody + Send + 'static,
@@ -225,6 +245,7 @@ async fn serve<M, S, B>(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let mut next = 0usize;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -240,19 +261,11 @@ async fn serve<M, S, B>(
                 let _ = stream.set_nodelay(true);
                 let service = make_service(peer);
                 let (builder, watcher) = (Arc::clone(&builder), graceful.watcher());
-                tokio::spawn(async move {
-                    // A client that connects and sends nothing is dropped like one that stalls
-                    // mid-header (telling HTTP/1 from h2c needs its first bytes).
-                    let mut first = [0u8; 1];
-                    if tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await.is_err() {
-                        tracing::debug!(%peer, "client sent nothing; connection closed");
-                        return;
-                    }
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
+                let job: Job = Box::new(move |stream| {
+                    Box::pin(serve_connection(stream, peer, service, builder, watcher, limits))
                 });
+                workers.dispatch(next % workers.len(), stream, job);
+                next = next.wrapping_add(1);
             }
             _ = stop.changed() => break,
         }
@@ -263,5 +276,38 @@ async fn serve<M, S, B>(
         .is_err()
     {
         tracing::warn!("shutdown grace elapsed; closing the connections still open");
+    }
+}
+
+/// One client connection: HTTP/1.1 or h2c (with upgrades), watched for graceful shutdown.
+async fn serve_connection<S, B>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: Limits,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    // A client that connects and sends nothing is dropped like one that stalls mid-header
+    // (telling HTTP/1 from h2c needs its first bytes).
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(limits.header_timeout, stream.peek(&mut first))
+        .await
+        .is_err()
+    {
+        tracing::debug!(%peer, "client sent nothing; connection closed");
+        return;
+    }
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, "connection ended: {e}");
     }
 }

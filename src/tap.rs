@@ -147,7 +147,7 @@ fn object_end(object: &[u8]) -> Option<usize> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// The integer after `"key":` inside the usage object (not inside a nested `_details` object's name).
@@ -241,9 +241,8 @@ fn find_error(bytes: &[u8]) -> Option<usize> {
         b"\"type\":\"",
         b"\"type\": \"",
     ];
-    (0..bytes.len().saturating_sub(4)).find(|&i| {
-        &bytes[i..i + 5] == b"error" && PRECEDED_BY.iter().any(|p| bytes[..i].ends_with(p))
-    })
+    memchr::memmem::find_iter(bytes, b"error")
+        .find(|&i| PRECEDED_BY.iter().any(|p| bytes[..i].ends_with(p)))
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ impl Provider {
     }
 }
 
-pub const ANTHROPIC_VERSION: &str = "anthropic-version";
+pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 pub const ANTHROPIC_DEFAULT_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
 
 pub struct Upstream {
@@ -135,7 +135,12 @@ pub struct Lifecycle {
 }
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, metrics: &Metrics) -> Result<Upstream, client::ClientError> {
+    /// `threads`: the event loops that will forward through it (each keeps its own connections).
+    pub fn new(
+        cfg: &UpstreamConfig,
+        metrics: &Metrics,
+        threads: usize,
+    ) -> Result<Upstream, client::ClientError> {
         let (default_header, default_prefix) = cfg.provider.default_scheme();
         let parts = cfg.base_url.clone().into_parts();
         let base_path = parts
@@ -152,8 +157,8 @@ impl Upstream {
             provider: cfg.provider,
             prefix: cfg.prefix.clone(),
             base_url: cfg.base_url.clone(),
-            client: Pool::new(cfg, &authority, client::Versions::Negotiated)?,
-            upgrade_client: Pool::new(cfg, &authority, client::Versions::Upgrades)?,
+            client: Pool::new(cfg, &authority, client::Versions::Negotiated, threads)?,
+            upgrade_client: Pool::new(cfg, &authority, client::Versions::Upgrades, threads)?,
             authority,
             base_path,
             auth_header: cfg.auth_header.clone().unwrap_or(default_header),
@@ -186,6 +191,11 @@ impl Upstream {
         &self.authority
     }
 
+    /// True when the upstream path is the client's path as it is (the base URL has no path).
+    pub fn passes_paths_through(&self) -> bool {
+        self.base_path.is_empty()
+    }
+
     /// The upstream URI for a request path (after the prefix) and its query, in origin form: the
     /// pool adds the scheme and authority each HTTP version wants.
     pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::uri::InvalidUri> {
@@ -213,7 +223,7 @@ mod tests {
             "[[upstreams]]\nname = \"u\"\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nkey = {{ env = \"X\" }}\n"
         );
         let cfg = Config::parse(Path::new("k.toml"), &text).unwrap();
-        Upstream::new(&cfg.upstreams[0], &Metrics::new().unwrap()).unwrap()
+        Upstream::new(&cfg.upstreams[0], &Metrics::new().unwrap(), 1).unwrap()
     }
 
     #[test]

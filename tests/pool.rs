@@ -84,10 +84,15 @@ async fn serve(mut stream: TcpStream, close: Arc<Notify>, closed: mpsc::Unbounde
     }
 }
 
+/// One event loop unless `workers` says otherwise: each keeps its own upstream connections.
 fn config(dir: &std::path::Path, addr: SocketAddr) -> String {
+    config_with_workers(dir, addr, 1)
+}
+
+fn config_with_workers(dir: &std::path::Path, addr: SocketAddr, workers: usize) -> String {
     let key = key_file(dir, "openai.key", &openai_key("POOL"));
     format!(
-        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://{addr}\"\nkey = {{ file = \"{key}\" }}\n"
+        "workers = {workers}\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://{addr}\"\nkey = {{ file = \"{key}\" }}\n"
     )
 }
 
@@ -102,6 +107,29 @@ async fn sequential_requests_reuse_one_upstream_connection() {
         assert_eq!(&body[..], br#"{"ok":true}"#);
     }
     assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_connections_are_dealt_to_every_worker_and_each_keeps_its_upstream_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = CountingUpstream::start().await;
+    let proxy = Proxy::start(
+        &config_with_workers(dir.path(), upstream.addr, 2),
+        dir.path(),
+    )
+    .await;
+    // A new client connection each time: dealt round-robin to the two workers.
+    for _ in 0..6 {
+        let (parts, body) = get(&proxy.url("/v1/models")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(&body[..], br#"{"ok":true}"#);
+    }
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "one upstream connection per worker"
+    );
     proxy.stop().await;
 }
 

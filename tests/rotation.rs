@@ -636,7 +636,7 @@ async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_lets_the_sou
     );
     let config = Config::parse(&dir.path().join("k.toml"), &text).unwrap();
     let metrics = Metrics::new().unwrap();
-    let up = Upstream::new(&config.upstreams[0], &metrics).unwrap();
+    let up = Upstream::new(&config.upstreams[0], &metrics, 1).unwrap();
     up.load_initial().await.unwrap();
     let generation = || up.key.current().snapshot().unwrap().generation;
 

@@ -1,0 +1,131 @@
+//! Event-loop threads, one per core by default, the way nginx runs a worker per core: each is a
+//! single-threaded tokio runtime that serves the client connections dealt to it, and keeps its own
+//! upstream connections (pools are indexed by `current()`). Nothing on the request path crosses
+//! threads, so there are no cross-thread wake-ups; the main runtime (acceptor, admin, key
+//! lifecycle) is worker 0.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::{mpsc, oneshot};
+
+thread_local! {
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+}
+
+/// This thread's worker index: 0 on the main runtime (and any thread that is not a worker).
+pub fn current() -> usize {
+    INDEX.with(Cell::get)
+}
+
+/// How many event loops `workers` asks for: 0 means one per core.
+pub fn count(workers: usize) -> usize {
+    match workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+/// A connection handed to a worker: the socket, the peer, and what serves it there.
+pub type Job =
+    Box<dyn FnOnce(tokio::net::TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// The extra worker threads (1..n); worker 0 is the caller's runtime.
+pub struct Workers {
+    lanes: Vec<Lane>,
+}
+
+struct Lane {
+    jobs: mpsc::UnboundedSender<(std::net::TcpStream, Job)>,
+    finish: oneshot::Sender<()>,
+    exited: oneshot::Receiver<()>,
+}
+
+impl Workers {
+    /// Worker 0 only: everything on the caller's runtime.
+    pub fn none() -> Workers {
+        Workers { lanes: Vec::new() }
+    }
+
+    /// Start `n - 1` threads, each with its own runtime (built here, so a failure is a startup error).
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let mut lanes = Vec::with_capacity(n.saturating_sub(1));
+        for index in 1..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (jobs, mut inbox) = mpsc::unbounded_channel::<(std::net::TcpStream, Job)>();
+            let (finish, finished) = oneshot::channel::<()>();
+            let (exit_tx, exited) = oneshot::channel();
+            std::thread::Builder::new()
+                .name(format!("keyproxy-worker-{index}"))
+                .spawn(move || {
+                    INDEX.with(|i| i.set(index));
+                    runtime.block_on(async move {
+                        while let Some((socket, job)) = inbox.recv().await {
+                            match tokio::net::TcpStream::from_std(socket) {
+                                Ok(stream) => {
+                                    tokio::spawn(job(stream));
+                                }
+                                Err(e) => {
+                                    tracing::warn!("worker {index}: cannot adopt a connection: {e}")
+                                }
+                            }
+                        }
+                        // No more connections: stay up until the server has drained its own.
+                        let _ = finished.await;
+                    });
+                    // Dropping the runtime ends whatever is left (after the shutdown grace).
+                    drop(runtime);
+                    let _ = exit_tx.send(());
+                })?;
+            lanes.push(Lane {
+                jobs,
+                finish,
+                exited,
+            });
+        }
+        Ok(Workers { lanes })
+    }
+}
+
+impl Workers {
+    /// How many event loops there are, worker 0 included.
+    pub fn len(&self) -> usize {
+        self.lanes.len() + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Serve `stream` on worker `index` (0: here, on the caller's runtime).
+    pub fn dispatch(&self, index: usize, stream: tokio::net::TcpStream, job: Job) {
+        let Some(lane) = index.checked_sub(1).and_then(|i| self.lanes.get(i)) else {
+            tokio::spawn(job(stream));
+            return;
+        };
+        match stream.into_std() {
+            Ok(socket) => {
+                if lane.jobs.send((socket, job)).is_err() {
+                    tracing::warn!("worker {index} has stopped; connection dropped");
+                }
+            }
+            Err(e) => tracing::warn!("cannot hand a connection to worker {index}: {e}"),
+        }
+    }
+
+    /// Let the threads end: their runtimes drop whatever is still open. Waits for them.
+    pub async fn finish(self) {
+        let mut exits = Vec::with_capacity(self.lanes.len());
+        for lane in self.lanes {
+            drop(lane.jobs);
+            let _ = lane.finish.send(());
+            exits.push(lane.exited);
+        }
+        for exited in exits {
+            let _ = exited.await;
+        }
+    }
+}
