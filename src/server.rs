@@ -79,7 +79,7 @@ impl Server {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, &metrics, loops))
+            .map(|u| Upstream::new(u, &metrics, loops + 1))
             .collect::<Result<Vec<_>, _>>()?;
         let proxy = Arc::new(Proxy::new(upstreams, metrics, clients));
         for upstream in &proxy.upstreams {
@@ -264,7 +264,7 @@ async fn serve<M, S, B>(
                 let job: Job = Box::new(move |stream| {
                     Box::pin(serve_connection(stream, peer, service, builder, watcher, limits))
                 });
-                workers.dispatch(next % workers.len(), stream, job);
+                workers.dispatch(next, stream, job);
                 next = next.wrapping_add(1);
             }
             _ = stop.changed() => break,

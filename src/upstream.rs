@@ -135,7 +135,8 @@ pub struct Lifecycle {
 }
 
 impl Upstream {
-    /// `threads`: the event loops that will forward through it (each keeps its own connections).
+    /// `threads`: the threads that will forward through it, each keeping its own connections
+    /// (the workers, plus the main runtime for probes).
     pub fn new(
         cfg: &UpstreamConfig,
         metrics: &Metrics,

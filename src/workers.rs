@@ -1,8 +1,8 @@
 //! Event-loop threads, one per core by default, the way nginx runs a worker per core: each is a
 //! single-threaded tokio runtime that serves the client connections dealt to it, and keeps its own
 //! upstream connections (pools are indexed by `current()`). Nothing on the request path crosses
-//! threads, so there are no cross-thread wake-ups; the main runtime (acceptor, admin, key
-//! lifecycle) is worker 0.
+//! threads, so there are no cross-thread wake-ups. The main runtime accepts and deals connections
+//! and runs the admin API and the key lifecycle, so a rotation or a scrape never delays a request.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -14,7 +14,7 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// This thread's worker index: 0 on the main runtime (and any thread that is not a worker).
+/// This thread's worker index: 1..=n on the workers, 0 on the main runtime and any other thread.
 pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
@@ -31,7 +31,7 @@ pub fn count(workers: usize) -> usize {
 pub type Job =
     Box<dyn FnOnce(tokio::net::TcpStream) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// The extra worker threads (1..n); worker 0 is the caller's runtime.
+/// The worker threads, numbered from 1.
 pub struct Workers {
     lanes: Vec<Lane>,
 }
@@ -43,15 +43,15 @@ struct Lane {
 }
 
 impl Workers {
-    /// Worker 0 only: everything on the caller's runtime.
+    /// No threads: connections are served on the caller's runtime (the admin port).
     pub fn none() -> Workers {
         Workers { lanes: Vec::new() }
     }
 
-    /// Start `n - 1` threads, each with its own runtime (built here, so a failure is a startup error).
+    /// Start `n` threads, each with its own runtime (built here, so a failure is a startup error).
     pub fn start(n: usize) -> std::io::Result<Workers> {
-        let mut lanes = Vec::with_capacity(n.saturating_sub(1));
-        for index in 1..n {
+        let mut lanes = Vec::with_capacity(n);
+        for index in 1..=n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -91,28 +91,21 @@ impl Workers {
 }
 
 impl Workers {
-    /// How many event loops there are, worker 0 included.
-    pub fn len(&self) -> usize {
-        self.lanes.len() + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// Serve `stream` on worker `index` (0: here, on the caller's runtime).
-    pub fn dispatch(&self, index: usize, stream: tokio::net::TcpStream, job: Job) {
-        let Some(lane) = index.checked_sub(1).and_then(|i| self.lanes.get(i)) else {
+    /// Serve `stream` on the next worker in turn (here, on the caller's runtime, without workers).
+    pub fn dispatch(&self, turn: usize, stream: tokio::net::TcpStream, job: Job) {
+        if self.lanes.is_empty() {
             tokio::spawn(job(stream));
             return;
-        };
+        }
+        let index = turn % self.lanes.len();
+        let lane = &self.lanes[index];
         match stream.into_std() {
             Ok(socket) => {
                 if lane.jobs.send((socket, job)).is_err() {
-                    tracing::warn!("worker {index} has stopped; connection dropped");
+                    tracing::warn!("worker {} has stopped; connection dropped", index + 1);
                 }
             }
-            Err(e) => tracing::warn!("cannot hand a connection to worker {index}: {e}"),
+            Err(e) => tracing::warn!("cannot hand a connection to worker {}: {e}", index + 1),
         }
     }
 
