@@ -51,20 +51,20 @@ pub fn strip_for_upstream(headers: &mut HeaderMap, extra: &[HeaderName]) {
 }
 
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let mut found: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    if found.is_empty() {
-        return;
+    // Names the `Connection` header lists are hop-by-hop too (rare: collected only when present).
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
     }
-    if found.contains(&CONNECTION) {
-        let named = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-        found.extend(named);
-    }
-    for name in found {
+    // Usually two or three names go (Host, the SDK's dummy key): find, remove, look again, with no
+    // list to allocate.
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
         headers.remove(name);
     }
 }
