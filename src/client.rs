@@ -140,7 +140,9 @@ impl Pool {
         loop {
             let (conn, reused) = match self.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect().await?, false),
+                // Boxed: dialling (DNS, TCP, TLS) is a large future and the rare path; kept
+                // inline it would make every request's future kilobytes bigger.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match conn {
                 Conn::H2(mut sender) => {

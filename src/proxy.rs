@@ -161,7 +161,8 @@ impl Proxy {
             return response.map(Body::upstream);
         }
         if diagnose::worth_reading(response.status()) {
-            return explain::explain(upstream, key, facts, response).await;
+            // Boxed: the rare path, and a large future (see `forward`).
+            return Box::pin(explain::explain(upstream, key, facts, response)).await;
         }
         let tap = tap_for(
             upstream,
