@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
+/// More event loops than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -140,7 +143,7 @@ struct RawServer {
     #[serde(with = "duration")]
     client_header_timeout: Duration,
     allow_unauthenticated: bool,
-    workers: usize,
+    workers: Spanned<usize>,
 }
 
 impl Default for RawServer {
@@ -153,7 +156,7 @@ impl Default for RawServer {
             key_reload_interval: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
-            workers: 0,
+            workers: Spanned::new(0..0, 0),
         }
     }
 }
@@ -325,6 +328,16 @@ impl Config {
             upstreams.push(up);
         }
         let clients = validate_clients(&ctx, raw.clients)?;
+        if *raw.server.workers.get_ref() > MAX_WORKERS {
+            return Err(ctx.error(
+                raw.server.workers.span(),
+                "server.workers".into(),
+                &format!(
+                    "{} event-loop threads is more than keyproxy runs ({MAX_WORKERS} at most); use 0 for one per core",
+                    raw.server.workers.get_ref()
+                ),
+            ));
+        }
         let listen = raw
             .server
             .listen
@@ -353,7 +366,7 @@ impl Config {
                 key_reload_interval: raw.server.key_reload_interval,
                 client_header_timeout: raw.server.client_header_timeout,
                 allow_unauthenticated: raw.server.allow_unauthenticated,
-                workers: raw.server.workers,
+                workers: *raw.server.workers.get_ref(),
             },
             upstreams,
         })
@@ -678,6 +691,7 @@ connect_timeout = "2s"
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.server.admin_listen.port(), 8788);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.server.workers, 0, "one event loop per core by default");
         assert_eq!(c.upstreams[0].prefix, "/");
         assert_eq!(c.upstreams[1].prefix, "/anthropic");
         assert_eq!(c.upstreams[1].connect_timeout, Duration::from_secs(2));
@@ -711,6 +725,22 @@ connect_timeout = "2s"
         assert_eq!((line, col), (17, 1));
         assert_eq!(field, "upstreams[1].conect_timeout");
         assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn an_absurd_worker_count_names_line_and_field() {
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:9000\"",
+            "listen = \"127.0.0.1:9000\"\nworkers = 50000",
+        );
+        let (line, _, field, msg) = err(&text);
+        assert_eq!((line, field.as_str()), (4, "server.workers"));
+        assert!(msg.contains("1024 at most"), "{msg}");
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:9000\"",
+            "listen = \"127.0.0.1:9000\"\nworkers = 4",
+        );
+        assert_eq!(parse(&text).unwrap().server.workers, 4);
     }
 
     #[test]
