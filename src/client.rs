@@ -192,14 +192,9 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let uri = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(self.0.scheme.clone());
-            parts.authority = Some(self.0.authority.clone());
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
-            parts
-        })
-        .map_err(|e| SendError::Connect(e.into()))?;
+        let uri = self
+            .absolute(Some(PathAndQuery::from_static("/")))
+            .map_err(|e| SendError::Connect(e.into()))?;
         let io: Io = self
             .0
             .connector
@@ -236,13 +231,21 @@ impl Pool {
         Ok(Conn::H1(sender))
     }
 
-    /// HTTP/2 carries scheme and authority as pseudo-headers, taken from an absolute URI.
-    fn absolute_form(&self, req: &mut Request<UpstreamBody>) {
+    /// This upstream's scheme and authority with `path_and_query`.
+    fn absolute(
+        &self,
+        path_and_query: Option<PathAndQuery>,
+    ) -> Result<Uri, http::uri::InvalidUriParts> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.0.scheme.clone());
         parts.authority = Some(self.0.authority.clone());
-        parts.path_and_query = req.uri().path_and_query().cloned();
-        if let Ok(uri) = Uri::from_parts(parts) {
+        parts.path_and_query = path_and_query;
+        Uri::from_parts(parts)
+    }
+
+    /// HTTP/2 carries scheme and authority as pseudo-headers, taken from an absolute URI.
+    fn absolute_form(&self, req: &mut Request<UpstreamBody>) {
+        if let Ok(uri) = self.absolute(req.uri().path_and_query().cloned()) {
             *req.uri_mut() = uri;
         }
         req.headers_mut().remove(HOST);
