@@ -1,35 +1,49 @@
-//! The connections each upstream sends through: a small pool of our own over hyper's connection API
-//! (`client::conn::http1`/`http2`), dialled by hyper-rustls' connector (webpki roots plus the
-//! upstream's own `ca_file`; HTTP/2 when ALPN offers it; plain `http://` allowed).
+//! The connections each upstream sends through: a small pool of our own, dialled by hyper-rustls'
+//! connector (webpki roots plus the upstream's own `ca_file`; HTTP/2 when ALPN offers it; plain
+//! `http://` allowed).
 //!
-//! An HTTP/1.1 connection goes back to the pool when its response body ends, from inside that body:
-//! no task per request to watch for it. A connection closed by the upstream while idle is noticed by
-//! hyper and skipped; a request that was never written to such a connection is retried on another.
+//! HTTP/1.1 exchanges run on our own connection code (`h1`) in the request's task; HTTP/2 and
+//! WebSocket upgrades go through hyper's connection API (`client::conn::http2`/`http1`). An HTTP/1.1
+//! connection goes back to the pool when its response body ends, from inside that body. A
+//! connection the upstream closed while idle is noticed at checkout and skipped; a request that
+//! can safely go again (nothing of it or of the response was lost) is retried on another.
 
-use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::{Either, Empty};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
+use crate::h1;
 use crate::workers;
 
 /// What goes upstream: the client's body streamed through, or nothing (probes).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+#[derive(Default)]
+pub enum UpstreamBody {
+    Client(Incoming),
+    #[default]
+    Empty,
+}
 
 type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+/// An upstream connection as tokio reads and writes it, for `h1`.
+type H1Io = TokioIo<Io>;
+type H1Conn = Box<h1::Connection<H1Io>>;
+
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections older than this are closed rather than reused (upstreams drop them anyway).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -58,9 +72,12 @@ pub enum SendError {
     /// No connection: DNS, TCP or the TLS handshake.
     #[error("connect error: {0}")]
     Connect(Box<dyn std::error::Error + Send + Sync>),
-    /// The connection failed while the request was sent or the response awaited.
+    /// The connection failed while the request was sent or the response awaited (HTTP/2, upgrades).
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The same, on an HTTP/1.1 connection.
+    #[error(transparent)]
+    H1(#[from] h1::Error),
 }
 
 /// Which HTTP versions a pool may speak to the upstream.
@@ -92,18 +109,23 @@ struct Shared {
 struct Slot {
     /// Idle HTTP/1.1 connections, most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Woken when the upstream closes an idle connection, so it is let go at once (see `watch`).
+    watcher: Mutex<Option<Waker>>,
+    watching: AtomicBool,
     /// The HTTP/2 connection, shared by this thread's requests while it lives.
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
 enum Conn {
-    H1(http1::SendRequest<UpstreamBody>),
+    H1(H1Conn),
     H2(http2::SendRequest<UpstreamBody>),
+    /// A fresh HTTP/1.1 connection for one upgrade, driven by hyper.
+    Upgrade(http1::SendRequest<UpstreamBody>),
 }
 
 impl Pool {
@@ -138,41 +160,41 @@ impl Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
-            let (conn, reused) = match self.checkout() {
+            let (conn, reused) = match self.checkout().await {
                 Some(conn) => (conn, true),
                 // Boxed: dialling (DNS, TCP, TLS) is a large future and the rare path; kept
                 // inline it would make every request's future kilobytes bigger.
                 None => (Box::pin(self.connect()).await?, false),
             };
             match conn {
+                Conn::H1(conn) => match conn.send(&mut req, &self.0.host).await {
+                    Ok(response) => {
+                        let pool = Arc::clone(&self.0);
+                        return Ok(response.map(|body| PooledBody(Inner::H1 { body, pool })));
+                    }
+                    // A reused connection the upstream had closed, and the request can go again.
+                    Err(failed) if reused && failed.replayable => continue,
+                    Err(failed) => return Err(failed.error.into()),
+                },
                 Conn::H2(mut sender) => {
                     self.absolute_form(&mut req);
                     let response = sender.send_request(req).await?;
-                    return Ok(response.map(|body| PooledBody { body, lease: None }));
+                    return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
-                Conn::H1(mut sender) => {
+                Conn::Upgrade(mut sender) => {
                     req.headers_mut().insert(HOST, self.0.host.clone());
-                    match sender.try_send_request(req).await {
-                        Ok(response) => {
-                            let lease = (self.0.versions == Versions::Negotiated).then(|| Lease {
-                                sender,
-                                pool: Arc::clone(&self.0),
-                            });
-                            return Ok(response.map(|body| PooledBody { body, lease }));
-                        }
-                        // A reused connection the upstream had closed: the request never left.
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) if reused => req = unsent,
-                            _ => return Err(e.into_error().into()),
-                        },
-                    }
+                    let response = sender.send_request(req).await?;
+                    return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
             }
         }
     }
 
-    /// A live HTTP/2 connection, or the most recently used idle HTTP/1.1 one that is ready.
-    fn checkout(&self) -> Option<Conn> {
+    /// A live HTTP/2 connection, or the most recently used idle HTTP/1.1 one still open.
+    async fn checkout(&self) -> Option<Conn> {
+        if self.0.versions == Versions::Upgrades {
+            return None;
+        }
         let slot = self.0.slot();
         {
             let mut h2 = lock(&slot.h2);
@@ -182,13 +204,12 @@ impl Pool {
                 None => {}
             }
         }
-        let mut idle = lock(&slot.idle);
-        while let Some(entry) = idle.pop() {
-            if entry.sender.is_ready() && entry.since.elapsed() < IDLE_TIMEOUT {
-                return Some(Conn::H1(entry.sender));
+        loop {
+            let mut entry = lock(&slot.idle).pop()?;
+            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_usable().await {
+                return Some(Conn::H1(entry.conn));
             }
         }
-        None
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
@@ -215,20 +236,16 @@ impl Pool {
             *lock(&self.0.slot().h2) = Some(sender.clone());
             return Ok(Conn::H2(sender));
         }
+        if self.0.versions == Versions::Negotiated {
+            return Ok(Conn::H1(Box::new(h1::Connection::new(TokioIo::new(io)))));
+        }
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        match self.0.versions {
-            Versions::Negotiated => tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            }),
-            Versions::Upgrades => tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            }),
-        };
-        Ok(Conn::H1(sender))
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(Conn::Upgrade(sender))
     }
 
     /// This upstream's scheme and authority with `path_and_query`.
@@ -256,36 +273,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An HTTP/1.1 connection lent to one response, returned when its body has ended.
-struct Lease {
-    sender: http1::SendRequest<UpstreamBody>,
-    pool: Arc<Shared>,
-}
-
-impl Lease {
-    fn give_back(mut self) {
-        if self.sender.is_ready() {
-            self.pool.put(self.sender);
-            return;
-        }
-        // hyper marks the connection ready once it has seen the end of the exchange; on one
-        // thread that happened before the body's end reached us, so this is the rare path.
-        tokio::spawn(async move {
-            if self.sender.ready().await.is_ok() {
-                self.pool.put(self.sender);
-            }
-        });
-    }
-}
-
 impl Shared {
     fn slot(&self) -> &Slot {
         &self.slots[workers::current() % self.slots.len()]
     }
 
-    fn put(&self, sender: http1::SendRequest<UpstreamBody>) {
+    fn put(self: &Arc<Self>, mut conn: H1Conn) {
+        let index = workers::current() % self.slots.len();
+        let slot = &self.slots[index];
+        match &*lock(&slot.watcher) {
+            // Closed already, or sent something unasked: not kept.
+            Some(waker) if !conn.is_idle(&mut Context::from_waker(waker)) => return,
+            Some(_) => {}
+            // Its first poll looks at every idle connection.
+            None if !slot.watching.swap(true, Ordering::Relaxed) => {
+                tokio::spawn(watch(Arc::downgrade(self), index));
+            }
+            None => {}
+        }
         let now = Instant::now();
-        let mut idle = lock(&self.slot().idle);
+        let mut idle = lock(&slot.idle);
         // The oldest sits first; let one expired connection go per return.
         if idle
             .first()
@@ -294,50 +301,102 @@ impl Shared {
             idle.remove(0);
         }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 }
 
-/// An upstream response body; its end puts the connection back in the pool. A body dropped
-/// before its end takes the connection with it (hyper closes it).
-pub struct PooledBody {
-    body: Incoming,
-    lease: Option<Lease>,
+/// Each thread's idle connections are registered with this task's waker: when the upstream closes
+/// one (or sends something unasked), it is dropped then, not at the next checkout. Nothing runs
+/// while the connections stay quiet. Ends once the pool is gone.
+async fn watch(pool: Weak<Shared>, index: usize) {
+    std::future::poll_fn(|cx| {
+        let Some(shared) = pool.upgrade() else {
+            return Poll::Ready(());
+        };
+        let slot = &shared.slots[index];
+        *lock(&slot.watcher) = Some(cx.waker().clone());
+        lock(&slot.idle).retain_mut(|e| e.conn.is_idle(cx));
+        Poll::Pending
+    })
+    .await
 }
 
-impl PooledBody {
-    fn finished(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.give_back();
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
+impl hyper::body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.finished(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
-            Some(Ok(_)) => {}
-            Some(Err(_)) => self.lease = None,
+        match self.get_mut() {
+            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Empty => Poll::Ready(None),
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            UpstreamBody::Client(body) => body.is_end_stream(),
+            UpstreamBody::Empty => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            UpstreamBody::Client(body) => body.size_hint(),
+            UpstreamBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// An upstream response body. An HTTP/1.1 one puts its connection back in the pool when it ends
+/// cleanly; dropped before its end, it takes the connection with it.
+pub struct PooledBody(Inner);
+
+enum Inner {
+    H1 {
+        body: h1::ResponseBody<H1Io>,
+        pool: Arc<Shared>,
+    },
+    Hyper(Incoming),
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            Inner::H1 { body, pool } => {
+                let frame = std::task::ready!(Pin::new(&mut *body).poll_frame(cx));
+                if let Some(conn) = body.into_reusable() {
+                    pool.put(conn);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
+            }
+            Inner::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BodyError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::H1 { body, .. } => body.is_end_stream(),
+            Inner::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::H1 { body, .. } => body.size_hint(),
+            Inner::Hyper(body) => body.size_hint(),
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use crate::client::UpstreamBody;
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Either, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 
 use std::time::SystemTime;
 
@@ -51,7 +51,7 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
             }
         }
     };
-    let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+    let mut req = Request::new(UpstreamBody::Empty);
     *req.uri_mut() = uri;
     req.headers_mut()
         .insert(upstream.auth_header.clone(), auth.clone());

@@ -9,7 +9,6 @@ use http::header::HeaderName;
 use std::borrow::Cow;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::client::{Pool, PooledBody, SendError, UpstreamBody};
@@ -115,7 +114,7 @@ impl Proxy {
             None => &upstream.client,
         };
         let sent = Instant::now();
-        let answer = forward(upstream, via, routed.request.map(Either::Left)).await;
+        let answer = forward(upstream, via, routed.request.map(UpstreamBody::Client)).await;
         let facts = RequestFacts {
             request_id: rid,
             client: routed.client,

@@ -145,7 +145,6 @@ impl hyper::body::Body for Body {
                 idle.progressed = true;
             }
         }
-        let polled = polled.map(|frame| frame.map(|r| r.map_err(BodyError::from)));
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(tap), Some(data)) = (&mut this.tap, frame.data_ref()) {

@@ -136,10 +136,18 @@ async fn tls_stand_in(config: rustls::ServerConfig) -> (u16, Arc<std::sync::Mute
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let record = record.clone();
+                    let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
                     async move {
-                        let (parts, _) = req.into_parts();
+                        let (mut parts, _) = req.into_parts();
+                        if first {
+                            // Recorded as if sent: which requests opened a connection.
+                            parts
+                                .headers
+                                .insert("x-new-connection", http::HeaderValue::from_static("1"));
+                        }
                         record.lock().unwrap().push(Seen {
                             method: parts.method,
                             uri: parts.uri,
@@ -161,9 +169,12 @@ async fn tls_stand_in(config: rustls::ServerConfig) -> (u16, Arc<std::sync::Mute
     (port, seen)
 }
 
-#[tokio::test]
-async fn https_upstream_with_a_private_ca_speaks_http2() {
-    let (ca_pem, server_config) = test_pki();
+type Recorded = Arc<std::sync::Mutex<Vec<Seen>>>;
+
+/// keyproxy in front of a TLS stand-in signed by a private CA (given as `ca_file`), offering `alpn`.
+async fn behind_private_ca(alpn: &[&[u8]]) -> (Proxy, Recorded, tempfile::TempDir, u16) {
+    let (ca_pem, mut server_config) = test_pki();
+    server_config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let (port, seen) = tls_stand_in(server_config).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
@@ -174,6 +185,12 @@ async fn https_upstream_with_a_private_ca_speaks_http2() {
         &format!("ca_file = \"{}\"", ca_file.display()),
     );
     let proxy = Proxy::start(&config, dir.path()).await;
+    (proxy, seen, dir, port)
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_speaks_http2() {
+    let (proxy, seen, _dir, _) = behind_private_ca(&[b"h2", b"http/1.1"]).await;
     let (resp, body) = get(&proxy.url("/v1/models")).await;
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(&body[..], b"tls ok");
@@ -184,6 +201,45 @@ async fn https_upstream_with_a_private_ca_speaks_http2() {
     assert_eq!(
         seen[0].headers["authorization"],
         format!("Bearer {}", openai_key("STREAMtest")).as_str()
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn https_upstream_without_http2_is_spoken_to_in_http1_on_one_connection() {
+    let (proxy, seen, _dir, port) = behind_private_ca(&[b"http/1.1"]).await;
+    // One client connection, so one worker and its pool serve all three.
+    let app = client();
+    for _ in 0..3 {
+        let resp = app
+            .request(
+                Request::get(proxy.url("/v1/models"))
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"tls ok");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11));
+    assert_eq!(
+        seen[2].headers["host"],
+        format!("localhost:{port}").as_str()
+    );
+    assert_eq!(
+        seen[2].headers["authorization"],
+        format!("Bearer {}", openai_key("STREAMtest")).as_str()
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.headers.contains_key("x-new-connection"))
+            .count(),
+        1,
+        "three requests, one TLS connection"
     );
     proxy.stop().await;
 }
