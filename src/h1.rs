@@ -9,6 +9,7 @@
 //! said, on HTTP/1.1 without `Connection: close`.
 
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -260,9 +261,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         method: &Method,
     ) -> Result<Option<(http::response::Parts, HeadFraming)>, Error> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut res = httparse::Response::new(&mut headers);
-            let len = match res.parse(&self.buf)? {
+            // Left uninitialised: the parser writes the ones it finds (no 3 KiB clear per response).
+            let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+            let mut res = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut res,
+                &self.buf,
+                &mut headers,
+            );
+            let len = match parsed? {
                 httparse::Status::Complete(len) if len > MAX_HEAD => {
                     return Err(Error::HeadTooLarge)
                 }
