@@ -287,7 +287,9 @@ impl Shared {
             Some(_) => {}
             // Its first poll looks at every idle connection.
             None if !slot.watching.swap(true, Ordering::Relaxed) => {
-                tokio::spawn(watch(Arc::downgrade(self), index));
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(watch(Arc::downgrade(self), index));
+                }
             }
             None => {}
         }
