@@ -29,10 +29,12 @@ use crate::config::UpstreamConfig;
 use crate::h1;
 use crate::workers;
 
-/// What goes upstream: the client's body streamed through, or nothing (probes).
+/// What goes upstream: the client's body streamed through, a short body read whole with its head
+/// (`front`), or nothing (probes, GETs).
 #[derive(Default)]
 pub enum UpstreamBody {
     Client(Incoming),
+    Whole(Option<Bytes>),
     #[default]
     Empty,
 }
@@ -334,6 +336,7 @@ impl hyper::body::Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             UpstreamBody::Empty => Poll::Ready(None),
         }
     }
@@ -341,6 +344,7 @@ impl hyper::body::Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Client(body) => body.is_end_stream(),
+            UpstreamBody::Whole(bytes) => bytes.is_none(),
             UpstreamBody::Empty => true,
         }
     }
@@ -348,6 +352,9 @@ impl hyper::body::Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Client(body) => body.size_hint(),
+            UpstreamBody::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }

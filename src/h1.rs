@@ -121,7 +121,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let framing = encode_head(&mut out, req, host);
         let written = if has_body {
             let body = std::mem::take(req.body_mut());
-            self.write_body(out, body, framing).await
+            write_body(&mut self.io, out, body, framing)
+                .await
+                .map_err(|stop| match stop {
+                    Stop::Io(e) => Error::Io(e),
+                    Stop::Body(e) => Error::RequestBody(e),
+                    Stop::Overrun => {
+                        Error::RequestBody("the body is longer than its length".into())
+                    }
+                })
         } else {
             self.io.write_all(&out).await.map_err(Error::from)
         };
@@ -166,69 +174,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         };
         body.settle();
         Response::from_parts(parts, body)
-    }
-
-    /// The head and body, chunk-framed when the length is unknown, in as few writes as the body's
-    /// readiness allows: bytes are gathered until the body has nothing ready or the batch is full.
-    async fn write_body<B>(
-        &mut self,
-        mut out: BytesMut,
-        mut body: B,
-        chunked: bool,
-    ) -> Result<(), Error>
-    where
-        B: HttpBody<Data = Bytes> + Unpin,
-        B::Error: Into<BodyError>,
-    {
-        loop {
-            let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => Poll::Ready(Next::End),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Next::Frame(frame)),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Next::Error(e.into())),
-            })
-            .await;
-            match next {
-                Next::Frame(frame) => {
-                    // Trailers are not forwarded (no LLM API uses them); data is.
-                    if let Ok(mut data) = frame.into_data() {
-                        if data.has_remaining() {
-                            if chunked {
-                                put_number(&mut out, data.remaining() as u64, 16);
-                                out.extend_from_slice(b"\r\n");
-                            }
-                            if out.len() + data.remaining() > WRITE_BATCH {
-                                self.io.write_all(&out).await?;
-                                out.clear();
-                                self.io.write_all_buf(&mut data).await?;
-                            } else {
-                                out.extend_from_slice(data.chunk());
-                            }
-                            if chunked {
-                                out.extend_from_slice(b"\r\n");
-                            }
-                        }
-                    }
-                    if out.len() >= WRITE_BATCH {
-                        self.io.write_all(&out).await?;
-                        out.clear();
-                    }
-                }
-                Next::Flush => {
-                    self.io.write_all(&out).await?;
-                    self.io.flush().await?;
-                    out.clear();
-                }
-                Next::End => {
-                    if chunked {
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    return Ok(self.io.write_all(&out).await?);
-                }
-                Next::Error(e) => return Err(Error::RequestBody(e)),
-            }
-        }
     }
 
     /// Read until a final (non-1xx) response head is complete.
@@ -338,8 +283,125 @@ enum Next {
     Error(BodyError),
 }
 
-/// Write the request line and headers; returns whether the body is chunk-framed.
-fn encode_head<B: HttpBody>(out: &mut BytesMut, req: &Request<B>, host: &HeaderValue) -> bool {
+/// How a body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delimit {
+    /// Exactly this many bytes (more is refused, fewer ends the connection).
+    Length(u64),
+    Chunked,
+    /// No body is sent (HEAD, 204, 304): frames are drained and dropped.
+    Nothing,
+}
+
+/// Why writing a body stopped.
+#[derive(Debug)]
+pub enum Stop {
+    Io(std::io::Error),
+    Body(BodyError),
+    /// The body produced more bytes than its `Content-Length`.
+    Overrun,
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        Stop::Io(e)
+    }
+}
+
+/// Write `out` (a head) and then `body` framed as `delimit` says, in as few writes as the body's
+/// readiness allows: bytes are gathered until the body has nothing ready or the batch is full.
+/// Used for request bodies going upstream and response bodies going back to the app.
+pub async fn write_body<W, B>(
+    io: &mut W,
+    mut out: BytesMut,
+    mut body: B,
+    delimit: Delimit,
+) -> Result<(), Stop>
+where
+    W: AsyncWrite + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BodyError>,
+{
+    let chunked = delimit == Delimit::Chunked;
+    let mut left = match delimit {
+        Delimit::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(Next::End),
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Next::Frame(frame)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Next::Error(e.into())),
+        })
+        .await;
+        match next {
+            Next::Frame(frame) => {
+                // Trailers are not forwarded (no LLM API uses them); data is.
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                if !data.has_remaining() || delimit == Delimit::Nothing {
+                    continue;
+                }
+                let len = data.remaining() as u64;
+                if len > left {
+                    io.write_all(&out).await?;
+                    return Err(Stop::Overrun);
+                }
+                left -= len;
+                if chunked {
+                    put_number(&mut out, len, 16);
+                    out.extend_from_slice(b"\r\n");
+                }
+                if out.len() + data.remaining() > WRITE_BATCH {
+                    io.write_all(&out).await?;
+                    out.clear();
+                    io.write_all_buf(&mut data).await?;
+                } else {
+                    out.extend_from_slice(data.chunk());
+                }
+                if chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                if out.len() >= WRITE_BATCH {
+                    io.write_all(&out).await?;
+                    out.clear();
+                }
+            }
+            Next::Flush => {
+                io.write_all(&out).await?;
+                io.flush().await?;
+                out.clear();
+            }
+            Next::End => {
+                // Let the body go first (its connection back to the pool, its in-flight count
+                // down): once the peer has the last byte it may look at either.
+                drop(body);
+                if chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                io.write_all(&out).await?;
+                return match delimit {
+                    Delimit::Length(_) if left > 0 => Err(Stop::Body(
+                        format!("the body ended {left} bytes before its length").into(),
+                    )),
+                    _ => Ok(()),
+                };
+            }
+            Next::Error(e) => {
+                // What was gathered goes out first: the peer sees the data, then the cut.
+                drop(body);
+                io.write_all(&out).await?;
+                return Err(Stop::Body(e));
+            }
+        }
+    }
+}
+
+/// Write the request line and headers; returns how the body is delimited.
+fn encode_head<B: HttpBody>(out: &mut BytesMut, req: &Request<B>, host: &HeaderValue) -> Delimit {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(
@@ -366,26 +428,26 @@ fn encode_head<B: HttpBody>(out: &mut BytesMut, req: &Request<B>, host: &HeaderV
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let chunked = match req.body().size_hint().exact() {
+    let delimit = match req.body().size_hint().exact() {
         // A body-less request with no Content-Length (a GET) says nothing about framing.
-        Some(0) if !declared_length => false,
+        Some(0) if !declared_length => Delimit::Length(0),
         Some(n) => {
             out.extend_from_slice(b"content-length: ");
             put_number(out, n, 10);
             out.extend_from_slice(b"\r\n");
-            false
+            Delimit::Length(n)
         }
         None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            true
+            Delimit::Chunked
         }
     };
     out.extend_from_slice(b"\r\n");
-    chunked
+    delimit
 }
 
 /// `n` in decimal or hex, without allocating.
-fn put_number(out: &mut BytesMut, mut n: u64, radix: u64) {
+pub fn put_number(out: &mut BytesMut, mut n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -878,8 +940,7 @@ mod tests {
         req.headers_mut()
             .insert(HOST, HeaderValue::from_static("client.local"));
         let mut out = BytesMut::new();
-        let chunked = encode_head(&mut out, &req, &host());
-        assert!(!chunked);
+        assert_eq!(encode_head(&mut out, &req, &host()), Delimit::Length(0));
         assert_eq!(
             &out[..],
             b"GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\nx-one: 1\r\n\r\n"
@@ -897,7 +958,7 @@ mod tests {
             .header(http::header::TRANSFER_ENCODING, "chunked")
             .body(Full::new(Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
-        assert!(!encode_head(&mut out, &req, &host()));
+        assert_eq!(encode_head(&mut out, &req, &host()), Delimit::Length(7));
         assert_eq!(
             &out[..],
             b"POST /v1/chat HTTP/1.1\r\nhost: api.example.com\r\ncontent-length: 7\r\n\r\n",
@@ -912,10 +973,16 @@ mod tests {
         let mut conn = Box::new(conn);
         let mut streamed = Request::post("/v1/chat").body(frames).unwrap();
         let mut head = BytesMut::new();
-        assert!(encode_head(&mut head, &streamed, &host()));
-        conn.write_body(head, std::mem::take(streamed.body_mut()), true)
-            .await
-            .unwrap();
+        let delimit = encode_head(&mut head, &streamed, &host());
+        assert_eq!(delimit, Delimit::Chunked);
+        write_body(
+            &mut conn.io,
+            head,
+            std::mem::take(streamed.body_mut()),
+            delimit,
+        )
+        .await
+        .unwrap();
         let written = String::from_utf8(conn.io.written.clone()).unwrap();
         assert!(
             written.ends_with(
@@ -924,7 +991,10 @@ mod tests {
             "{written:?}"
         );
         *req.body_mut() = Full::default();
-        assert!(!encode_head(&mut BytesMut::new(), &req, &host()));
+        assert_eq!(
+            encode_head(&mut BytesMut::new(), &req, &host()),
+            Delimit::Length(0)
+        );
     }
 
     /// A request body of unknown length, handing out its frames one by one.

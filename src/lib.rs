@@ -9,6 +9,7 @@ pub mod clients;
 pub mod config;
 pub mod diagnose;
 pub mod explain;
+pub mod front;
 pub mod h1;
 pub mod headers;
 pub mod key;

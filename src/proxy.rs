@@ -9,7 +9,6 @@ use http::header::HeaderName;
 use std::borrow::Cow;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::client::{Pool, PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
@@ -75,7 +74,7 @@ impl Proxy {
 
     /// One proxied request, start to finish. Never fails: every problem becomes a response,
     /// and every response carries the request id.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<UpstreamBody>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id::of(req.headers());
         let mut response = self.forward_phases(req, peer, &request_id, started).await;
@@ -88,7 +87,7 @@ impl Proxy {
     /// The phases, in order: request (route, key, rewrite) -> upstream -> response -> log.
     async fn forward_phases(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         peer: SocketAddr,
         request_id: &HeaderValue,
         started: Instant,
@@ -114,7 +113,7 @@ impl Proxy {
             None => &upstream.client,
         };
         let sent = Instant::now();
-        let answer = forward(upstream, via, routed.request.map(UpstreamBody::Client)).await;
+        let answer = forward(upstream, via, routed.request).await;
         let facts = RequestFacts {
             request_id: rid,
             client: routed.client,

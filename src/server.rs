@@ -12,8 +12,8 @@ use hyper::body::{Body as HttpBody, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminToken};
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
 use crate::workers::{self, Job, Workers};
-use crate::{client, key};
+use crate::{client, front, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -132,40 +132,57 @@ impl Server {
         let expiry = AbortOnDrop(tokio::spawn(check_expiry(Arc::clone(&self.proxy))));
         let watcher = self.watcher;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let grace = self.shutdown_grace;
+        let header_timeout = self.client_header_timeout;
+        let builder = hyper_builder_with(header_timeout);
         let proxy = Arc::clone(&self.proxy);
-        let proxy_service = move |peer: SocketAddr| {
-            let proxy = Arc::clone(&proxy);
-            service_fn(move |req: Request<Incoming>| {
-                let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-            })
+        let (proxy_builder, proxy_stop) = (Arc::clone(&builder), stop_rx.clone());
+        // The common request shapes are served by `front`; the rest of a connection goes to hyper.
+        let proxy_connection = move |stream, peer, watcher| {
+            let (proxy, builder) = (Arc::clone(&proxy), Arc::clone(&proxy_builder));
+            let stop = proxy_stop.clone();
+            async move {
+                let io = match front::serve(stream, peer, &proxy, header_timeout, stop).await {
+                    front::Ended::Closed => return,
+                    front::Ended::HandOff(io) => io,
+                };
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let proxy = Arc::clone(&proxy);
+                    async move {
+                        let req = req.map(client::UpstreamBody::Client);
+                        Ok::<_, Infallible>(proxy.handle(req, peer).await)
+                    }
+                });
+                hyper_connection(io, peer, service, &builder, watcher).await;
+            }
         };
         let admin = Arc::clone(&self.admin);
-        let admin_service = move |_peer: SocketAddr| {
-            let admin = Arc::clone(&admin);
-            service_fn(move |req: Request<Incoming>| {
-                let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
-            })
-        };
-        let grace = self.shutdown_grace;
-        let limits = Limits {
-            grace,
-            header_timeout: self.client_header_timeout,
+        let admin_connection = move |stream: TcpStream, peer: SocketAddr, watcher| {
+            let (admin, builder) = (Arc::clone(&admin), Arc::clone(&builder));
+            async move {
+                if !sends_something(&stream, peer, header_timeout).await {
+                    return;
+                }
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                hyper_connection(stream, peer, service, &builder, watcher).await;
+            }
         };
         let workers = Arc::new(self.workers);
         let proxy_task = tokio::spawn(serve(
             self.proxy_listener,
-            proxy_service,
+            proxy_connection,
             stop_rx.clone(),
-            limits,
+            grace,
             Arc::clone(&workers),
         ));
         let admin_task = tokio::spawn(serve(
             self.admin_listener,
-            admin_service,
+            admin_connection,
             stop_rx,
-            limits,
+            grace,
             Arc::new(Workers::none()),
         ));
         shutdown.await;
@@ -208,42 +225,36 @@ async fn check_expiry(proxy: Arc<Proxy>) {
 /// Request heads larger than this get 431; LLM API requests carry a few hundred bytes of headers.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// How long connections may take: to send request headers (or sit idle), and to drain at shutdown.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    grace: Duration,
-    header_timeout: Duration,
-}
-
-/// Accept connections until told to stop, then wait for open ones up to `grace`.
-async fn serve<M, S, B>(
-    listener: TcpListener,
-    make_service: M,
-    mut stop: watch::Receiver<bool>,
-    limits: Limits,
-    workers: Arc<Workers>,
-) where
-    M: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: HttpBody + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// hyper's HTTP/1.1 and h2c server, with upgrades: the admin port, and proxy connections `front`
+/// hands over. (`front` enforces `client_header_timeout` before a hand-over; after it, as on the
+/// admin port, hyper's own header timeout does.)
+fn hyper_builder_with(header_timeout: Duration) -> Arc<auto::Builder<TokioExecutor>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32);
-    let builder = Arc::new(builder);
+    Arc::new(builder)
+}
+
+/// Accept connections until told to stop, deal each to a worker, then wait for open ones up to
+/// `grace`. `connection` serves one; it holds its `Watcher` until it is done.
+async fn serve<C, F>(
+    listener: TcpListener,
+    connection: C,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    workers: Arc<Workers>,
+) where
+    C: Fn(TcpStream, SocketAddr, Watcher) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let connection = Arc::new(connection);
     let graceful = GracefulShutdown::new();
     let mut next = 0usize;
     loop {
@@ -259,11 +270,8 @@ async fn serve<M, S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = make_service(peer);
-                let (builder, watcher) = (Arc::clone(&builder), graceful.watcher());
-                let job: Job = Box::new(move |stream| {
-                    Box::pin(serve_connection(stream, peer, service, builder, watcher, limits))
-                });
+                let (connection, watcher) = (Arc::clone(&connection), graceful.watcher());
+                let job: Job = Box::new(move |stream| Box::pin(connection(stream, peer, watcher)));
                 workers.dispatch(next, stream, job);
                 next = next.wrapping_add(1);
             }
@@ -271,7 +279,7 @@ async fn serve<M, S, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(limits.grace, graceful.shutdown())
+    if tokio::time::timeout(grace, graceful.shutdown())
         .await
         .is_err()
     {
@@ -279,15 +287,28 @@ async fn serve<M, S, B>(
     }
 }
 
-/// One client connection: HTTP/1.1 or h2c (with upgrades), watched for graceful shutdown.
-async fn serve_connection<S, B>(
-    stream: tokio::net::TcpStream,
+/// A client that connects and sends nothing is dropped like one that stalls mid-header
+/// (telling HTTP/1 from h2c needs its first bytes).
+async fn sends_something(stream: &TcpStream, peer: SocketAddr, within: Duration) -> bool {
+    let mut first = [0u8; 1];
+    let sent = tokio::time::timeout(within, stream.peek(&mut first))
+        .await
+        .is_ok();
+    if !sent {
+        tracing::debug!(%peer, "client sent nothing; connection closed");
+    }
+    sent
+}
+
+/// One connection served by hyper: HTTP/1.1 or h2c (with upgrades), watched for graceful shutdown.
+async fn hyper_connection<I, S, B>(
+    io: I,
     peer: SocketAddr,
     service: S,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    limits: Limits,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + 'static,
@@ -296,17 +317,7 @@ async fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // A client that connects and sends nothing is dropped like one that stalls mid-header
-    // (telling HTTP/1 from h2c needs its first bytes).
-    let mut first = [0u8; 1];
-    if tokio::time::timeout(limits.header_timeout, stream.peek(&mut first))
-        .await
-        .is_err()
-    {
-        tracing::debug!(%peer, "client sent nothing; connection closed");
-        return;
-    }
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, "connection ended: {e}");
     }
