@@ -8,6 +8,7 @@
 //! connection the upstream closed while idle is noticed at checkout and skipped; a request that
 //! can safely go again (nothing of it or of the response was lost) is retried on another.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -23,11 +24,23 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::timeout_at;
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 use crate::h1;
 use crate::workers;
+
+/// hyper's answer by `deadline`.
+async fn in_time<T>(
+    deadline: tokio::time::Instant,
+    answer: impl Future<Output = Result<T, hyper::Error>>,
+) -> Result<T, SendError> {
+    match timeout_at(deadline, answer).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(SendError::Timeout),
+    }
+}
 
 /// What goes upstream: the client's body streamed through, a short body read whole with its head
 /// (`front`), or nothing (probes, GETs).
@@ -80,6 +93,9 @@ pub enum SendError {
     /// The same, on an HTTP/1.1 connection.
     #[error(transparent)]
     H1(#[from] h1::Error),
+    /// No response head by the deadline.
+    #[error("no response headers in time")]
+    Timeout,
 }
 
 /// Which HTTP versions a pool may speak to the upstream.
@@ -156,36 +172,47 @@ impl Pool {
         })))
     }
 
-    /// Send `req` (origin-form URI: path and query) and wait for the response head.
+    /// Send `req` (origin-form URI: path and query) and wait for the response head until
+    /// `deadline`.
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, SendError> {
         loop {
             let (conn, reused) = match self.checkout().await {
                 Some(conn) => (conn, true),
                 // Boxed: dialling (DNS, TCP, TLS) is a large future and the rare path; kept
                 // inline it would make every request's future kilobytes bigger.
-                None => (Box::pin(self.connect()).await?, false),
+                None => match timeout_at(deadline, Box::pin(self.connect())).await {
+                    Ok(conn) => (conn?, false),
+                    Err(_) => return Err(SendError::Timeout),
+                },
             };
             match conn {
-                Conn::H1(conn) => match conn.send(&mut req, &self.0.host).await {
+                // The HTTP/1.1 connection keeps the deadline itself (one timer per connection).
+                Conn::H1(conn) => match conn.send(&mut req, &self.0.host, deadline).await {
                     Ok(response) => {
                         let pool = Arc::clone(&self.0);
                         return Ok(response.map(|body| PooledBody(Inner::H1 { body, pool })));
                     }
                     // A reused connection the upstream had closed, and the request can go again.
                     Err(failed) if reused && failed.replayable => continue,
-                    Err(failed) => return Err(failed.error.into()),
+                    Err(failed) => {
+                        return Err(match failed.error {
+                            h1::Error::Timeout => SendError::Timeout,
+                            error => error.into(),
+                        })
+                    }
                 },
                 Conn::H2(mut sender) => {
                     self.absolute_form(&mut req);
-                    let response = sender.send_request(req).await?;
+                    let response = in_time(deadline, sender.send_request(req)).await?;
                     return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
                 Conn::Upgrade(mut sender) => {
                     req.headers_mut().insert(HOST, self.0.host.clone());
-                    let response = sender.send_request(req).await?;
+                    let response = in_time(deadline, sender.send_request(req)).await?;
                     return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
             }

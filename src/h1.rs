@@ -8,7 +8,7 @@
 //! short success. A connection is reusable only when its response ended exactly where the framing
 //! said, on HTTP/1.1 without `Connection: close`.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,6 +18,7 @@ use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{timeout_at, Instant, Sleep};
 
 /// The most header lines a response head may carry (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -48,6 +49,8 @@ pub enum Error {
     TruncatedChunked,
     #[error("reading the request body: {0}")]
     RequestBody(BodyError),
+    #[error("no response headers in time")]
+    Timeout,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -72,6 +75,8 @@ pub struct Connection<T> {
     read_size: usize,
     /// Scratch for header positions while a head is parsed (kept to avoid a fresh Vec per response).
     found: Vec<(HeaderName, usize, usize)>,
+    /// The response-header deadline, one timer for the connection's life (see `read_head`).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What happened when a request was sent, for the pool's retry decision.
@@ -89,6 +94,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             buf: BytesMut::new(),
             read_size: READ_SMALL,
             found: Vec::new(),
+            timer: None,
         }
     }
 
@@ -111,6 +117,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         mut self: Box<Self>,
         req: &mut Request<B>,
         host: &HeaderValue,
+        deadline: Instant,
     ) -> Result<Response<ResponseBody<T>>, Failed>
     where
         B: HttpBody<Data = Bytes> + Default + Unpin,
@@ -121,15 +128,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let framing = encode_head(&mut out, req, host);
         let written = if has_body {
             let body = std::mem::take(req.body_mut());
-            write_body(&mut self.io, out, body, framing)
-                .await
-                .map_err(|stop| match stop {
-                    Stop::Io(e) => Error::Io(e),
-                    Stop::Body(e) => Error::RequestBody(e),
-                    Stop::Overrun => {
-                        Error::RequestBody("the body is longer than its length".into())
-                    }
-                })
+            // No timer operation unless the upload actually waits.
+            match timeout_at(deadline, write_body(&mut self.io, out, body, framing)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(Stop::Io(e))) => Err(Error::Io(e)),
+                Ok(Err(Stop::Body(e))) => Err(Error::RequestBody(e)),
+                Ok(Err(Stop::Overrun)) => Err(Error::RequestBody(
+                    "the body is longer than its length".into(),
+                )),
+                Err(_) => Err(Error::Timeout),
+            }
         } else {
             self.io.write_all(&out).await.map_err(Error::from)
         };
@@ -140,7 +148,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if let Err(error) = written {
             // The upstream may have answered and closed without reading everything (an early
             // 401 or 413): that answer is better than the write error.
-            return match self.read_head(req.method()).await {
+            return match self.read_head(req.method(), deadline).await {
                 Ok((parts, framing)) => Ok(self.into_response(parts, framing, false)),
                 Err(_) => Err(Failed {
                     error,
@@ -148,7 +156,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 }),
             };
         }
-        match self.read_head(req.method()).await {
+        match self.read_head(req.method(), deadline).await {
             Ok((parts, framing)) => Ok(self.into_response(parts, framing, true)),
             Err(error) => {
                 let replayable = !has_body
@@ -180,6 +188,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     async fn read_head(
         &mut self,
         method: &Method,
+        deadline: Instant,
     ) -> Result<(http::response::Parts, HeadFraming), Error> {
         loop {
             if let Some(head) = self.parse_head(method)? {
@@ -189,7 +198,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 return Err(Error::HeadTooLarge);
             }
             let before = self.buf.len();
-            poll_fn(|cx| self.poll_fill(cx)).await?;
+            let filled = poll_fn(|cx| {
+                if let Poll::Ready(filled) = self.poll_fill(cx) {
+                    return Poll::Ready(Some(filled));
+                }
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let Some(filled) = filled else {
+                // The connection's timer was set for an earlier request's deadline; it counts
+                // only once this one's has passed. (No timer operation per request.)
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout);
+                }
+                if let Some(timer) = &mut self.timer {
+                    timer.as_mut().reset(deadline);
+                }
+                continue;
+            };
+            filled?;
             if self.buf.len() == before {
                 return Err(if before == 0 {
                     Error::ClosedBeforeHead
@@ -888,6 +921,11 @@ mod tests {
         HeaderValue::from_static("api.example.com")
     }
 
+    /// A response-header deadline no test reaches.
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3600)
+    }
+
     fn get() -> Request<Full<Bytes>> {
         Request::get("/v1/models").body(Full::default()).unwrap()
     }
@@ -901,7 +939,7 @@ mod tests {
         let conn = Box::new(Connection::new(Script::pieces(pieces)));
         let mut req = get();
         *req.method_mut() = method;
-        let resp = match conn.send(&mut req, &host()).await {
+        let resp = match conn.send(&mut req, &host(), later()).await {
             Ok(resp) => resp,
             Err(failed) => panic!("no response: {}", failed.error),
         };
@@ -920,7 +958,7 @@ mod tests {
 
     async fn refused(pieces: &[&[u8]]) -> String {
         let conn = Box::new(Connection::new(Script::pieces(pieces)));
-        match conn.send(&mut get(), &host()).await {
+        match conn.send(&mut get(), &host(), later()).await {
             Ok(resp) => match resp.into_body().collect().await {
                 Ok(_) => panic!("a clean end: {:?}", pieces.first().map(|p| p.len())),
                 Err(e) => e.to_string(),
@@ -945,7 +983,7 @@ mod tests {
             &out[..],
             b"GET /v1/models HTTP/1.1\r\nhost: api.example.com\r\nx-one: 1\r\n\r\n"
         );
-        let resp = conn.send(&mut req, &host()).await.ok().unwrap();
+        let resp = conn.send(&mut req, &host(), later()).await.ok().unwrap();
         assert_eq!(resp.status(), 204);
         assert!(resp.body().is_end_stream());
     }
@@ -1173,7 +1211,7 @@ mod tests {
             written: Vec::new(),
         }));
         let mut body = conn
-            .send(&mut get(), &host())
+            .send(&mut get(), &host(), later())
             .await
             .ok()
             .unwrap()
@@ -1191,6 +1229,59 @@ mod tests {
             Poll::Ready(Some(Err(_)))
         ));
         assert!(body.into_reusable().is_none());
+    }
+
+    /// The connection's one timer, first set for an earlier request, neither cuts a later
+    /// request short nor lets one wait past its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn each_request_gets_its_own_deadline_from_one_timer() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        let (ours, mut upstream) = tokio::io::duplex(64 * 1024);
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let secs = Duration::from_secs;
+        let mut scratch = [0u8; 1024];
+
+        // First request: answered at once; its deadline (t=10s) stays in the timer.
+        upstream.write_all(ok).await.unwrap();
+        let conn = Box::new(Connection::new(ours));
+        let first = Instant::now() + secs(10);
+        let mut body = conn
+            .send(&mut get(), &host(), first)
+            .await
+            .ok()
+            .unwrap()
+            .into_body();
+        let conn = body.into_reusable().unwrap();
+        let _ = upstream.read(&mut scratch).await.unwrap();
+
+        // Second request at t=5s (deadline t=15s), answered at t=12s: after the first deadline.
+        tokio::time::sleep(secs(5)).await;
+        let answer = async {
+            tokio::time::sleep_until(first + secs(2)).await;
+            upstream.write_all(ok).await.unwrap();
+        };
+        let (mut req, authority) = (get(), host());
+        let second = conn.send(&mut req, &authority, Instant::now() + secs(10));
+        let (sent, ()) = tokio::join!(second, answer);
+        let mut body = sent
+            .ok()
+            .expect("answered before its own deadline")
+            .into_body();
+        let conn = body.into_reusable().unwrap();
+
+        // Third request, never answered: refused at its own deadline, not later.
+        let started = Instant::now();
+        let deadline = started + secs(10);
+        match conn.send(&mut get(), &host(), deadline).await {
+            Err(Failed {
+                error: Error::Timeout,
+                ..
+            }) => {}
+            Err(other) => panic!("{}", other.error),
+            Ok(_) => panic!("answered by nobody"),
+        }
+        assert_eq!(Instant::now(), deadline);
     }
 
     fn futures_waker() -> std::task::Waker {

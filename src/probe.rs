@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::client::UpstreamBody;
+use crate::client::{SendError, UpstreamBody};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -60,20 +60,21 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
             .insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
     let timeout = upstream.response_header_timeout.min(PROBE_TIMEOUT);
-    let response = match tokio::time::timeout(timeout, upstream.client.send(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return ProbeOutcome::Failed {
-                message: format!("the probe could not reach {}: {e}", upstream.name),
-            }
-        }
-        Err(_) => {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = match upstream.client.send(req, deadline).await {
+        Ok(r) => r,
+        Err(SendError::Timeout) => {
             return ProbeOutcome::Failed {
                 message: format!(
                     "the probe got no answer from {} within {}s",
                     upstream.name,
                     timeout.as_secs()
                 ),
+            }
+        }
+        Err(e) => {
+            return ProbeOutcome::Failed {
+                message: format!("the probe could not reach {}: {e}", upstream.name),
             }
         }
     };

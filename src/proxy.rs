@@ -113,7 +113,7 @@ impl Proxy {
             None => &upstream.client,
         };
         let sent = Instant::now();
-        let answer = forward(upstream, via, routed.request).await;
+        let answer = forward(upstream, via, routed.request, sent).await;
         let facts = RequestFacts {
             request_id: rid,
             client: routed.client,
@@ -366,12 +366,14 @@ async fn forward(
     upstream: &Upstream,
     pool: &Pool,
     req: Request<UpstreamBody>,
+    sent: Instant,
 ) -> Result<Response<PooledBody>, ForwardFailure> {
+    let sent = tokio::time::Instant::from_std(sent);
     let timeout = upstream.response_header_timeout;
-    match tokio::time::timeout(timeout, pool.send(req)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(ForwardFailure::Unreachable(e)),
-        Err(_) => Err(ForwardFailure::Timeout(timeout)),
+    match pool.send(req, sent + timeout).await {
+        Ok(response) => Ok(response),
+        Err(SendError::Timeout) => Err(ForwardFailure::Timeout(timeout)),
+        Err(e) => Err(ForwardFailure::Unreachable(e)),
     }
 }
 

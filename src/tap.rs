@@ -2,7 +2,9 @@
 //! the provider's `usage` token counts (JSON bodies and the final streamed events) are counted,
 //! and an in-band stream error (an SSE `event: error` after a 200) is logged.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use memchr::memmem::Finder;
 
 use crate::metrics::UpstreamMetrics;
 
@@ -67,7 +69,7 @@ impl UsageTap {
             self.read_window(&window);
         }
         let mut from = 0;
-        while let Some(at) = find(&chunk[from..], b"\"usage\"") {
+        while let Some(at) = USAGE.find(&chunk[from..]) {
             let start = from + at;
             let end = (start + USAGE_WINDOW).min(chunk.len());
             if end - start < USAGE_WINDOW && end == chunk.len() && !closes(&chunk[start..end]) {
@@ -145,6 +147,11 @@ fn object_end(object: &[u8]) -> Option<usize> {
     }
     None
 }
+
+/// The searchers for the markers looked for in every chunk, built once (building one costs more
+/// than searching a short chunk with it).
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(haystack, needle)
@@ -241,7 +248,8 @@ fn find_error(bytes: &[u8]) -> Option<usize> {
         b"\"type\":\"",
         b"\"type\": \"",
     ];
-    memchr::memmem::find_iter(bytes, b"error")
+    ERROR
+        .find_iter(bytes)
         .find(|&i| PRECEDED_BY.iter().any(|p| bytes[..i].ends_with(p)))
 }
 
