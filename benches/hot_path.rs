@@ -80,14 +80,20 @@ fn hot_path(c: &mut Criterion) {
     c.bench_function("route+key+rewrite (openai, root prefix)", |b| {
         b.iter_batched(
             || sdk_request("/v1/chat/completions"),
-            |req| proxy.route(req, PEER).ok().unwrap().request,
+            |mut req| {
+                let _ = proxy.route(&mut req, PEER).ok().unwrap();
+                req
+            },
             BatchSize::SmallInput,
         )
     });
     c.bench_function("route+key+rewrite (anthropic, prefixed)", |b| {
         b.iter_batched(
             || sdk_request("/anthropic/v1/messages"),
-            |req| proxy.route(req, PEER).ok().unwrap().request,
+            |mut req| {
+                let _ = proxy.route(&mut req, PEER).ok().unwrap();
+                req
+            },
             BatchSize::SmallInput,
         )
     });

@@ -399,6 +399,14 @@ enum Inner {
     Hyper(Incoming),
 }
 
+impl PooledBody {
+    /// Whether its head came over HTTP/1.1 through `h1`, which leaves connection-level headers
+    /// out (unless `Connection` names others, when `Connection` stays).
+    pub fn is_h1(&self) -> bool {
+        matches!(self.0, Inner::H1 { .. })
+    }
+}
+
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
     type Error = BodyError;

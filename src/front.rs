@@ -42,6 +42,8 @@ const MAX_WHOLE_BODY: usize = 64 * 1024;
 /// Longer request targets get hyper's 414.
 const MAX_URI: usize = u16::MAX as usize - 1;
 const READ_SIZE: usize = 8 * 1024;
+/// The largest write buffer a connection keeps between responses.
+const KEEP_OUT: usize = 16 * 1024;
 
 /// How a connection's time here ended.
 pub enum Ended {
@@ -65,6 +67,7 @@ pub async fn serve(
         buf: BytesMut::with_capacity(READ_SIZE),
         want: 0,
         found: Vec::new(),
+        out: BytesMut::new(),
     };
     let mut stopped = pin!(stopping(stop.clone()));
     // One timer for the connection's life, re-armed only when it fires early (see `next`).
@@ -117,6 +120,8 @@ struct Front {
     want: usize,
     /// Scratch for header positions while a head is parsed.
     found: Vec<(HeaderName, usize, usize)>,
+    /// Response bytes on their way out, kept between responses.
+    out: BytesMut,
 }
 
 // Moved once per request; boxing it would cost an allocation per request instead.
@@ -234,6 +239,10 @@ impl Front {
             let mut close = false;
             self.found.clear();
             for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("host") {
+                    // Never forwarded: the upstream's own authority is sent.
+                    continue;
+                }
                 let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                     return Parsed::HandOff;
                 };
@@ -243,12 +252,21 @@ impl Front {
                         _ => return Parsed::HandOff,
                     }
                 } else if name == CONNECTION {
+                    let mut names_others = false;
                     for token in h.value.split(|b| *b == b',') {
                         let token = token.trim_ascii();
                         if token.eq_ignore_ascii_case(b"upgrade") {
                             return Parsed::HandOff;
                         }
-                        close |= token.eq_ignore_ascii_case(b"close");
+                        let said_close = token.eq_ignore_ascii_case(b"close");
+                        close |= said_close;
+                        names_others |= !said_close
+                            && !token.eq_ignore_ascii_case(b"keep-alive")
+                            && !token.is_empty();
+                    }
+                    // Kept only when it names headers that must go too (`headers` drops them).
+                    if !names_others {
+                        continue;
                     }
                 } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
                     return Parsed::HandOff;
@@ -295,9 +313,13 @@ impl Front {
         close: bool,
     ) -> Result<(), h1::Stop> {
         let (parts, body) = response.into_parts();
-        let mut out = BytesMut::with_capacity(512);
-        let delimit = encode_head(&mut out, &parts, &body, head_only, close);
-        let written = h1::write_body(&mut self.io, out, body, delimit).await;
+        self.out.clear();
+        let delimit = encode_head(&mut self.out, &parts, &body, head_only, close);
+        let written = h1::write_body(&mut self.io, &mut self.out, body, delimit).await;
+        if self.out.capacity() > KEEP_OUT {
+            // A large download grew it; an idle connection keeps only a small one.
+            self.out = BytesMut::new();
+        }
         if let Err(e) = &written {
             tracing::debug!("response to the app cut short: {e:?}");
         }

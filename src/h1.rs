@@ -30,6 +30,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read buffer growth: small for heads and short bodies, larger once reads come back full.
 const READ_SMALL: usize = 8 * 1024;
 const READ_LARGE: usize = 64 * 1024;
+/// The largest write buffer a connection keeps between requests.
+const KEEP_OUT: usize = 16 * 1024;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,6 +79,8 @@ pub struct Connection<T> {
     found: Vec<(HeaderName, usize, usize)>,
     /// The response-header deadline, one timer for the connection's life (see `read_head`).
     timer: Option<Pin<Box<Sleep>>>,
+    /// Request bytes on their way out, kept between requests.
+    out: BytesMut,
 }
 
 /// What happened when a request was sent, for the pool's retry decision.
@@ -95,6 +99,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             read_size: READ_SMALL,
             found: Vec::new(),
             timer: None,
+            out: BytesMut::new(),
         }
     }
 
@@ -124,12 +129,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         B::Error: Into<BodyError>,
     {
         let has_body = !req.body().is_end_stream();
-        let mut out = BytesMut::with_capacity(512);
-        let framing = encode_head(&mut out, req, host);
+        let out = &mut self.out;
+        out.clear();
+        let framing = encode_head(out, req, host);
         let written = if has_body {
             let body = std::mem::take(req.body_mut());
             // No timer operation unless the upload actually waits.
-            match timeout_at(deadline, write_body(&mut self.io, out, body, framing)).await {
+            match timeout_at(
+                deadline,
+                write_body(&mut self.io, &mut self.out, body, framing),
+            )
+            .await
+            {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(Stop::Io(e))) => Err(Error::Io(e)),
                 Ok(Err(Stop::Body(e))) => Err(Error::RequestBody(e)),
@@ -139,12 +150,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Err(_) => Err(Error::Timeout),
             }
         } else {
-            self.io.write_all(&out).await.map_err(Error::from)
+            self.io.write_all(&self.out).await.map_err(Error::from)
         };
         let written = match written {
             Ok(()) => self.io.flush().await.map_err(Error::from),
             Err(e) => Err(e),
         };
+        if self.out.capacity() > KEEP_OUT {
+            // A large upload grew it; an idle connection keeps only a small one.
+            self.out = BytesMut::new();
+        }
         if let Err(error) = written {
             // The upstream may have answered and closed without reading everything (an early
             // 401 or 413): that answer is better than the write error.
@@ -272,7 +287,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             for h in res.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| Error::Head("bad header name"))?;
-                framing.see(&name, h.value)?;
+                if !framing.see(&name, h.value)? {
+                    continue;
+                }
                 self.found
                     .push((name, h.value.as_ptr() as usize - start, h.value.len()));
             }
@@ -342,11 +359,12 @@ impl From<std::io::Error> for Stop {
 }
 
 /// Write `out` (a head) and then `body` framed as `delimit` says, in as few writes as the body's
-/// readiness allows: bytes are gathered until the body has nothing ready or the batch is full.
+/// readiness allows: bytes are gathered in `out` until the body has nothing ready or the batch is
+/// full. `out` is the connection's own buffer, kept between messages; it is left empty.
 /// Used for request bodies going upstream and response bodies going back to the app.
 pub async fn write_body<W, B>(
     io: &mut W,
-    mut out: BytesMut,
+    out: &mut BytesMut,
     mut body: B,
     delimit: Delimit,
 ) -> Result<(), Stop>
@@ -380,16 +398,16 @@ where
                 }
                 let len = data.remaining() as u64;
                 if len > left {
-                    io.write_all(&out).await?;
+                    io.write_all(out).await?;
                     return Err(Stop::Overrun);
                 }
                 left -= len;
                 if chunked {
-                    put_number(&mut out, len, 16);
+                    put_number(out, len, 16);
                     out.extend_from_slice(b"\r\n");
                 }
                 if out.len() + data.remaining() > WRITE_BATCH {
-                    io.write_all(&out).await?;
+                    io.write_all(out).await?;
                     out.clear();
                     io.write_all_buf(&mut data).await?;
                 } else {
@@ -399,12 +417,12 @@ where
                     out.extend_from_slice(b"\r\n");
                 }
                 if out.len() >= WRITE_BATCH {
-                    io.write_all(&out).await?;
+                    io.write_all(out).await?;
                     out.clear();
                 }
             }
             Next::Flush => {
-                io.write_all(&out).await?;
+                io.write_all(out).await?;
                 io.flush().await?;
                 out.clear();
             }
@@ -415,7 +433,8 @@ where
                 if chunked {
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
-                io.write_all(&out).await?;
+                io.write_all(out).await?;
+                out.clear();
                 return match delimit {
                     Delimit::Length(_) if left > 0 => Err(Stop::Body(
                         format!("the body ended {left} bytes before its length").into(),
@@ -426,7 +445,7 @@ where
             Next::Error(e) => {
                 // What was gathered goes out first: the peer sees the data, then the cut.
                 drop(body);
-                io.write_all(&out).await?;
+                io.write_all(out).await?;
                 return Err(Stop::Body(e));
             }
         }
@@ -517,7 +536,9 @@ struct HeadFraming {
 }
 
 impl Framer {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), Error> {
+    /// Note what a framing header says; returns whether the header belongs in the response the
+    /// app gets (connection-level ones do not, unless `Connection` names others to drop too).
+    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
         if name == CONTENT_LENGTH {
             // One value, or a list of identical values (RFC 9110 §8.6); anything else is refused.
             for part in value.split(|&b| b == b',') {
@@ -536,13 +557,19 @@ impl Framer {
                 .map(trim)
                 .unwrap_or_default();
             self.transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+            return Ok(false);
         } else if name == http::header::CONNECTION {
+            let mut names_others = false;
             for token in value.split(|&b| b == b',').map(trim) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                names_others |= !close && !keep_alive && !token.is_empty();
             }
+            return Ok(names_others);
         }
-        Ok(())
+        Ok(!crate::headers::is_hop_by_hop(name))
     }
 
     fn decide(
@@ -1015,7 +1042,7 @@ mod tests {
         assert_eq!(delimit, Delimit::Chunked);
         write_body(
             &mut conn.io,
-            head,
+            &mut head,
             std::mem::take(streamed.body_mut()),
             delimit,
         )
@@ -1199,6 +1226,30 @@ mod tests {
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(70 * 1024));
         let error = refused(&[huge.as_bytes()]).await;
         assert!(error.contains("larger than 64 KiB"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn connection_level_headers_stay_behind() {
+        let (parts, body, reusable) = exchange(
+            Method::GET,
+            &[b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nx-request-id: r1\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+        )
+        .await;
+        assert_eq!(body.unwrap(), b"ok");
+        assert!(reusable);
+        let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-request-id"]);
+        // A Connection header that names other headers is kept, so they can be dropped with it.
+        let (parts, _, reusable) = exchange(
+            Method::GET,
+            &[b"HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n"],
+        )
+        .await;
+        assert!(!reusable);
+        assert!(parts.headers.contains_key("connection"));
+        let mut headers = parts.headers;
+        crate::headers::drop_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("x-hop") && !headers.contains_key("connection"));
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, CONNECTION, HOST};
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `upgrade` goes too;
 /// WebSocket pass-through puts it back deliberately.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use http::header::HeaderName;
 use std::borrow::Cow;
 
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 
-use crate::client::{Pool, PooledBody, SendError, UpstreamBody};
+use crate::client::{PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
 use crate::diagnose;
 use crate::explain::{self, RequestFacts};
@@ -72,67 +72,64 @@ impl Proxy {
         }
     }
 
-    /// One proxied request, start to finish. Never fails: every problem becomes a response,
-    /// and every response carries the request id.
-    pub async fn handle(&self, req: Request<UpstreamBody>, peer: SocketAddr) -> Response<Body> {
+    /// One proxied request, start to finish, in its phases: request (route, key, rewrite) ->
+    /// upstream -> response -> log. Never fails: every problem becomes a response, and every
+    /// response carries the request id. (One async fn, not nested ones: each level of nesting
+    /// doubles the size of the future that is copied around per request.)
+    pub async fn handle(&self, mut req: Request<UpstreamBody>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id::of(req.headers());
-        let mut response = self.forward_phases(req, peer, &request_id, started).await;
+        let rid = request_id.to_str().unwrap_or("");
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let mut response = match self.route(&mut req, peer) {
+            Err(refusal) => {
+                let status = refusal.status().as_u16();
+                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
+                *refusal
+            }
+            Ok(routed) => {
+                let upstream = routed.upstream;
+                let in_flight = InFlight::start(&upstream.metrics);
+                let upgrade = routed.upgrade.then(|| hyper::upgrade::on(&mut req));
+                let via = match upgrade {
+                    Some(_) => &upstream.upgrade_client,
+                    None => &upstream.client,
+                };
+                let sent = Instant::now();
+                let timeout = upstream.response_header_timeout;
+                let deadline = tokio::time::Instant::from_std(sent) + timeout;
+                let answer = via.send(req, deadline).await;
+                let facts = RequestFacts {
+                    request_id: rid,
+                    client: routed.client,
+                    method: method.as_str(),
+                    path: uri.path(),
+                    organization: routed.organization.as_ref(),
+                    project: routed.project.as_ref(),
+                };
+                let answered = Instant::now();
+                let response = match answer {
+                    Ok(response) => {
+                        let upstream_time = answered.duration_since(sent).as_secs_f64();
+                        upstream.metrics.upstream_duration.observe(upstream_time);
+                        self.response_phase(upstream, &routed.key, facts, upgrade, response)
+                            .await
+                    }
+                    Err(SendError::Timeout) => {
+                        ForwardFailure::Timeout(timeout).into_response(upstream, rid)
+                    }
+                    Err(e) => ForwardFailure::Unreachable(e).into_response(upstream, rid),
+                };
+                let elapsed = answered.duration_since(started);
+                self.log_phase(upstream, &routed.key, facts, elapsed, &response);
+                response.map(|body| body.in_flight(in_flight))
+            }
+        };
         response
             .headers_mut()
             .insert(request_id::RESPONSE_HEADER.clone(), request_id);
         response
-    }
-
-    /// The phases, in order: request (route, key, rewrite) -> upstream -> response -> log.
-    async fn forward_phases(
-        &self,
-        req: Request<UpstreamBody>,
-        peer: SocketAddr,
-        request_id: &HeaderValue,
-        started: Instant,
-    ) -> Response<Body> {
-        let rid = request_id.to_str().unwrap_or("");
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let mut routed = match self.route(req, peer) {
-            Ok(routed) => routed,
-            Err(refusal) => {
-                let status = refusal.status().as_u16();
-                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
-                return *refusal;
-            }
-        };
-        let upstream = routed.upstream;
-        let in_flight = InFlight::start(&upstream.metrics);
-        let upgrade = routed
-            .upgrade
-            .then(|| hyper::upgrade::on(&mut routed.request));
-        let via = match upgrade {
-            Some(_) => &upstream.upgrade_client,
-            None => &upstream.client,
-        };
-        let sent = Instant::now();
-        let answer = forward(upstream, via, routed.request, sent).await;
-        let facts = RequestFacts {
-            request_id: rid,
-            client: routed.client,
-            method: method.as_str(),
-            path: uri.path(),
-            organization: routed.organization.as_ref(),
-            project: routed.project.as_ref(),
-        };
-        let response = match answer {
-            Ok(response) => {
-                let upstream_time = sent.elapsed().as_secs_f64();
-                upstream.metrics.upstream_duration.observe(upstream_time);
-                self.response_phase(upstream, &routed.key, facts, upgrade, response)
-                    .await
-            }
-            Err(failure) => failure.into_response(upstream, rid),
-        };
-        self.log_phase(upstream, &routed.key, facts, started, &response);
-        response.map(|body| body.in_flight(in_flight))
     }
 
     /// What goes back: a spliced WebSocket, an explained refusal, or the upstream's body as it streams.
@@ -144,7 +141,9 @@ impl Proxy {
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         mut response: Response<PooledBody>,
     ) -> Response<Body> {
-        drop_hop_by_hop(response.headers_mut());
+        if !response.body().is_h1() || response.headers().contains_key(http::header::CONNECTION) {
+            drop_hop_by_hop(response.headers_mut());
+        }
         if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
             websocket::restore_upgrade_headers(response.headers_mut());
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -185,12 +184,11 @@ impl Proxy {
         upstream: &Upstream,
         key: &KeyState,
         facts: RequestFacts<'_>,
-        started: Instant,
+        elapsed: Duration,
         response: &Response<Body>,
     ) {
         let status = response.status().as_u16();
         upstream.metrics.request(facts.client, status);
-        let elapsed = started.elapsed();
         upstream
             .metrics
             .request_duration
@@ -214,9 +212,9 @@ impl Proxy {
     /// request for the upstream; or the refusal to send back. No I/O, so the benchmark calls it too.
     pub fn route<B>(
         &self,
-        req: Request<B>,
+        req: &mut Request<B>,
         peer: SocketAddr,
-    ) -> Result<Routed<'_, B>, Box<Response<Body>>> {
+    ) -> Result<Routed<'_>, Box<Response<Body>>> {
         if req.method() == http::Method::CONNECT {
             return Err(Box::new(reply::status(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -252,7 +250,7 @@ impl Proxy {
             );
         }
         let upgrade = websocket::is_upgrade(req.headers());
-        let request = prepare(
+        prepare(
             upstream,
             snapshot,
             req,
@@ -266,7 +264,7 @@ impl Proxy {
                 "cannot build the upstream request: {e}"
             )))
         })?;
-        let header = |name: &HeaderName| request.headers().get(name).cloned();
+        let header = |name: &HeaderName| req.headers().get(name).cloned();
         Ok(Routed {
             upgrade,
             client,
@@ -274,18 +272,16 @@ impl Proxy {
             project: header(&OPENAI_PROJECT),
             upstream,
             key,
-            request,
         })
     }
 }
 
-/// A request ready for its upstream, with the key snapshot it was built from.
-pub struct Routed<'a, B> {
+/// Where a request rewritten for its upstream goes, with the key snapshot it was built from.
+pub struct Routed<'a> {
     pub upstream: &'a Upstream,
     /// Index of the client whose token the request carried (0 without `[[clients]]`).
     pub client: usize,
     pub key: Arc<KeyState>,
-    pub request: Request<B>,
     /// A WebSocket handshake (its `Upgrade` headers are kept).
     pub upgrade: bool,
     /// What the app asked for, kept for explaining an org/project mismatch.
@@ -297,12 +293,12 @@ pub struct Routed<'a, B> {
 fn prepare<B>(
     upstream: &Upstream,
     snapshot: &KeySnapshot,
-    mut req: Request<B>,
+    req: &mut Request<B>,
     rest: &str,
     query: Option<&str>,
     custom_credentials: &[http::HeaderName],
     upgrade: bool,
-) -> Result<Request<B>, http::uri::InvalidUri> {
+) -> Result<(), http::uri::InvalidUri> {
     let query = query.map(strip_key_param);
     // The common case (root prefix, no base path, no `key=`) keeps the client's path and query as
     // they are, without building and re-validating a new one.
@@ -328,7 +324,7 @@ fn prepare<B>(
     if upstream.provider == Provider::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
         headers.insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
-    Ok(req)
+    Ok(())
 }
 
 enum ForwardFailure {
@@ -359,21 +355,6 @@ fn tap_for(
         Some(Tap::new(Arc::clone(&upstream.metrics), client, None))
     } else {
         None
-    }
-}
-
-async fn forward(
-    upstream: &Upstream,
-    pool: &Pool,
-    req: Request<UpstreamBody>,
-    sent: Instant,
-) -> Result<Response<PooledBody>, ForwardFailure> {
-    let sent = tokio::time::Instant::from_std(sent);
-    let timeout = upstream.response_header_timeout;
-    match pool.send(req, sent + timeout).await {
-        Ok(response) => Ok(response),
-        Err(SendError::Timeout) => Err(ForwardFailure::Timeout(timeout)),
-        Err(e) => Err(ForwardFailure::Unreachable(e)),
     }
 }
 
