@@ -31,6 +31,63 @@ use crate::config::UpstreamConfig;
 use crate::h1;
 use crate::workers;
 
+/// An upstream connection for `h1`: plain TCP read and written directly, or TLS through
+/// hyper-rustls (the plain case skips two adapter layers per read and write).
+pub enum Stream {
+    Plain(tokio::net::TcpStream),
+    /// Boxed: rustls's state is over a kilobyte.
+    Tls(Box<TokioIo<Io>>),
+}
+
+impl From<Io> for Stream {
+    fn from(io: Io) -> Stream {
+        match io {
+            MaybeHttpsStream::Http(tcp) => Stream::Plain(tcp.into_inner()),
+            tls => Stream::Tls(Box::new(TokioIo::new(tls))),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(&mut **io).poll_shutdown(cx),
+        }
+    }
+}
+
 /// hyper's answer by `deadline`.
 async fn in_time<T>(
     deadline: tokio::time::Instant,
@@ -55,7 +112,7 @@ pub enum UpstreamBody {
 type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 /// An upstream connection as tokio reads and writes it, for `h1`.
-type H1Io = TokioIo<Io>;
+type H1Io = Stream;
 type H1Conn = Box<h1::Connection<H1Io>>;
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -266,7 +323,7 @@ impl Pool {
             return Ok(Conn::H2(sender));
         }
         if self.0.versions == Versions::Negotiated {
-            return Ok(Conn::H1(Box::new(h1::Connection::new(TokioIo::new(io)))));
+            return Ok(Conn::H1(Box::new(h1::Connection::new(Stream::from(io)))));
         }
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {

@@ -3,24 +3,29 @@
 
 use std::borrow::Cow;
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, HOST};
+use http::header::{
+    HeaderMap, HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `upgrade` goes too;
 /// WebSocket pass-through puts it back deliberately.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    // Compared as names, not strings: a standard name against another is one integer compare
+    // (this runs for every response header).
+    name == CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
 }
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Every header an SDK may carry a key in (OpenAI, Anthropic, Azure and Gemini schemes), plus
 /// `Host`, so the upstream's own authority is used.
