@@ -241,7 +241,7 @@ impl Pool {
                 Some(conn) => (conn, true),
                 // Boxed: dialling (DNS, TCP, TLS) is a large future and the rare path; kept
                 // inline it would make every request's future kilobytes bigger.
-                None => match timeout_at(deadline, Box::pin(self.connect())).await {
+                None => match timeout_at(deadline, self.dial()).await {
                     Ok(conn) => (conn?, false),
                     Err(_) => return Err(SendError::Timeout),
                 },
@@ -296,6 +296,12 @@ impl Pool {
                 return Some(Conn::H1(entry.conn));
             }
         }
+    }
+
+    /// `connect`, boxed in a function of its own so its large future stays out of `send`'s.
+    #[inline(never)]
+    fn dial(&self) -> Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send + '_>> {
+        Box::pin(self.connect())
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {

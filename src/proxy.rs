@@ -1,7 +1,9 @@
 //! The forwarding path, in the order a request travels: route -> key snapshot -> strip the client's
 //! credentials and inject ours -> forward -> stream the answer back -> log. Bodies are never buffered.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -159,7 +161,7 @@ impl Proxy {
         }
         if diagnose::worth_reading(response.status()) {
             // Boxed: the rare path, and a large future (see `forward`).
-            return Box::pin(explain::explain(upstream, key, facts, response)).await;
+            return explaining(upstream, key, facts, response).await;
         }
         let tap = tap_for(
             upstream,
@@ -330,6 +332,18 @@ fn prepare<B>(
 enum ForwardFailure {
     Unreachable(SendError),
     Timeout(Duration),
+}
+
+/// The rare path, boxed in a function of its own: built inline, its future would be laid out in
+/// the frame of every poll of `handle` (which was 56 KB of stack, probed page by page per poll).
+#[inline(never)]
+fn explaining<'a>(
+    upstream: &'a Upstream,
+    key: &'a KeyState,
+    facts: RequestFacts<'a>,
+    response: Response<PooledBody>,
+) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+    Box::pin(explain::explain(upstream, key, facts, response))
 }
 
 /// Watch successful JSON and event-stream bodies for token usage (and streams for in-band errors).
