@@ -211,7 +211,9 @@ impl Front {
         }
     }
 
-    /// Make a request of a complete head (and its whole body) at the front of the buffer.
+    /// Make a request of a complete head (and its whole body) at the front of the buffer. Not
+    /// inlined: its 3 KiB of header slots would sit in the connection future's every poll frame.
+    #[inline(never)]
     fn parse(&mut self) -> Parsed {
         let (head_len, method, path, body_len, close) = {
             let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];

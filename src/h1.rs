@@ -248,7 +248,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         }
     }
 
-    /// Parse a complete head at the front of the buffer, skipping interim (1xx) responses.
+    /// Parse a complete head at the front of the buffer, skipping interim (1xx) responses. Not
+    /// inlined: its 3 KiB of header slots would sit in `read_head`'s every poll frame.
+    #[inline(never)]
     fn parse_head(
         &mut self,
         method: &Method,

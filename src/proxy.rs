@@ -237,8 +237,8 @@ impl Proxy {
             return Err(Box::new(no_route(uri.path())));
         };
         let upstream = &self.upstreams[index];
-        let key = upstream.key.current();
-        let snapshot = match &*key {
+        let key = upstream.key.guard();
+        let snapshot = match &**key {
             KeyState::Ready(snapshot) => snapshot,
             KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
         };
@@ -283,7 +283,7 @@ pub struct Routed<'a> {
     pub upstream: &'a Upstream,
     /// Index of the client whose token the request carried (0 without `[[clients]]`).
     pub client: usize,
-    pub key: Arc<KeyState>,
+    pub key: arc_swap::Guard<Arc<KeyState>>,
     /// A WebSocket handshake (its `Upgrade` headers are kept).
     pub upgrade: bool,
     /// What the app asked for, kept for explaining an org/project mismatch.
@@ -360,13 +360,9 @@ fn tap_for(
     let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
     if content_type.starts_with(b"text/event-stream") {
         let errors = SseTap::new(Arc::clone(&upstream.name), path);
-        Some(Tap::new(
-            Arc::clone(&upstream.metrics),
-            client,
-            Some(errors),
-        ))
+        Some(Tap::new(client, Some(errors)))
     } else if content_type.starts_with(b"application/json") {
-        Some(Tap::new(Arc::clone(&upstream.metrics), client, None))
+        Some(Tap::new(client, None))
     } else {
         None
     }

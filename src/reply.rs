@@ -100,6 +100,22 @@ impl Body {
 
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+impl Body {
+    /// Count the tapped tokens and leave "in flight" (at the end, or when dropped before it).
+    fn finish(&mut self) {
+        if let (Some(tap), Some(guard)) = (self.tap.take(), &self.in_flight) {
+            tap.finish(guard.metrics());
+        }
+        self.in_flight = None;
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = BodyError;
@@ -157,9 +173,8 @@ impl hyper::body::Body for Body {
                 }
             }
             Poll::Ready(None) => {
-                // Done: count tokens and leave "in flight" now, not when hyper drops the body.
-                this.tap = None;
-                this.in_flight = None;
+                // Done: count tokens and leave "in flight" now, not when the body is dropped.
+                this.finish();
             }
             Poll::Pending => {}
         }

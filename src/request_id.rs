@@ -1,6 +1,7 @@
 //! Request ids: the app's own `x-request-id` when it sends a sane one, else a fresh one; returned
 //! as `x-keyproxy-request-id` and put in every log line about the request.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,16 +13,26 @@ pub static RESPONSE_HEADER: HeaderName = HeaderName::from_static("x-keyproxy-req
 static INCOMING: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A process-unique prefix (start time and pid) and a counter: unique without randomness per request.
+/// Each thread counts on its own (a counter shared by the workers moved its cache line between
+/// cores on every request); the low 12 bits of the number say which thread.
 fn next() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static THREADS: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static COUNTER: Cell<u64> = Cell::new(THREADS.fetch_add(1, Ordering::Relaxed) & 0xfff);
+    }
     let prefix = *PREFIX.get_or_init(|| {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
         nanos ^ std::process::id().rotate_left(16)
     });
-    id(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let n = COUNTER.with(|c| {
+        let n = c.get();
+        c.set(n.wrapping_add(1 << 12));
+        n
+    });
+    id(prefix, n)
 }
 
 /// `kp-{prefix:08x}-{n:x}`, written without the formatting machinery (this runs per request).

@@ -8,21 +8,28 @@ use memchr::memmem::Finder;
 
 use crate::metrics::UpstreamMetrics;
 
-/// Everything watched on one response body. Token counts are added when the body is done.
+/// Everything watched on one response body. Token counts are added by `finish`, when the body is
+/// done or dropped (the body holds the upstream's metrics; one reference per request is enough).
 pub struct Tap {
     usage: UsageTap,
     errors: Option<SseTap>,
-    metrics: Arc<UpstreamMetrics>,
     client: usize,
 }
 
 impl Tap {
-    pub fn new(metrics: Arc<UpstreamMetrics>, client: usize, errors: Option<SseTap>) -> Tap {
+    pub fn new(client: usize, errors: Option<SseTap>) -> Tap {
         Tap {
             usage: UsageTap::default(),
             errors,
-            metrics,
             client,
+        }
+    }
+
+    /// Count the tokens seen.
+    pub fn finish(&self, metrics: &UpstreamMetrics) {
+        let (input, output) = self.usage.totals();
+        if input + output > 0 {
+            metrics.tokens(self.client, input, output);
         }
     }
 
@@ -30,15 +37,6 @@ impl Tap {
         self.usage.observe(chunk);
         if let Some(errors) = &mut self.errors {
             errors.observe(chunk);
-        }
-    }
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        let (input, output) = self.usage.totals();
-        if input + output > 0 {
-            self.metrics.tokens(self.client, input, output);
         }
     }
 }
