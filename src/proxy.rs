@@ -237,8 +237,8 @@ impl Proxy {
             return Err(Box::new(no_route(uri.path())));
         };
         let upstream = &self.upstreams[index];
-        let key = upstream.key.guard();
-        let snapshot = match &**key {
+        let key = upstream.key.current();
+        let snapshot = match &*key {
             KeyState::Ready(snapshot) => snapshot,
             KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
         };
@@ -283,7 +283,7 @@ pub struct Routed<'a> {
     pub upstream: &'a Upstream,
     /// Index of the client whose token the request carried (0 without `[[clients]]`).
     pub client: usize,
-    pub key: arc_swap::Guard<Arc<KeyState>>,
+    pub key: Arc<KeyState>,
     /// A WebSocket handshake (its `Upgrade` headers are kept).
     pub upgrade: bool,
     /// What the app asked for, kept for explaining an org/project mismatch.

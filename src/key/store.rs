@@ -96,14 +96,6 @@ impl KeyStore {
         self.state.load_full()
     }
 
-    /// The same as the request path holds it: no reference-count update while few are held per
-    /// thread (the count is shared by every worker; bumping it moved its cache line between cores
-    /// on every request). arc-swap falls back to a full `Arc` by itself when many are held.
-    #[inline]
-    pub fn guard(&self) -> arc_swap::Guard<Arc<KeyState>> {
-        self.state.load()
-    }
-
     /// Build the snapshot for `secret` and swap it in atomically. In-flight requests keep theirs.
     pub fn install(
         &self,
