@@ -15,6 +15,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use http::{
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::client::UpstreamBody;
@@ -60,7 +61,7 @@ pub async fn serve(
     peer: SocketAddr,
     proxy: &Proxy,
     header_timeout: Duration,
-    stop: watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Ended {
     let mut conn = Front {
         io: stream,
@@ -69,17 +70,18 @@ pub async fn serve(
         found: Vec::new(),
         out: BytesMut::new(),
     };
-    let mut stopped = pin!(stopping(stop.clone()));
-    // One timer for the connection's life, re-armed only when it fires early (see `next`).
-    let mut deadline = Box::pin(tokio::time::sleep(header_timeout));
+    let mut waits = Waits {
+        stopped: pin!(shutdown.notify.notified()),
+        shutdown,
+        // One timer for the connection's life, re-armed only when it fires early (see `next`).
+        deadline: Box::pin(tokio::time::sleep(header_timeout)),
+        armed: false,
+    };
     loop {
-        match conn
-            .next(header_timeout, stopped.as_mut(), deadline.as_mut())
-            .await
-        {
+        match conn.next(header_timeout, &mut waits).await {
             Next::Request(req, shape) => {
                 let response = proxy.handle(req, peer).await;
-                let close = shape.close || *stop.borrow();
+                let close = shape.close || shutdown.begun();
                 if conn
                     .respond(response, shape.head_only, close)
                     .await
@@ -108,9 +110,34 @@ pub async fn serve(
 const BAD_REQUEST: &[u8] =
     b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-async fn stopping(mut stop: watch::Receiver<bool>) {
-    // A dropped sender means the server is gone: stop too.
-    let _ = stop.wait_for(|stop| *stop).await;
+/// Shutdown as the connections see it: a flag they read per request (a plain load of a line nobody
+/// writes until then) and a notification for the ones waiting idle.
+#[derive(Default)]
+pub struct Shutdown {
+    begun: AtomicBool,
+    notify: Notify,
+}
+
+impl Shutdown {
+    /// Idle connections close now; busy ones after their response.
+    pub fn begin(&self) {
+        self.begun.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn begun(&self) -> bool {
+        self.begun.load(Ordering::Acquire)
+    }
+}
+
+/// What a wait for the next request also watches. Both are polled (which leaves the task's waker
+/// with them) once, and then only looked at: the connection's task does not change, so the
+/// wakers they hold stay right. The timer is polled again only after it fired and was re-armed.
+struct Waits<'a, F> {
+    stopped: Pin<&'a mut F>,
+    shutdown: &'a Shutdown,
+    deadline: Pin<Box<Sleep>>,
+    armed: bool,
 }
 
 struct Front {
@@ -156,11 +183,10 @@ enum Woke {
 
 impl Front {
     /// Wait for the next complete request.
-    async fn next(
+    async fn next<F: Future<Output = ()>>(
         &mut self,
         timeout: Duration,
-        mut stopped: Pin<&mut impl Future<Output = ()>>,
-        mut deadline: Pin<&mut Sleep>,
+        waits: &mut Waits<'_, F>,
     ) -> Next {
         let since = Instant::now();
         loop {
@@ -185,10 +211,17 @@ impl Front {
                 {
                     return Poll::Ready(Woke::Read(read));
                 }
-                if stopped.as_mut().poll(cx).is_ready() {
+                if !waits.armed {
+                    // Registers with the shutdown notification (once: it stays registered) and
+                    // with the timer (again after each re-arm).
+                    waits.armed = true;
+                    let _ = waits.stopped.as_mut().poll(cx);
+                    let _ = waits.deadline.as_mut().poll(cx);
+                }
+                if waits.shutdown.begun() {
                     return Poll::Ready(Woke::Stop);
                 }
-                if deadline.as_mut().poll(cx).is_ready() {
+                if waits.deadline.is_elapsed() {
                     return Poll::Ready(Woke::Timer);
                 }
                 Poll::Pending
@@ -205,7 +238,8 @@ impl Front {
                         tracing::debug!("no complete request within client_header_timeout");
                         return Next::Closed;
                     }
-                    deadline.as_mut().reset(due);
+                    waits.deadline.as_mut().reset(due);
+                    waits.armed = false;
                 }
             }
         }

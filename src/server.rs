@@ -136,13 +136,14 @@ impl Server {
         let header_timeout = self.client_header_timeout;
         let builder = hyper_builder_with(header_timeout);
         let proxy = Arc::clone(&self.proxy);
-        let (proxy_builder, proxy_stop) = (Arc::clone(&builder), stop_rx.clone());
+        let closing = Arc::new(front::Shutdown::default());
+        let (proxy_builder, proxy_closing) = (Arc::clone(&builder), Arc::clone(&closing));
         // The common request shapes are served by `front`; the rest of a connection goes to hyper.
         let proxy_connection = move |stream, peer, watcher| {
             let (proxy, builder) = (Arc::clone(&proxy), Arc::clone(&proxy_builder));
-            let stop = proxy_stop.clone();
+            let closing = Arc::clone(&proxy_closing);
             async move {
-                let io = match front::serve(stream, peer, &proxy, header_timeout, stop).await {
+                let io = match front::serve(stream, peer, &proxy, header_timeout, &closing).await {
                     front::Ended::Closed => return,
                     front::Ended::HandOff(io) => io,
                 };
@@ -191,6 +192,7 @@ impl Server {
         drop(watcher);
         drop(expiry);
         let _ = stop_tx.send(true);
+        closing.begin();
         let _ = tokio::join!(proxy_task, admin_task);
         let sockets = &self.proxy.sockets;
         if tokio::time::timeout_at(deadline, sockets.drained())

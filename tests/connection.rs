@@ -267,3 +267,40 @@ async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
     assert!(rest.is_empty(), "{rest:?}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_keep_alive_connection_left_idle_is_closed_after_the_header_timeout() {
+    let provider = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "client_header_timeout = \"300ms\"\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{}\" }}\n",
+        provider.url(),
+        key_file(dir.path(), "key", &openai_key("IDLE"))
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Two requests on the connection: the one timer it has is re-armed for the second wait.
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, 200);
+    }
+    let idle_since = std::time::Instant::now();
+    let mut rest = Vec::new();
+    within(
+        "the idle connection to be closed",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        idle_since.elapsed() >= std::time::Duration::from_millis(250),
+        "closed before the timeout: {:?}",
+        idle_since.elapsed()
+    );
+    proxy.stop().await;
+}
