@@ -80,6 +80,27 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool)
     }
 }
 
+/// One `GET /v1/models` on the connection, answered 200.
+async fn get_models(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    stream
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_answer(stream, buf, false).await.status, 200);
+}
+
+/// Wait for the proxy to close the connection, with nothing more sent.
+async fn closed_by_the_proxy(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    within(
+        "the idle connection to be closed",
+        stream.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
     while buf.len() < n {
         more(stream, buf).await;
@@ -251,20 +272,9 @@ async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
     let mut proxy = proxy_to(&provider, dir.path()).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let mut buf = Vec::new();
-    stream
-        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, 200);
+    get_models(&mut stream, &mut buf).await;
     proxy.begin_stop();
-    let mut rest = Vec::new();
-    within(
-        "the idle connection to be closed",
-        stream.read_to_end(&mut rest),
-    )
-    .await
-    .unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
+    closed_by_the_proxy(&mut stream).await;
     proxy.stop().await;
 }
 
@@ -282,21 +292,10 @@ async fn a_keep_alive_connection_left_idle_is_closed_after_the_header_timeout() 
     let mut buf = Vec::new();
     // Two requests on the connection: the one timer it has is re-armed for the second wait.
     for _ in 0..2 {
-        stream
-            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, 200);
+        get_models(&mut stream, &mut buf).await;
     }
     let idle_since = std::time::Instant::now();
-    let mut rest = Vec::new();
-    within(
-        "the idle connection to be closed",
-        stream.read_to_end(&mut rest),
-    )
-    .await
-    .unwrap();
-    assert!(rest.is_empty(), "{rest:?}");
+    closed_by_the_proxy(&mut stream).await;
     assert!(
         idle_since.elapsed() >= std::time::Duration::from_millis(250),
         "closed before the timeout: {:?}",
