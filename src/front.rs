@@ -27,6 +27,7 @@ use http::{
 use hyper::body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
@@ -70,8 +71,9 @@ pub async fn serve(
         found: Vec::new(),
         out: BytesMut::new(),
     };
+    let stopped = pin!(shutdown.notify.notified());
     let mut waits = Waits {
-        stopped: pin!(shutdown.notify.notified()),
+        stopped,
         shutdown,
         // One timer for the connection's life, re-armed only when it fires early (see `next`).
         deadline: Box::pin(tokio::time::sleep(header_timeout)),
@@ -133,9 +135,9 @@ impl Shutdown {
 /// What a wait for the next request also watches. Both are polled (which leaves the task's waker
 /// with them) once, and then only looked at: the connection's task does not change, so the
 /// wakers they hold stay right. The timer is polled again only after it fired and was re-armed.
-struct Waits<'a, F> {
-    stopped: Pin<&'a mut F>,
-    shutdown: &'a Shutdown,
+struct Waits<'a, 's> {
+    stopped: Pin<&'a mut Notified<'s>>,
+    shutdown: &'s Shutdown,
     deadline: Pin<Box<Sleep>>,
     armed: bool,
 }
@@ -166,15 +168,6 @@ struct Shape {
     close: bool,
 }
 
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Request(Request<UpstreamBody>, Shape),
-    /// Incomplete: parse again once the buffer holds this many bytes.
-    Need(usize),
-    HandOff,
-    Reject,
-}
-
 enum Woke {
     Read(io::Result<usize>),
     Timer,
@@ -183,22 +176,16 @@ enum Woke {
 
 impl Front {
     /// Wait for the next complete request.
-    async fn next<F: Future<Output = ()>>(
-        &mut self,
-        timeout: Duration,
-        waits: &mut Waits<'_, F>,
-    ) -> Next {
+    async fn next(&mut self, timeout: Duration, waits: &mut Waits<'_, '_>) -> Next {
         let since = Instant::now();
         loop {
             if !self.buf.is_empty() && self.buf.len() >= self.want {
                 match self.parse() {
-                    Parsed::Request(req, shape) => {
+                    Ok(next) => {
                         self.want = 0;
-                        return Next::Request(req, shape);
+                        return next;
                     }
-                    Parsed::Need(bytes) => self.want = bytes,
-                    Parsed::HandOff => return Next::HandOff,
-                    Parsed::Reject => return Next::Reject,
+                    Err(need) => self.want = need,
                 }
             }
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
@@ -248,7 +235,8 @@ impl Front {
     /// Make a request of a complete head (and its whole body) at the front of the buffer. Not
     /// inlined: its 3 KiB of header slots would sit in the connection future's every poll frame.
     #[inline(never)]
-    fn parse(&mut self) -> Parsed {
+    /// `Err(n)`: incomplete, parse again once the buffer holds `n` bytes.
+    fn parse(&mut self) -> Result<Next, usize> {
         let (head_len, method, path, body_len, close) = {
             let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
             let mut req = httparse::Request::new(&mut []);
@@ -257,18 +245,18 @@ impl Front {
             let head_len = match parsed {
                 Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
                 Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
-                    return Parsed::Need(self.buf.len() + 1)
+                    return Err(self.buf.len() + 1)
                 }
-                _ => return Parsed::HandOff,
+                _ => return Ok(Next::HandOff),
             };
             let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-                return Parsed::HandOff;
+                return Ok(Next::HandOff);
             };
             let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-                return Parsed::HandOff;
+                return Ok(Next::HandOff);
             };
             if method == Method::CONNECT || path.len() > MAX_URI {
-                return Parsed::HandOff;
+                return Ok(Next::HandOff);
             }
             let start = self.buf.as_ptr() as usize;
             let mut body_len = None;
@@ -280,19 +268,19 @@ impl Front {
                     continue;
                 }
                 let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                    return Parsed::HandOff;
+                    return Ok(Next::HandOff);
                 };
                 if name == CONTENT_LENGTH {
                     match (body_len, decimal(h.value)) {
                         (None, Some(n)) if n <= MAX_WHOLE_BODY => body_len = Some(n),
-                        _ => return Parsed::HandOff,
+                        _ => return Ok(Next::HandOff),
                     }
                 } else if name == CONNECTION {
                     let mut names_others = false;
                     for token in h.value.split(|b| *b == b',') {
                         let token = token.trim_ascii();
                         if token.eq_ignore_ascii_case(b"upgrade") {
-                            return Parsed::HandOff;
+                            return Ok(Next::HandOff);
                         }
                         let said_close = token.eq_ignore_ascii_case(b"close");
                         close |= said_close;
@@ -305,7 +293,7 @@ impl Front {
                         continue;
                     }
                 } else if name == TRANSFER_ENCODING || name == EXPECT || name == UPGRADE {
-                    return Parsed::HandOff;
+                    return Ok(Next::HandOff);
                 }
                 let at = h.value.as_ptr() as usize - start;
                 self.found.push((name, at, h.value.len()));
@@ -315,16 +303,16 @@ impl Front {
         };
         let whole = head_len + body_len;
         if self.buf.len() < whole {
-            return Parsed::Need(whole);
+            return Err(whole);
         }
         let head = self.buf.split_to(head_len).freeze();
         let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
-            return Parsed::Reject;
+            return Ok(Next::Reject);
         };
         let mut headers = HeaderMap::with_capacity(self.found.len());
         for (name, at, len) in self.found.drain(..) {
             let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at..at + len)) else {
-                return Parsed::Reject;
+                return Ok(Next::Reject);
             };
             headers.append(name, value);
         }
@@ -338,7 +326,7 @@ impl Front {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        Parsed::Request(req, Shape { head_only, close })
+        Ok(Next::Request(req, Shape { head_only, close }))
     }
 
     /// Write the response: head, then the body as it comes, framed by its length when known.

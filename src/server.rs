@@ -134,7 +134,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = self.shutdown_grace;
         let header_timeout = self.client_header_timeout;
-        let builder = hyper_builder_with(header_timeout);
+        let builder = hyper_builder(header_timeout);
         let proxy = Arc::clone(&self.proxy);
         let closing = Arc::new(front::Shutdown::default());
         let (proxy_builder, proxy_closing) = (Arc::clone(&builder), Arc::clone(&closing));
@@ -230,7 +230,7 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper's HTTP/1.1 and h2c server, with upgrades: the admin port, and proxy connections `front`
 /// hands over. (`front` enforces `client_header_timeout` before a hand-over; after it, as on the
 /// admin port, hyper's own header timeout does.)
-fn hyper_builder_with(header_timeout: Duration) -> Arc<auto::Builder<TokioExecutor>> {
+fn hyper_builder(header_timeout: Duration) -> Arc<auto::Builder<TokioExecutor>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
