@@ -13,6 +13,7 @@ use serde::Serializer;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::guard::{Guard, Verdict};
 use crate::key::expiry;
 use crate::key::rotation::{Refusal, Trigger};
 use crate::key::store::digest;
@@ -61,21 +62,39 @@ impl AdminToken {
 pub struct Admin {
     proxy: Arc<Proxy>,
     token: AdminToken,
+    /// Host and browser checks; the admin port answers no web page at all.
+    guard: Guard,
     started_at: SystemTime,
     started: Instant,
 }
 
 impl Admin {
-    pub fn new(proxy: Arc<Proxy>, token: AdminToken) -> Admin {
+    pub fn new(proxy: Arc<Proxy>, token: AdminToken, guard: Guard) -> Admin {
         Admin {
             proxy,
             token,
+            guard,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
     }
 
+    /// Guard first (no web page, no foreign Host), then the endpoint.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Verdict::Refused(refusal) = self.guard.check(&req) {
+            self.proxy.metrics.refused(true, refusal.reason);
+            tracing::info!(path = req.uri().path(), status = refusal.status.as_u16(), reason = %refusal.reason, "admin: {}", refusal.message);
+            let mut resp = admin_error(refusal.status, refusal.reason.as_str(), &refusal.message);
+            resp.headers_mut().insert(
+                reply::REASON_HEADER,
+                HeaderValue::from_static(refusal.reason.as_str()),
+            );
+            return resp;
+        }
+        self.endpoint(req).await
+    }
+
+    async fn endpoint(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
         let read = req.method() == Method::GET || req.method() == Method::HEAD;
         match (read, path.as_str()) {
@@ -139,6 +158,13 @@ impl Admin {
     async fn post_key(&self, name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if let Some(refused) = self.refuse_unauthorized(&req) {
             return refused;
+        }
+        if !key_body_type(req.headers()) {
+            return admin_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the new key as the raw body with Content-Type: text/plain (or application/octet-stream), e.g. curl --data-binary @new-key.txt -H 'Content-Type: text/plain' …",
+            );
         }
         let Some(upstream) = self.proxy.upstream(name) else {
             return admin_error(
@@ -324,8 +350,28 @@ fn admin_error(status: StatusCode, code: &str, message: &str) -> Response<Full<B
     )
 }
 
+/// `POST /keys/…` takes the key as a raw body: `text/plain` (what `keyproxy rotate` sends),
+/// `application/octet-stream`, or no type. A form's types are refused, a second wall behind the
+/// Origin check against a page posting to the admin port.
+fn key_body_type(headers: &http::HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return true;
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "text/plain" || essence == "application/octet-stream"
+}
+
 fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    let text = value.to_string();
+    let text = crate::redact::mask(&text);
+    let mut resp = Response::new(Full::new(Bytes::from(text.into_owned())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub allow_unauthenticated: bool,
     /// Event-loop threads serving the proxy port: 0 (the default) one per core, or N.
     pub workers: usize,
+    /// Names besides loopback that requests may carry in `Host` (lowercase; `name` or `name:port`).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`scheme://host[:port]`, lowercase) whose pages may call the proxy port.
+    pub allowed_origins: Vec<String>,
 }
 
 /// More event loops than this is a typo, not a machine.
@@ -144,6 +148,8 @@ struct RawServer {
     client_header_timeout: Duration,
     allow_unauthenticated: bool,
     workers: Spanned<usize>,
+    allowed_hosts: Vec<Spanned<String>>,
+    allowed_origins: Vec<Spanned<String>>,
 }
 
 impl Default for RawServer {
@@ -157,6 +163,8 @@ impl Default for RawServer {
             client_header_timeout: Duration::from_secs(30),
             allow_unauthenticated: false,
             workers: Spanned::new(0..0, 0),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -355,6 +363,18 @@ impl Config {
                 ),
             ));
         }
+        let allowed_hosts = validate_list(
+            &ctx,
+            "allowed_hosts",
+            &raw.server.allowed_hosts,
+            allowed_host,
+        )?;
+        let allowed_origins = validate_list(
+            &ctx,
+            "allowed_origins",
+            &raw.server.allowed_origins,
+            allowed_origin,
+        )?;
         Ok(Config {
             path: path.to_owned(),
             clients,
@@ -367,6 +387,8 @@ impl Config {
                 client_header_timeout: raw.server.client_header_timeout,
                 allow_unauthenticated: raw.server.allow_unauthenticated,
                 workers: *raw.server.workers.get_ref(),
+                allowed_hosts,
+                allowed_origins,
             },
             upstreams,
         })
@@ -375,6 +397,88 @@ impl Config {
 
 const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8787);
+
+/// Each entry of a `[server]` list, checked and normalised by `check`, or the error at its line.
+fn validate_list(
+    ctx: &Ctx,
+    field: &str,
+    raw: &[Spanned<String>],
+    check: fn(&str) -> Result<String, String>,
+) -> Result<Vec<String>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            check(entry.get_ref())
+                .map_err(|m| ctx.error(entry.span(), format!("server.{field}[{i}]"), &m))
+        })
+        .collect()
+}
+
+/// `keyproxy.internal` or `keyproxy.internal:8787`; no wildcards (each name is a decision).
+fn allowed_host(entry: &str) -> Result<String, String> {
+    let host = entry.trim().trim_end_matches('.').to_ascii_lowercase();
+    let (name, port) = match host.strip_prefix('[') {
+        // `[fd00::1]` or `[fd00::1]:8787`
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (addr, rest.strip_prefix(':')),
+            None => ("", None),
+        },
+        None => match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host.as_str(), None),
+        },
+    };
+    let port_ok = port.map_or(true, |p| p.parse::<u16>().is_ok());
+    let name_ok = name.parse::<std::net::IpAddr>().is_ok()
+        || (!name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    if !name_ok || !port_ok {
+        return Err(format!(
+            "{entry:?} is not a host name: write the name apps use to reach keyproxy, e.g. \"keyproxy.internal\" (any port) or \"keyproxy.internal:8787\"; wildcards are not accepted, list each name"
+        ));
+    }
+    Ok(host)
+}
+
+/// `http://localhost:3000`: a web origin exactly as a browser sends it (scheme, host, optional
+/// port, nothing else). `null` and `*` would let any page in.
+fn allowed_origin(entry: &str) -> Result<String, String> {
+    let origin = entry.trim().to_ascii_lowercase();
+    if origin == "null" || origin.contains('*') {
+        return Err(format!(
+            "{entry:?} would let any web page use your key (sandboxed pages and local files send Origin: null); list the exact origins of your own pages, e.g. \"http://localhost:3000\""
+        ));
+    }
+    let well_formed = origin.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+            && !rest.contains(['/', '?', '#', '@'])
+            && allowed_host(rest).is_ok()
+    });
+    if !well_formed {
+        let hint = origin
+            .split_once("://")
+            .and_then(|(scheme, rest)| {
+                let host = rest
+                    .split(['/', '?', '#'])
+                    .next()
+                    .filter(|h| !h.is_empty())?;
+                Some(format!("; write it as \"{scheme}://{host}\""))
+            })
+            .unwrap_or_default();
+        return Err(format!(
+            "{entry:?} is not an origin: an origin is scheme://host[:port] with no path, exactly as the browser sends it in the Origin header (e.g. \"http://localhost:3000\"){hint}"
+        ));
+    }
+    Ok(origin)
+}
 
 fn validate_clients(ctx: &Ctx, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>, ConfigError> {
     let mut names = HashSet::new();
@@ -806,6 +910,60 @@ connect_timeout = "2s"
         let s = e.to_string();
         assert!(s.starts_with("/etc/keyproxy.toml:3:"), "{s}");
         assert!(s.contains("server.listen"), "{s}");
+    }
+
+    #[test]
+    fn allowed_hosts_and_origins_are_normalised_or_refused_at_their_line() {
+        let with = |lines: &str| GOOD.replace("[server]\n", &format!("[server]\n{lines}\n"));
+        let c = parse(&with(
+            "allowed_hosts = [\"KeyProxy.Internal\", \"svc:9000\", \"[fd00::1]\"]\nallowed_origins = [\"HTTP://localhost:3000\", \"chrome-extension://abcdef\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.server.allowed_hosts,
+            ["keyproxy.internal", "svc:9000", "[fd00::1]"]
+        );
+        assert_eq!(
+            c.server.allowed_origins,
+            ["http://localhost:3000", "chrome-extension://abcdef"]
+        );
+        for (line, field, says) in [
+            (
+                "allowed_hosts = [\"ok\", \"*.example\"]",
+                "server.allowed_hosts[1]",
+                "wildcards",
+            ),
+            (
+                "allowed_hosts = [\"a:b\"]",
+                "server.allowed_hosts[0]",
+                "not a host name",
+            ),
+            (
+                "allowed_origins = [\"*\"]",
+                "server.allowed_origins[0]",
+                "any web page",
+            ),
+            (
+                "allowed_origins = [\"null\"]",
+                "server.allowed_origins[0]",
+                "Origin: null",
+            ),
+            (
+                "allowed_origins = [\"http://localhost:3000/\"]",
+                "server.allowed_origins[0]",
+                "write it as \"http://localhost:3000\"",
+            ),
+            (
+                "allowed_origins = [\"localhost:3000\"]",
+                "server.allowed_origins[0]",
+                "scheme://host",
+            ),
+        ] {
+            let e = parse(&with(line)).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/keyproxy.toml:3:"), "{e}");
+            assert!(e.contains(field), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

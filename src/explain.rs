@@ -55,22 +55,18 @@ pub async fn explain(
     let (mut parts, body) = response.into_parts();
     let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
         .is_some_and(|t| t.starts_with("text/event-stream"));
-    let peeked = if streaming {
+    let mut peeked = if streaming {
         Peeked::Partial(Bytes::new(), body)
     } else {
         peek(body).await
     };
-    let (head, complete) = match &peeked {
-        Peeked::Complete(b) => (b.clone(), true),
-        Peeked::Partial(b, _) => (b.clone(), false),
-    };
     let encoding =
         header_str(&parts.headers, CONTENT_ENCODING.as_str()).map(str::to_ascii_lowercase);
-    let decoded = if complete {
-        decode(&head, encoding.as_deref())
-    } else {
-        None
-    };
+    // From here on nothing of the upstream's carries a secret it echoed.
+    let decoded = redact_echoes(&mut parts, &mut peeked, encoding.as_deref());
+    if !diagnose::worth_reading(parts.status) {
+        return reassemble(parts, peeked);
+    }
     let facts = decoded.as_deref().and_then(diagnose::facts);
 
     let now = SystemTime::now();
@@ -194,6 +190,48 @@ async fn peek(mut body: PooledBody) -> Peeked {
         Ok(true) => Peeked::Complete(head.freeze()),
         _ => Peeked::Partial(head.freeze(), body),
     }
+}
+
+/// Mask every registered secret an upstream echoed (a gateway quoting the key it received) in
+/// the header values and the body prefix, in place and length for length. Returns the body as
+/// the provider meant it (inflated), when it was read whole. A compressed body that carried a
+/// secret is passed on inflated and masked; one too large to read whole or in an encoding
+/// keyproxy cannot read is passed on as it came.
+fn redact_echoes(
+    parts: &mut Parts,
+    peeked: &mut Peeked,
+    encoding: Option<&str>,
+) -> Option<Vec<u8>> {
+    for value in parts.headers.values_mut() {
+        if crate::redact::contains_secret(value.as_bytes()) {
+            let mut masked = value.as_bytes().to_vec();
+            crate::redact::mask_in_place(&mut masked);
+            if let Ok(v) = HeaderValue::from_bytes(&masked) {
+                *value = v;
+            }
+        }
+    }
+    let identity = matches!(encoding, None | Some("identity"));
+    let head = match peeked {
+        Peeked::Complete(b) | Peeked::Partial(b, _) => b,
+    };
+    if identity && crate::redact::contains_secret(head) {
+        let mut masked = head.to_vec();
+        crate::redact::mask_in_place(&mut masked);
+        *head = masked.into();
+    }
+    let Peeked::Complete(whole) = peeked else {
+        return None;
+    };
+    let mut decoded = decode(whole, encoding)?;
+    if !identity && crate::redact::mask_in_place(&mut decoded) {
+        parts.headers.remove(CONTENT_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(decoded.len()));
+        *whole = Bytes::from(decoded.clone());
+    }
+    Some(decoded)
 }
 
 fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {

@@ -263,10 +263,6 @@ impl Front {
             let mut close = false;
             self.found.clear();
             for h in req.headers.iter() {
-                if h.name.eq_ignore_ascii_case("host") {
-                    // Never forwarded: the upstream's own authority is sent.
-                    continue;
-                }
                 let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
                     return Ok(Next::HandOff);
                 };

@@ -51,8 +51,18 @@ pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
 /// over the names; only what is present is removed.
 pub fn strip_for_upstream(headers: &mut HeaderMap, extra: &[HeaderName]) {
     remove_where(headers, |name| {
-        is_hop_by_hop(name) || is_client_credential(name) || extra.contains(name)
+        is_hop_by_hop(name)
+            || is_client_credential(name)
+            || extra.contains(name)
+            || has_underscore(name)
     });
+}
+
+/// `x_api_key`, `api_key`, `openai_api_key`...: some servers read `_` as `-`, so a credential
+/// could ride past the names above. Like nginx (`underscores_in_headers off`), every header with
+/// an underscore in its name is dropped.
+fn has_underscore(name: &HeaderName) -> bool {
+    memchr::memchr(b'_', name.as_str().as_bytes()).is_some()
 }
 
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
@@ -115,22 +125,60 @@ pub fn presented_credential<'a>(
     if let Some((_, value)) = best {
         return Some(value);
     }
-    query?.split('&').find_map(|pair| pair.strip_prefix("key="))
+    query?
+        .split('&')
+        .find(|pair| is_key_param(pair))
+        .and_then(|pair| pair.split_once('=').map(|(_, value)| value))
 }
 
-/// The query without any `key=` parameter (Gemini's key-in-URL form). Borrowed when there is none.
+/// The query without any `key` parameter (Gemini's key-in-URL form), however it is spelled:
+/// `key`, `Key`, `KEY`, `%6Bey`... Borrowed when there is none.
 pub fn strip_key_param(query: &str) -> Cow<'_, str> {
-    let has_key = query
-        .split('&')
-        .any(|pair| pair == "key" || pair.starts_with("key="));
-    if !has_key {
+    if !query.split('&').any(is_key_param) {
         return Cow::Borrowed(query);
     }
     let kept: Vec<&str> = query
         .split('&')
-        .filter(|pair| *pair != "key" && !pair.starts_with("key=") && !pair.is_empty())
+        .filter(|pair| !is_key_param(pair) && !pair.is_empty())
         .collect();
     Cow::Owned(kept.join("&"))
+}
+
+/// A `key[=…]` pair, its name compared case-blind after percent-decoding.
+fn is_key_param(pair: &str) -> bool {
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n).as_bytes();
+    // At most 3 characters once decoded, at most 9 written ("%6B%65%79").
+    if name.len() < 3 || name.len() > 9 {
+        return false;
+    }
+    let mut decoded = [0u8; 3];
+    let (mut i, mut n) = (0, 0);
+    while i < name.len() {
+        if n == 3 {
+            return false;
+        }
+        let byte = match name[i] {
+            b'%' => {
+                let hex = name
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        i += 3;
+                        b
+                    }
+                    None => return false,
+                }
+            }
+            b => {
+                i += 1;
+                b
+            }
+        };
+        decoded[n] = byte;
+        n += 1;
+    }
+    n == 3 && decoded.eq_ignore_ascii_case(b"key")
 }
 
 #[cfg(test)]
@@ -170,6 +218,12 @@ mod tests {
             h.insert(
                 HeaderName::from_static(name),
                 HeaderValue::from_static("dummy"),
+            );
+        }
+        for spelled in ["x_api_key", "api_key", "x_goog_api_key", "openai_api_key"] {
+            h.insert(
+                HeaderName::from_bytes(spelled.as_bytes()).unwrap(),
+                HeaderValue::from_static("sk-underscored"),
             );
         }
         h.insert("openai-organization", HeaderValue::from_static("org-1"));
@@ -214,5 +268,13 @@ mod tests {
         assert_eq!(strip_key_param("alt=sse&key=AIzaXYZ"), "alt=sse");
         assert_eq!(strip_key_param("key=AIzaXYZ"), "");
         assert_eq!(strip_key_param("monkey=1&keys=2"), "monkey=1&keys=2");
+        for spelled in ["Key", "KEY", "kEy", "%6bey", "%6Bey", "%4B%45%59", "k%65y"] {
+            assert_eq!(
+                strip_key_param(&format!("alt=sse&{spelled}=AIzaXYZ")),
+                "alt=sse",
+                "{spelled}"
+            );
+        }
+        assert_eq!(strip_key_param("%6bexy=1&ke%79s=2"), "%6bexy=1&ke%79s=2");
     }
 }

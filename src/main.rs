@@ -337,6 +337,22 @@ async fn security_checklist(config: &Config) -> bool {
             server.admin_listen
         );
     }
+    if server.allowed_origins.is_empty() {
+        println!("✓ browsers: no web origins allowed: a page in a browser cannot use the key (Origin and Sec-Fetch-Site are refused, preflights are never forwarded)");
+    } else {
+        println!(
+            "⚠ browsers: pages on these origins can use the key through the proxy: {}",
+            server.allowed_origins.join(", ")
+        );
+    }
+    if server.allowed_hosts.is_empty() {
+        println!("✓ hosts: only loopback names and addresses are answered (DNS rebinding is refused with 421)");
+    } else {
+        println!(
+            "✓ hosts: loopback and {} are answered; any other Host gets 421",
+            server.allowed_hosts.join(", ")
+        );
+    }
     failed
 }
 

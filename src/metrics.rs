@@ -34,6 +34,8 @@ pub struct Metrics {
     client_credentials: IntCounterVec,
     tokens: IntCounterVec,
     websockets_open: IntGaugeVec,
+    /// Requests the browser guard turned away, by listener and reason (pre-resolved at startup).
+    refusals: [IntCounter; 4],
 }
 
 /// How a credential the client sent compares with the keys keyproxy knows.
@@ -248,6 +250,22 @@ impl Metrics {
                 "WebSocket connections currently spliced through to the upstream.",
                 &["upstream"],
             )?,
+            refusals: {
+                let family = counter(
+                    "keyproxy_refusals_total",
+                    "Requests refused before anything was forwarded, by listener (proxy, admin) and reason (host_not_allowed, origin_not_allowed).",
+                    &["listener", "reason"],
+                )?;
+                let series = |listener: &str, reason: Reason| {
+                    family.with_label_values(&[listener, reason.as_str()])
+                };
+                [
+                    series("proxy", Reason::HostNotAllowed),
+                    series("proxy", Reason::OriginNotAllowed),
+                    series("admin", Reason::HostNotAllowed),
+                    series("admin", Reason::OriginNotAllowed),
+                ]
+            },
             registry,
         })
     }
@@ -304,6 +322,12 @@ impl Metrics {
             key_expiry_vec: self.key_expiry.clone(),
             key_usable: self.key_usable.with_label_values(&[name]),
         })
+    }
+
+    /// A request the browser guard refused on the proxy (`admin = false`) or admin listener.
+    pub fn refused(&self, admin: bool, reason: Reason) {
+        let index = usize::from(admin) * 2 + usize::from(reason == Reason::OriginNotAllowed);
+        self.refusals[index].inc();
     }
 
     /// The Prometheus text exposition of every family.

@@ -14,8 +14,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 
 use crate::client::{PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
-use crate::diagnose;
 use crate::explain::{self, RequestFacts};
+use crate::guard::{self, Guard, Verdict};
 use crate::headers::{drop_hop_by_hop, strip_for_upstream, strip_key_param};
 use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
@@ -41,6 +41,8 @@ pub struct Proxy {
     router: Router,
     /// Custom auth headers of generic upstreams: a credential for any upstream is stripped everywhere.
     custom_credentials: Vec<http::HeaderName>,
+    /// Host and browser checks, before anything else.
+    guard: Guard,
 }
 
 impl Proxy {
@@ -60,7 +62,14 @@ impl Proxy {
             sockets: Arc::default(),
             router,
             custom_credentials,
+            guard: Guard::new(std::net::Ipv4Addr::LOCALHOST.into(), &[], &[]),
         }
+    }
+
+    /// The browser guard to apply (by default: loopback hosts only, no web origins).
+    pub fn with_guard(mut self, guard: Guard) -> Proxy {
+        self.guard = guard;
+        self
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
@@ -84,7 +93,25 @@ impl Proxy {
         let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let mut response = match self.route(&mut req, peer) {
+        let (cors, early) = match self.guard.check(&req) {
+            Verdict::Pass { cors } => (cors, None),
+            Verdict::Preflight(headers) => (None, Some(reply::preflight(headers))),
+            Verdict::Refused(refusal) => {
+                self.metrics.refused(false, refusal.reason);
+                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status.as_u16(), reason = %refusal.reason, "{}", refusal.message);
+                (
+                    None,
+                    Some(reply::error(
+                        refusal.status,
+                        refusal.reason,
+                        &refusal.message,
+                    )),
+                )
+            }
+        };
+        let mut response = match early
+            .map_or_else(|| self.route(&mut req, peer), |r| Err(Box::new(r)))
+        {
             Err(refusal) => {
                 let status = refusal.status().as_u16();
                 tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
@@ -128,6 +155,9 @@ impl Proxy {
                 response.map(|body| body.in_flight(in_flight))
             }
         };
+        if let Some(origin) = cors {
+            guard::allow(response.headers_mut(), origin);
+        }
         response
             .headers_mut()
             .insert(request_id::RESPONSE_HEADER.clone(), request_id);
@@ -146,6 +176,7 @@ impl Proxy {
         if !response.body().is_h1() || response.headers().contains_key(http::header::CONNECTION) {
             drop_hop_by_hop(response.headers_mut());
         }
+        guard::strip_cors(response.headers_mut());
         if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
             websocket::restore_upgrade_headers(response.headers_mut());
             let upstream_side = hyper::upgrade::on(&mut response);
@@ -159,7 +190,7 @@ impl Proxy {
             );
             return response.map(Body::upstream);
         }
-        if diagnose::worth_reading(response.status()) {
+        if response.status().is_client_error() || response.status().is_server_error() {
             // Boxed: the rare path, and a large future (see `forward`).
             return explaining(upstream, key, facts, response).await;
         }

@@ -25,10 +25,14 @@ pub enum Reason {
     UpstreamUnreachable,
     UpstreamTimeout,
     NoRoute,
+    /// The request's `Host` is not one keyproxy answers to (DNS rebinding, a misdirected request).
+    HostNotAllowed,
+    /// A web page on another origin (or a cross-site request) tried to use the proxy.
+    OriginNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::InvalidKey,
@@ -49,6 +53,8 @@ impl Reason {
         Reason::UpstreamUnreachable,
         Reason::UpstreamTimeout,
         Reason::NoRoute,
+        Reason::HostNotAllowed,
+        Reason::OriginNotAllowed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -73,6 +79,8 @@ impl Reason {
             Reason::UpstreamUnreachable => "upstream_unreachable",
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::NoRoute => "no_route",
+            Reason::HostNotAllowed => "host_not_allowed",
+            Reason::OriginNotAllowed => "origin_not_allowed",
         }
     }
 

@@ -220,7 +220,7 @@ pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<Body
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({
         "error": {
-            "message": message,
+            "message": crate::redact::mask(message),
             "type": "keyproxy_error",
             "code": code,
         }
@@ -229,6 +229,14 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// keyproxy's own answer to an allowed origin's CORS preflight (never forwarded).
+pub fn preflight(headers: http::HeaderMap) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -249,7 +257,13 @@ pub fn status(status: StatusCode, message: &str) -> Response<Body> {
 
 /// A small plain-text response (admin endpoints).
 pub fn text(status: StatusCode, text: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(text.into()));
+    let mut text: Bytes = text.into();
+    if crate::redact::contains_secret(&text) {
+        let mut masked = text.to_vec();
+        crate::redact::mask_in_place(&mut masked);
+        text = masked.into();
+    }
+    let mut resp = Response::new(Full::new(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

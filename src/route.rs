@@ -39,38 +39,48 @@ impl Router {
     }
 }
 
-/// False for paths with `.` or `..` segments, raw or percent-encoded: they could climb out of a
-/// prefix or a base path once the upstream normalises them.
+/// False for paths with `.` or `..` segments: raw, percent-encoded once or twice (`%2e`,
+/// `%252e`), separated by `/`, `\\` or an encoded slash, or carrying a path parameter (`..;x`,
+/// `.;`, which Tomcat and Spring strip before normalising). Any of them could climb out of a
+/// prefix or a base path once some server along the way normalises it.
 #[inline]
 pub fn path_is_clean(path: &str) -> bool {
     if !path.bytes().any(|b| b == b'.' || b == b'%' || b == b'\\') {
         return true;
     }
-    // An encoded slash or a backslash is a separator to some servers: judge the segments as they would.
-    let lower = path.to_ascii_lowercase();
-    let separated = lower
-        .replace("%2f", "/")
-        .replace("%5c", "/")
-        .replace('\\', "/");
-    !separated.split('/').any(is_dot_segment)
+    let once = percent_decode(path.as_bytes());
+    let twice = percent_decode(&once);
+    [path.as_bytes(), &once, &twice]
+        .iter()
+        .all(|p| !p.split(|b| *b == b'/' || *b == b'\\').any(is_dot_segment))
 }
 
-/// `.`, `..`, `%2e`, `.%2E`, ...: one or two dots, each written raw or percent-encoded.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
-        };
-        dots += 1;
-        if dots > 2 {
-            return false;
+/// `.` or `..`, ignoring a `;parameter` after it.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment.split(|b| *b == b';').next().unwrap_or(segment);
+    name == b"." || name == b".."
+}
+
+/// One round of percent-decoding; malformed escapes stay as they are.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
         }
+        out.push(input[i]);
+        i += 1;
     }
-    dots > 0
+    out
 }
 
 #[cfg(test)]
@@ -100,6 +110,8 @@ mod tests {
         assert!(path_is_clean("/v1/chat/completions"));
         assert!(path_is_clean("/v1/file.json"));
         assert!(path_is_clean("/v1/...")); // three dots is a name, not a climb
+        assert!(path_is_clean("/v1/a;b/c.d"));
+        assert!(path_is_clean("/v1/files/100%25"));
         for bad in [
             "/a/../b",
             "/..",
@@ -110,6 +122,13 @@ mod tests {
             "/..%2f..%2fadmin",
             "/a\\..\\b",
             "/x/..%5Cy",
+            "/a/%252e%252e/b",
+            "/a/%252E./b",
+            "/a/..;/b",
+            "/a/..;jsessionid=1/b",
+            "/a/.;/b",
+            "/a/%2e%2e;x/b",
+            "/a/%25%32%65%25%32%65/b",
         ] {
             assert!(!path_is_clean(bad), "{bad}");
         }

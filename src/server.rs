@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::admin::{Admin, AdminToken};
 use crate::clients::Clients;
 use crate::config::Config;
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
@@ -81,13 +82,21 @@ impl Server {
             .iter()
             .map(|u| Upstream::new(u, &metrics, loops + 1))
             .collect::<Result<Vec<_>, _>>()?;
-        let proxy = Arc::new(Proxy::new(upstreams, metrics, clients));
+        let server = &config.server;
+        let proxy = Arc::new(
+            Proxy::new(upstreams, metrics, clients).with_guard(Guard::new(
+                server.listen.ip(),
+                &server.allowed_hosts,
+                &server.allowed_origins,
+            )),
+        );
         for upstream in &proxy.upstreams {
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             let _ = upstream.load_initial().await;
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
-        let admin = Arc::new(Admin::new(Arc::clone(&proxy), token));
+        let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
+        let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard));
         let proxy_for_watch = Arc::clone(&proxy);
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)

@@ -1,7 +1,8 @@
 //! Logging setup: `tracing` to stderr, human-readable or JSON lines, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info`). Every line passes the redactor on its way out: whatever a log line quotes,
+//! no registered secret reaches the log.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +16,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Redacting)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
@@ -26,4 +27,25 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+}
+
+/// stderr, masked. The formatter writes each event with one call, so a secret is never split
+/// across two writes.
+struct Redacting;
+
+impl Write for Redacting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if crate::redact::contains_secret(buf) {
+            let mut masked = buf.to_vec();
+            crate::redact::mask_in_place(&mut masked);
+            std::io::stderr().write_all(&masked)?;
+        } else {
+            std::io::stderr().write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

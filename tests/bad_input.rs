@@ -29,12 +29,12 @@ async fn malformed_and_oversized_requests_get_4xx() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let answer = raw_request(
         proxy.addr,
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nBad Header Name: 1\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let huge = format!(
-        "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\n\r\n",
         "a".repeat(200_000)
     );
     let answer = raw_request(proxy.addr, huge.as_bytes()).await;
@@ -55,13 +55,13 @@ async fn smuggling_shapes_never_make_a_second_upstream_request() {
     let provider = StandIn::ok().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = proxy_with(&provider, dir.path()).await;
-    let smuggle_te = b"POST /v1/a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /v1/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggle_te = b"POST /v1/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /v1/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let answer = raw_request(proxy.addr, smuggle_te).await;
     assert!(
         answer.starts_with("HTTP/1.1 400") || answer.matches("HTTP/1.1 ").count() <= 1,
         "{answer}"
     );
-    let double_cl = b"POST /v1/b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 40\r\nConnection: close\r\n\r\nabcdGET /v1/smuggled HTTP/1.1\r\n\r\n";
+    let double_cl = b"POST /v1/b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nContent-Length: 40\r\nConnection: close\r\n\r\nabcdGET /v1/smuggled HTTP/1.1\r\n\r\n";
     let answer = raw_request(proxy.addr, double_cl).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let seen: Vec<String> = provider
@@ -93,7 +93,7 @@ async fn path_tricks_stay_inside_the_upstream() {
     }
     let answer = raw_request(
         proxy.addr,
-        b"GET //evil.example/v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        b"GET //evil.example/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -6,15 +6,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
-
-const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
 
 #[derive(serde::Deserialize)]
 struct Row {
@@ -97,47 +93,8 @@ async fn no_key_or_token_ever_leaves_keyproxy() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config)
-        .env("CANARY_CLIENT_B", client_b)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (log_tx, log_rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match stderr.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let _ = log_tx.send(chunk.clone());
-                    all.push_str(&chunk);
-                }
-            }
-        }
-        all
-    });
-    let mut early = String::new();
-    let addr_of = |early: &mut String, message: &str| -> String {
-        loop {
-            for line in early.lines() {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                    if v["message"] == message {
-                        return v["addr"].as_str().unwrap().to_owned();
-                    }
-                }
-            }
-            early.push_str(&log_rx.recv_timeout(DEADLINE).expect("startup"));
-        }
-    };
-    let proxy = addr_of(&mut early, "proxy listening");
-    let admin = addr_of(&mut early, "admin listening");
+    let running = run_binary(&config, &[("CANARY_CLIENT_B", client_b)]);
+    let (proxy, admin) = (running.proxy.clone(), running.admin.clone());
 
     let mut seen = String::new();
     let mut exchange = |parts: http::response::Parts, body: bytes::Bytes| {
@@ -219,16 +176,7 @@ async fn no_key_or_token_ever_leaves_keyproxy() {
         exchange(p, b);
     }
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
-    let logs = reader.join().unwrap();
+    let logs = running.stop().await;
     assert!(
         logs.contains("key rotated") && logs.contains("key rotation refused"),
         "the traffic happened"

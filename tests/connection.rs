@@ -83,7 +83,7 @@ async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool)
 /// One `GET /v1/models` on the connection, answered 200.
 async fn get_models(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     stream
-        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(read_answer(stream, buf, false).await.status, 200);
@@ -138,7 +138,7 @@ async fn one_connection_carries_every_request_shape_in_order() {
 
     // A GET: framed by its length, dated, kept alive.
     stream
-        .write_all(b"GET /v1/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-app\r\n\r\n")
+        .write_all(b"GET /v1/a HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-app\r\n\r\n")
         .await
         .unwrap();
     let a = read_answer(&mut stream, &mut buf, false).await;
@@ -152,7 +152,7 @@ async fn one_connection_carries_every_request_shape_in_order() {
     // A short body whose head and body arrive in separate writes.
     let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     let head = format!(
-        "POST /v1/b HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/b HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -167,7 +167,7 @@ async fn one_connection_carries_every_request_shape_in_order() {
 
     // Two requests in one write (pipelined), then a HEAD: answers in order.
     stream
-        .write_all(b"GET /v1/c HTTP/1.1\r\nHost: x\r\n\r\nDELETE /v1/d HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /v1/c HTTP/1.1\r\nHost: localhost\r\n\r\nDELETE /v1/d HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let c = read_answer(&mut stream, &mut buf, false).await;
@@ -175,7 +175,7 @@ async fn one_connection_carries_every_request_shape_in_order() {
     assert_eq!(c.body, br#"{"path":"/v1/c","got":0}"#);
     assert_eq!(d.body, br#"{"path":"/v1/d","got":0}"#);
     stream
-        .write_all(b"HEAD /v1/e HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"HEAD /v1/e HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let e = read_answer(&mut stream, &mut buf, true).await;
@@ -183,13 +183,13 @@ async fn one_connection_carries_every_request_shape_in_order() {
 
     // A chunked upload: hyper takes the connection over from here and serves it to the end.
     stream
-        .write_all(b"POST /v1/f HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .write_all(b"POST /v1/f HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         .await
         .unwrap();
     let f = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!(f.body, br#"{"path":"/v1/f","got":11}"#);
     stream
-        .write_all(b"GET /v1/g HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /v1/g HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let g = read_answer(&mut stream, &mut buf, false).await;
@@ -225,7 +225,7 @@ async fn connection_close_and_expect_continue_are_honoured() {
     // `Connection: close`: said in the answer, then the connection ends.
     let answer = raw_request(
         proxy.addr,
-        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
@@ -235,7 +235,7 @@ async fn connection_close_and_expect_continue_are_honoured() {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(
-            b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+            b"POST /v1/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
         )
         .await
         .unwrap();
@@ -251,7 +251,7 @@ async fn connection_close_and_expect_continue_are_honoured() {
     // A body longer than `front` reads whole streams through hyper, intact.
     let big = vec![b'x'; 200_000];
     let head = format!(
-        "POST /v1/y HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/y HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
         big.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();

@@ -170,7 +170,11 @@ async fn stalled_and_idle_clients_are_disconnected() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let f = faulty_proxy().await;
     // Half a request head, then nothing: closed after client_header_timeout.
-    let answer = raw_request(f.proxy.addr, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n").await;
+    let answer = raw_request(
+        f.proxy.addr,
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n",
+    )
+    .await;
     assert!(!answer.contains("200 OK"), "{answer}");
     // A connection that never sends anything is closed too.
     let answer = raw_request(f.proxy.addr, b"").await;

@@ -80,7 +80,7 @@ fn sdk_request(url: &str) -> Request<TestBody> {
         .header("api-key", "dummy-api-key")
         .header("x-goog-api-key", "dummy-goog")
         .header("x-custom-key", "dummy-custom")
-        .header("host", "evil.example")
+        .header("host", "localhost:8787")
         .header("openai-organization", "org-123")
         .header("x-app-header", "kept")
         .header("content-type", "application/json")

@@ -166,7 +166,7 @@ async fn a_response_abandoned_mid_body_does_not_lend_its_connection() {
 
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
-        .write_all(b"GET /v1/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .write_all(b"GET /v1/stream HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 1024];

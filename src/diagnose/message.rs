@@ -113,7 +113,12 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             "{name} refused the request with {} for a reason keyproxy does not recognise{said}. The key in use is {key}.",
             c.status
         ),
-        Reason::ClientUnauthorized | Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::NoRoute => {
+        Reason::ClientUnauthorized
+        | Reason::UpstreamUnreachable
+        | Reason::UpstreamTimeout
+        | Reason::NoRoute
+        | Reason::HostNotAllowed
+        | Reason::OriginNotAllowed => {
             format!("{name} answered {}{said}.", c.status)
         }
     };

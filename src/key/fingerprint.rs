@@ -5,20 +5,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::sync::Arc;
 
-/// Known key prefixes, longest first so `sk-proj-` wins over `sk-`.
-const PREFIXES: &[&str] = &[
-    "sk-ant-admin01-",
-    "sk-ant-api03-",
-    "sk-svcacct-",
-    "sk-or-v1-",
-    "sk-admin-",
-    "sk-proj-",
-    "sk-ant-",
-    "sk-",
-    "AIza",
-    "gsk_",
-    "xai-",
-];
+use crate::redact::KEY_PREFIXES as PREFIXES;
 
 /// Keys shorter than this show no characters at all, only the hash: four characters of an
 /// eight-character key would be half of it.

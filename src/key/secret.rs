@@ -1,4 +1,5 @@
-//! `Secret`: key material that prints as `*****` and is wiped from memory on drop.
+//! `Secret`: key material that prints as `*****`, is wiped from memory on drop, and is registered
+//! with `redact` so that no output ever carries it.
 
 use std::fmt;
 use zeroize::Zeroizing;
@@ -8,7 +9,9 @@ use zeroize::Zeroizing;
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {
+    /// Every secret is made here, so every secret is known to the redactor from its first moment.
     pub fn new(text: String) -> Self {
+        crate::redact::register(&text);
         Secret(Zeroizing::new(text))
     }
 

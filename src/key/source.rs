@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::Secret;
 
@@ -15,8 +15,9 @@ const MAX_KEY_BYTES: u64 = 16 * 1024;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `{ env = "VAR" }`, `{ file = "PATH" }` or `{ command = ["prog", "arg"] }` in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Never shown whole: `Display` and `Debug` name a command's program and count its arguments
+/// (they often carry tokens), and a config error never repeats a value that could be a secret.
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     Env(String),
     File(PathBuf),
@@ -197,9 +198,104 @@ impl fmt::Display for KeySource {
         match self {
             KeySource::Env(v) => write!(f, "env {v}"),
             KeySource::File(p) => write!(f, "file {}", p.display()),
-            KeySource::Command(argv) => write!(f, "command {}", argv.join(" ")),
+            KeySource::Command(argv) => match argv.split_first() {
+                Some((program, [])) => write!(f, "command {program}"),
+                Some((program, [_])) => write!(f, "command {program} (1 argument)"),
+                Some((program, args)) => write!(f, "command {program} ({} arguments)", args.len()),
+                None => f.write_str("command (empty)"),
+            },
         }
     }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeySource({self})")
+    }
+}
+
+/// What to write instead of a secret in the config; the value itself is never repeated.
+const WRITE_A_SOURCE: &str = "write where keyproxy reads it from instead: { env = \"OPENAI_API_KEY\" } (an environment variable that holds it), { file = \"/run/secrets/openai\" } or { command = [\"op\", \"read\", \"op://vault/item/key\"] }";
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<KeySource, D::Error> {
+        d.deserialize_any(SourceVisitor)
+    }
+}
+
+struct SourceVisitor;
+
+impl<'de> Visitor<'de> for SourceVisitor {
+    type Value = KeySource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key source: { env = \"VAR\" }, { file = \"PATH\" } or { command = [\"program\", \"arg\"] }")
+    }
+
+    /// `key = "…"`: most likely the secret itself, so it is refused without being repeated.
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySource, E> {
+        if is_env_name(v) && v.contains('_') && v.bytes().all(|b| !b.is_ascii_lowercase()) {
+            return Err(E::custom(format!(
+                "a key source is a table: did you mean {{ env = \"{v}\" }}?"
+            )));
+        }
+        Err(E::custom(format!(
+            "a secret cannot be written into the config (it would be printed, copied and committed with it); {WRITE_A_SOURCE}"
+        )))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
+        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" }";
+        let Some(kind) = map.next_key::<String>()? else {
+            return Err(de::Error::custom(format!("an empty key source; {one_of}")));
+        };
+        let source = match kind.as_str() {
+            "env" => {
+                let name: String = map.next_value()?;
+                if !is_env_name(&name) {
+                    return Err(de::Error::custom(format!(
+                        "env takes the name of an environment variable (letters, digits and '_'), and this value is not one; if it is the key itself, {WRITE_A_SOURCE}"
+                    )));
+                }
+                KeySource::Env(name)
+            }
+            "file" => {
+                let path: PathBuf = map.next_value()?;
+                if looks_like_a_key(&path.to_string_lossy()) {
+                    return Err(de::Error::custom(format!(
+                        "file takes a path, and this value looks like a key itself; put the key in a file (chmod 600) and {WRITE_A_SOURCE}"
+                    )));
+                }
+                KeySource::File(path)
+            }
+            "command" => KeySource::Command(map.next_value()?),
+            // The table's own key could be anything a person pasted: not repeated.
+            _ => return Err(de::Error::custom(format!("unknown key source; {one_of}"))),
+        };
+        if map.next_key::<de::IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(format!(
+                "a key source has one entry; {one_of}"
+            )));
+        }
+        Ok(source)
+    }
+}
+
+/// A portable environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A "path" that starts like a provider key and has no path separator or extension.
+fn looks_like_a_key(path: &str) -> bool {
+    path.len() >= 20
+        && !path.contains(['/', '.', '\\'])
+        && crate::redact::KEY_PREFIXES
+            .iter()
+            .any(|p| path.starts_with(p))
 }
 
 #[cfg(test)]
@@ -319,6 +415,7 @@ mod tests {
             missing.read().await,
             Err(KeyError::CommandSpawn { .. })
         ));
-        assert_eq!(cmd.to_string(), "command echo sk-from-cmd");
+        assert_eq!(cmd.to_string(), "command echo (1 argument)");
+        assert_eq!(format!("{cmd:?}"), "KeySource(command echo (1 argument))");
     }
 }

@@ -431,3 +431,76 @@ pub fn held_stream(
     });
     (handler, release_tx)
 }
+
+/// The real binary, `run` with JSON logs at debug level. keyproxy's stderr, collected until it exits, with the addresses it logged at startup.
+pub struct Running {
+    pub child: std::process::Child,
+    logs: std::thread::JoinHandle<String>,
+    pub proxy: String,
+    pub admin: String,
+}
+
+pub fn run_binary(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let logs = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let chunk = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let _ = tx.send(chunk.clone());
+            all.push_str(&chunk);
+        }
+        all
+    });
+    let mut early = String::new();
+    let mut addr_of = |message: &str| -> String {
+        loop {
+            for line in early.lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                    if v["message"] == message {
+                        return v["addr"].as_str().unwrap().to_owned();
+                    }
+                }
+            }
+            early.push_str(&rx.recv_timeout(DEADLINE).expect("keyproxy started"));
+        }
+    };
+    let proxy = addr_of("proxy listening");
+    let admin = addr_of("admin listening");
+    Running {
+        child,
+        logs,
+        proxy,
+        admin,
+    }
+}
+
+impl Running {
+    /// SIGTERM, a clean exit, and every line it logged.
+    pub async fn stop(self) -> String {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut child = self.child;
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit.code(), Some(0));
+        self.logs.join().unwrap()
+    }
+}
