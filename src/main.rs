@@ -345,11 +345,16 @@ async fn security_checklist(config: &Config) -> bool {
             server.allowed_origins.join(", ")
         );
     }
+    let answered = if server.listen.ip().is_unspecified() {
+        "loopback names and IP addresses"
+    } else {
+        "loopback names and addresses"
+    };
     if server.allowed_hosts.is_empty() {
-        println!("✓ hosts: only loopback names and addresses are answered (DNS rebinding is refused with 421)");
+        println!("✓ hosts: only {answered} are answered (a DNS-rebinding name gets 421)");
     } else {
         println!(
-            "✓ hosts: loopback and {} are answered; any other Host gets 421",
+            "✓ hosts: {answered} and {} are answered; any other Host gets 421",
             server.allowed_hosts.join(", ")
         );
     }
