@@ -228,11 +228,12 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         let key = key.snapshot();
         tracing::info!(
+            target: crate::telemetry::ACCESS,
             request_id = facts.request_id,
             method = facts.method,
             upstream = %upstream.name,
             client = self.clients.name(facts.client),
-            path = facts.path,
+            path = %crate::redact::mask(facts.path),
             status,
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             key = key.map(|k| k.fingerprint.as_str()),

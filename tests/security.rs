@@ -607,3 +607,37 @@ async fn a_command_source_is_shown_by_its_program_and_argument_count() {
     assert!(!all.contains(secret_arg), "{all}");
     proxy.stop().await;
 }
+
+#[test]
+fn check_prints_the_browser_and_host_posture() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(dir.path(), "key", &openai_key("SECpostureKEY"));
+    let upstream = format!("[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = {{ file = \"{key}\" }}\n");
+    let path = dir.path().join("keyproxy.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let closed = check(&upstream);
+    assert!(
+        closed.contains("✓ browsers: no web origins allowed"),
+        "{closed}"
+    );
+    assert!(
+        closed.contains("✓ hosts: only loopback names and addresses are answered"),
+        "{closed}"
+    );
+    let open = check(&format!(
+        "[server]\nallowed_origins = [\"http://localhost:3000\"]\nallowed_hosts = [\"keyproxy.internal\"]\n{upstream}"
+    ));
+    assert!(
+        open.contains("⚠ browsers: pages on these origins can use the key through the proxy: http://localhost:3000"),
+        "{open}"
+    );
+    assert!(open.contains("keyproxy.internal are answered"), "{open}");
+}
