@@ -63,8 +63,8 @@ admin=$(addr "admin listening")
 chat='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 curl -fsS "http://$proxy/v1/chat/completions" -H 'content-type: application/json' -d "$chat" > /dev/null
 curl -sS "http://$proxy/stale/v1/chat/completions" -H 'content-type: application/json' -d "$chat" -o /dev/null -w '%{http_code}\n' | grep -q 401
-curl -fsS -X POST "http://$admin/keys/openai" -H 'authorization: Bearer monitoring-admin-token-0123456789' --data-binary "$good" > /dev/null
-curl -sS -X POST "http://$admin/keys/openai" -H 'authorization: Bearer monitoring-admin-token-0123456789' --data-binary "\"$good\"" -o /dev/null -w '%{http_code}\n' | grep -q 422
+curl -fsS -X POST "http://$admin/keys/openai" -H 'authorization: Bearer monitoring-admin-token-0123456789' -H 'content-type: text/plain' --data-binary "$good" > /dev/null
+curl -sS -X POST "http://$admin/keys/openai" -H 'authorization: Bearer monitoring-admin-token-0123456789' -H 'content-type: text/plain' --data-binary "\"$good\"" -o /dev/null -w '%{http_code}\n' | grep -q 422
 
 curl -fsS "http://$admin/metrics" > "$work/metrics"
 grep -q 'keyproxy_auth_failures_total{reason="invalid_key",upstream="stale"} 1' "$work/metrics"
