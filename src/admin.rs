@@ -9,7 +9,6 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::Serializer;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
@@ -20,6 +19,7 @@ use crate::key::store::digest;
 use crate::key::{KeySource, Secret};
 use crate::proxy::Proxy;
 use crate::reply;
+use crate::time::rfc3339_string;
 use crate::upstream::Upstream;
 
 /// A key is a few hundred bytes at most; anything bigger is not a key.
@@ -376,13 +376,4 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
-}
-
-pub fn rfc3339_string(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// serde helper: a `SystemTime` as RFC 3339.
-pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339_string(*t))
 }

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::key::lint::LintMode;
 use crate::key::source::KeySource;
-use crate::upstream::Provider;
+use crate::provider::Provider;
 
 /// A validated configuration, ready to build the runtime from.
 #[derive(Debug, Clone)]
@@ -223,11 +223,7 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}); write e.g. \"30s\", \"5m\" or \"365d\""
-            ))
-        })
+        crate::time::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -247,41 +243,12 @@ mod timestamp {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse_timestamp(&text).map(Some).map_err(|e| {
+        crate::time::parse_timestamp(&text).map(Some).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
             ))
         })
     }
-}
-
-/// Parse a date or an RFC 3339 timestamp with `Z` or a `+HH:MM` offset.
-pub fn parse_timestamp(text: &str) -> Result<SystemTime, String> {
-    let text = text.trim();
-    if text.len() == 10 {
-        return humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|e| e.to_string());
-    }
-    let (local, offset_secs) = match text
-        .len()
-        .checked_sub(6)
-        .and_then(|i| text.get(i..).map(|o| (i, o)))
-    {
-        Some((i, o)) if (o.starts_with('+') || o.starts_with('-')) && o.as_bytes()[3] == b':' => {
-            let hours: u64 = o[1..3].parse().map_err(|_| "bad UTC offset".to_string())?;
-            let minutes: u64 = o[4..6].parse().map_err(|_| "bad UTC offset".to_string())?;
-            let secs = (hours * 3600 + minutes * 60) as i64;
-            (&text[..i], if o.starts_with('+') { secs } else { -secs })
-        }
-        _ => (text.trim_end_matches(['Z', 'z']), 0),
-    };
-    let utc_as_if = humantime::parse_rfc3339_weak(local).map_err(|e| e.to_string())?;
-    let shift = Duration::from_secs(offset_secs.unsigned_abs());
-    let t = if offset_secs >= 0 {
-        utc_as_if.checked_sub(shift)
-    } else {
-        utc_as_if.checked_add(shift)
-    };
-    t.ok_or_else(|| "out of range".to_string())
 }
 
 impl Config {
@@ -765,6 +732,7 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::parse_timestamp;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/keyproxy.toml"), text)
@@ -1018,18 +986,6 @@ lint = "warn"
             "expires_at = \"2027-01-01\"\nmax_age = \"1d\"",
         ));
         assert_eq!(field, "upstreams[1].max_age");
-    }
-
-    #[test]
-    fn timestamps_with_offsets() {
-        let z = parse_timestamp("2027-11-27T09:00:00Z").unwrap();
-        assert_eq!(parse_timestamp("2027-11-27T11:00:00+02:00").unwrap(), z);
-        assert_eq!(parse_timestamp("2027-11-27T04:00:00-05:00").unwrap(), z);
-        assert_eq!(
-            parse_timestamp("2027-11-27").unwrap() + Duration::from_secs(9 * 3600),
-            z
-        );
-        assert!(parse_timestamp("tomorrow").is_err());
     }
 
     #[test]

@@ -10,8 +10,9 @@ use http_body_util::{BodyExt, Limited};
 use std::time::SystemTime;
 
 use crate::diagnose::{self, Knowledge};
+use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
-use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
+use crate::upstream::Upstream;
 
 /// How much of an error body the probe reads to explain a refusal.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -31,18 +32,10 @@ pub enum ProbeOutcome {
     Failed { message: String },
 }
 
-/// The endpoint each provider answers cheaply when the key is good.
-pub fn probe_target(upstream: &Upstream) -> (&str, Option<&str>) {
-    match upstream.provider {
-        Provider::Openai | Provider::Anthropic => ("/v1/models", None),
-        Provider::Gemini => ("/v1beta/models", None),
-        Provider::Azure => ("/openai/models", Some("api-version=2024-10-21")),
-        Provider::Generic => (upstream.probe_path.as_deref().unwrap_or("/v1/models"), None),
-    }
-}
-
 pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
-    let (path, query) = probe_target(upstream);
+    let (path, query) = upstream
+        .provider
+        .probe_target(upstream.probe_path.as_deref());
     let uri = match upstream.uri(path, query) {
         Ok(uri) => uri,
         Err(e) => {

@@ -21,12 +21,13 @@ use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
 use crate::metrics::{InFlight, Metrics, UpstreamError};
+use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
 use crate::reply::{self, Body};
 use crate::request_id;
 use crate::route::{path_is_clean, Router};
 use crate::tap::{SseTap, Tap};
-use crate::upstream::{Provider, Upstream, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
+use crate::upstream::Upstream;
 use crate::websocket::{self, Sockets};
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Uri};
-use serde::Deserialize;
+use http::Uri;
 
 use arc_swap::ArcSwap;
 
@@ -18,41 +17,7 @@ use crate::key::lint::LintMode;
 use crate::key::rotation::{Attempt, RetiredKey};
 use crate::key::{KeySource, KeyStore};
 use crate::metrics::{Metrics, UpstreamMetrics};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Openai,
-    Anthropic,
-    Azure,
-    Gemini,
-    Generic,
-}
-
-impl Provider {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Provider::Openai => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Azure => "azure",
-            Provider::Gemini => "gemini",
-            Provider::Generic => "generic",
-        }
-    }
-
-    /// The header each provider reads the key from, and what goes before the key in it.
-    fn default_scheme(self) -> (HeaderName, &'static str) {
-        match self {
-            Provider::Openai | Provider::Generic => (http::header::AUTHORIZATION, "Bearer "),
-            Provider::Anthropic => (HeaderName::from_static("x-api-key"), ""),
-            Provider::Azure => (HeaderName::from_static("api-key"), ""),
-            Provider::Gemini => (HeaderName::from_static("x-goog-api-key"), ""),
-        }
-    }
-}
-
-pub static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-pub const ANTHROPIC_DEFAULT_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
+use crate::provider::Provider;
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -92,7 +57,7 @@ pub const DIAGNOSES_KEPT: usize = 50;
 /// One explained refusal, as /status shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Diagnosis {
-    #[serde(serialize_with = "crate::admin::rfc3339")]
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub at: std::time::SystemTime,
     pub method: String,
     pub path: String,
@@ -142,7 +107,7 @@ impl Upstream {
         metrics: &Metrics,
         threads: usize,
     ) -> Result<Upstream, client::ClientError> {
-        let (default_header, default_prefix) = cfg.provider.default_scheme();
+        let (default_header, default_prefix) = cfg.provider.auth_scheme();
         let parts = cfg.base_url.clone().into_parts();
         let base_path = parts
             .path_and_query

@@ -9,7 +9,7 @@ use http::StatusCode;
 use keyproxy::config::Config;
 use keyproxy::diagnose::{self, Knowledge};
 use keyproxy::key::lint::{self, LintMode};
-use keyproxy::upstream::Provider;
+use keyproxy::provider::Provider;
 use proptest::prelude::*;
 
 const PROVIDERS: [Provider; 5] = [

@@ -7,8 +7,8 @@ use crate::key::expiry;
 use crate::key::lint::LintCode;
 use crate::key::rotation::{Attempt, RotationResult};
 use crate::key::KeySnapshot;
+use crate::provider::Provider;
 use crate::reason::Reason;
-use crate::upstream::Provider;
 
 /// A refused rotation this recent is worth mentioning next to a refusal.
 const RECENT_REFUSAL: Duration = Duration::from_secs(15 * 60);
@@ -41,18 +41,18 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
     let mut text = match reason {
         Reason::InvalidKey => format!(
             "{name} rejected {key} as incorrect{said}. A key that was reset or deleted in the dashboard stops working at once: create or copy the current key at {} and {rotate}.",
-            keys_page(c.provider)
+            c.provider.keys_page()
         ),
         Reason::ExpiredKey => {
             let when = c.key.and_then(|k| k.expires_at).map_or_else(
                 || "has expired".to_owned(),
                 |at| format!("expired {}", expiry::describe(at, c.now)),
             );
-            format!("{name} refused {key}: the key {when}{said}. Create a new key at {} and {rotate}.", keys_page(c.provider))
+            format!("{name} refused {key}: the key {when}{said}. Create a new key at {} and {rotate}.", c.provider.keys_page())
         }
         Reason::RevokedKey => format!(
             "{name} says {key} was revoked or reported as leaked{said}. It cannot be restored: create a new key at {}, {rotate}, and find where the old key was exposed (a public repository, a log, a shared file).",
-            keys_page(c.provider)
+            c.provider.keys_page()
         ),
         Reason::MissingKey => format!(
             "{name} says no key reached it, yet keyproxy sent {fp} in the {} header{said}. Either something between keyproxy and the provider drops that header, or {} expects the key elsewhere: check that provider = \"{}\" is right for base_url {}.",
@@ -99,7 +99,7 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
         ),
         Reason::QuotaExhausted => format!(
             "The account behind {key} has no quota or credit left at {name}{said}. Add credit or raise the limit at {}; the same key works again once it has quota, no rotation needed.",
-            billing_page(c.provider)
+            c.provider.billing_page()
         ),
         Reason::RateLimited => {
             let wait = c.retry_after.map_or(String::new(), |s| format!(" (the provider asks to retry after {s}s)"));
@@ -194,27 +194,5 @@ fn ago(then: SystemTime, now: SystemTime) -> String {
         60..=3599 => format!("{} minutes ago", secs / 60),
         3600..=86_399 => format!("{} hours ago", secs / 3600),
         _ => format!("{} days ago", secs / 86_400),
-    }
-}
-
-fn keys_page(p: Provider) -> &'static str {
-    match p {
-        Provider::Openai => "https://platform.openai.com/api-keys",
-        Provider::Anthropic => "https://console.anthropic.com/settings/keys",
-        Provider::Gemini => "https://aistudio.google.com/apikey",
-        Provider::Azure => "the Azure portal (your resource's Keys and Endpoint page)",
-        Provider::Generic => "the provider's dashboard",
-    }
-}
-
-fn billing_page(p: Provider) -> &'static str {
-    match p {
-        Provider::Openai => "https://platform.openai.com/settings/organization/billing",
-        Provider::Anthropic => "https://console.anthropic.com/settings/billing",
-        Provider::Gemini => {
-            "https://aistudio.google.com/usage (or the Google Cloud billing account)"
-        }
-        Provider::Azure => "the Azure portal (quotas and billing of your subscription)",
-        Provider::Generic => "the provider's billing page",
     }
 }

@@ -1,14 +1,12 @@
 //! Expiry: when the key in use stops working, and the warnings at 30, 7 and 1 days before and at
 //! expiry. Requests still go after expiry (the provider decides); diagnosis uses the date.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::config::ExpiryConfig;
 
 /// Days before expiry at which keyproxy warns; 0 = expired.
 pub const THRESHOLDS: [u32; 4] = [30, 7, 1, 0];
-
-const DAY: f64 = 86_400.0;
 
 /// The expiry of a key that is about to be installed. The configured `expires_at` / `issued_at`
 /// describe the first key keyproxy loads; a key rotated in later is new, so only `max_age` counts,
@@ -29,14 +27,6 @@ pub fn expires_at(
     cfg.max_age.and_then(|age| loaded_at.checked_add(age))
 }
 
-/// Days until `at` (negative once past).
-pub fn days_left(at: SystemTime, now: SystemTime) -> f64 {
-    match at.duration_since(now) {
-        Ok(d) => d.as_secs_f64() / DAY,
-        Err(e) => -(e.duration().as_secs_f64() / DAY),
-    }
-}
-
 /// The most urgent threshold already reached, if any (`Some(7)` with 5 days left).
 pub fn threshold(days_left: f64) -> Option<u32> {
     THRESHOLDS
@@ -46,28 +36,7 @@ pub fn threshold(days_left: f64) -> Option<u32> {
         .copied()
 }
 
-/// "in 5 days (2027-11-27T00:00:00Z)" / "2 days ago (...)".
-pub fn describe(at: SystemTime, now: SystemTime) -> String {
-    let days = days_left(at, now);
-    let when = humantime::format_rfc3339_seconds(at);
-    if days >= 1.0 {
-        format!("in {} days ({when})", days.floor() as i64)
-    } else if days >= 0.0 {
-        let hours = (days * 24.0).floor() as i64;
-        format!("in {hours} hours ({when})")
-    } else if days > -1.0 {
-        format!("today ({when})")
-    } else {
-        format!("{} days ago ({when})", (-days).floor() as i64)
-    }
-}
-
-pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
-}
-
+pub use crate::time::{days_left, describe, unix_seconds};
 #[cfg(test)]
 mod tests {
     use super::*;

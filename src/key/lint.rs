@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::upstream::Provider;
+use crate::provider::{KeyLength, Provider};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LintCode {
@@ -310,16 +310,6 @@ fn family(key: &str) -> Option<(&'static str, &'static str)> {
         .map(|(_, owner, host)| (*owner, *host))
 }
 
-fn own_family(provider: Provider) -> &'static str {
-    match provider {
-        Provider::Openai => "OpenAI",
-        Provider::Anthropic => "Anthropic",
-        Provider::Azure => "Azure OpenAI",
-        Provider::Gemini => "Google (Gemini)",
-        Provider::Generic => "",
-    }
-}
-
 /// Provider-specific checks: whose key it is, its length and its alphabet.
 fn format_findings(
     key: &str,
@@ -328,7 +318,7 @@ fn format_findings(
     source: &str,
     out: &mut Vec<Finding>,
 ) {
-    let own = own_family(provider);
+    let own = provider.display_name();
     if let Some((owner, owner_host)) = family(key) {
         let on_owners_host = host == owner_host || host.ends_with(&format!(".{owner_host}"));
         let azure_hex = owner == "Azure OpenAI";
@@ -344,20 +334,14 @@ fn format_findings(
                     "the key from {source} looks like {} key, but this upstream is {}; put the {own} key here, or give the {owner} key to an upstream with provider = \"{}\"",
                     article(owner),
                     provider.as_str(),
-                    provider_for(owner)
+                    Provider::setting_for(owner)
                 ),
                 belongs_to: Some(owner),
             });
             return;
         }
     }
-    let (alphabet_ok, alphabet): (fn(u8) -> bool, &str) = match provider {
-        Provider::Azure => (|b: u8| b.is_ascii_alphanumeric(), "letters and digits"),
-        _ => (
-            |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
-            "letters, digits, '-' and '_'",
-        ),
-    };
+    let (alphabet_ok, alphabet) = provider.key_alphabet();
     if let Some(pos) = key.bytes().position(|b| b.is_ascii() && !alphabet_ok(b)) {
         let c = key.as_bytes()[pos] as char;
         let shown = if c.is_ascii_punctuation() {
@@ -377,33 +361,11 @@ fn format_findings(
         });
     }
     let len = key.chars().count();
-    let (min, exact, expected) = match provider {
-        Provider::Openai
-            if ["sk-proj-", "sk-svcacct-", "sk-admin-"]
-                .iter()
-                .any(|p| key.starts_with(p)) =>
-        {
-            (
-                80,
-                None,
-                "sk-proj-/sk-svcacct-/sk-admin- keys are over 100 characters",
-            )
-        }
-        Provider::Openai => (40, None, "OpenAI keys are at least 51 characters"),
-        Provider::Anthropic => (
-            90,
-            None,
-            "Anthropic keys (sk-ant-api03-...) are about 108 characters",
-        ),
-        Provider::Gemini if key.starts_with("AIza") => (
-            39,
-            Some(39),
-            "Gemini API keys are exactly 39 characters (AIza + 35)",
-        ),
-        Provider::Gemini => (30, None, "Gemini API keys are at least 39 characters"),
-        Provider::Azure => (32, None, "Azure OpenAI keys are at least 32 characters"),
-        Provider::Generic => (0, None, ""),
-    };
+    let KeyLength {
+        min,
+        exact,
+        expected,
+    } = provider.key_length(key);
     if len < min {
         out.push(Finding {
             code: LintCode::TooShort,
@@ -419,12 +381,7 @@ fn format_findings(
             belongs_to: None,
         });
     }
-    let known_prefix = match provider {
-        Provider::Openai => key.starts_with("sk-"),
-        Provider::Anthropic => key.starts_with("sk-ant-"),
-        Provider::Gemini => key.starts_with("AIza"),
-        Provider::Azure | Provider::Generic => true,
-    };
+    let known_prefix = provider.has_known_prefix(key);
     if !known_prefix && !out.iter().any(|f| f.code == LintCode::WrongProvider) {
         out.push(Finding {
             code: LintCode::UnknownFormat,
@@ -447,16 +404,6 @@ fn article(owner: &str) -> String {
     match owner.chars().next() {
         Some('A' | 'O' | 'E' | 'I' | 'U') => format!("an {owner}"),
         _ => format!("a {owner}"),
-    }
-}
-
-fn provider_for(owner: &str) -> &'static str {
-    match owner {
-        "OpenAI" => "openai",
-        "Anthropic" => "anthropic",
-        "Google (Gemini)" => "gemini",
-        "Azure OpenAI" => "azure",
-        _ => "generic",
     }
 }
 

@@ -49,7 +49,7 @@ impl RotationResult {
 /// The last rotation attempt, for /status and for diagnosis ("a rotation was refused moments ago").
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
-    #[serde(serialize_with = "crate::admin::rfc3339")]
+    #[serde(serialize_with = "crate::time::rfc3339")]
     pub at: SystemTime,
     pub trigger: Trigger,
     pub result: RotationResult,
