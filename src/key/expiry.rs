@@ -40,6 +40,7 @@ pub use crate::time::{days_left, describe, unix_seconds};
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const DAY_SECS: u64 = 86_400;
 
