@@ -53,7 +53,7 @@ fn proxy() -> Proxy {
             source: "bench".into(),
             ..KeyMeta::default()
         };
-        u.key.install(&key, &u.auth_prefix, meta).unwrap();
+        u.key.store.install(&key, &u.auth_prefix, meta).unwrap();
     }
     Proxy::new(upstreams, metrics, Clients::none())
 }

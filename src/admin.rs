@@ -137,7 +137,7 @@ impl Admin {
     fn readyz(&self) -> Response<Full<Bytes>> {
         let mut problems = String::new();
         for upstream in &self.proxy.upstreams {
-            if let Some(why) = upstream.key_problem() {
+            if let Some(why) = upstream.key.key_problem() {
                 problems.push_str(&format!(
                     "upstream {}: no usable key ({}): {}\n",
                     upstream.name, why.reason, why.message
@@ -206,7 +206,11 @@ impl Admin {
         let mut text = text;
         crate::key::source::trim_one_newline(&mut text);
         let secret = Secret::new(text);
-        match upstream.rotate(secret, Trigger::Admin, probe).await {
+        match upstream
+            .key
+            .rotate(secret, Trigger::Admin, probe, upstream)
+            .await
+        {
             Ok(done) => json_response(
                 StatusCode::OK,
                 &json!({
@@ -214,7 +218,7 @@ impl Admin {
                     "result": if done.changed { "applied" } else { "unchanged" },
                     "fingerprint": done.fingerprint.as_str(),
                     "generation": done.generation,
-                    "probed": probe || upstream.validate_on_rotate,
+                    "probed": probe || upstream.key.validate_on_rotate(),
                     "warnings": done.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
                 }),
             ),
@@ -305,10 +309,10 @@ fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
             "warnings": k.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
         }),
         None => {
-            let why = u.key_problem();
+            let why = u.key.key_problem();
             json!({
                 "usable": false,
-                "source": u.key_source.to_string(),
+                "source": u.key.source().to_string(),
                 "problem": why.map(|w| json!({"reason": w.reason.as_str(), "message": w.message})),
             })
         }
@@ -319,8 +323,8 @@ fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
         "base_url": u.base_url.to_string(),
         "prefix": u.prefix,
         "key": key,
-        "last_rotation": u.last_attempt(),
-        "retired_keys": u.retired.load().iter().map(|r| json!({
+        "last_rotation": u.key.last_attempt(),
+        "retired_keys": u.key.retired().iter().map(|r| json!({
             "fingerprint": r.fingerprint.as_str(),
             "generation": r.generation,
             "retired_at": rfc3339_string(r.retired_at),

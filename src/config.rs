@@ -14,8 +14,9 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::key::expiry::ExpiryPolicy;
 use crate::key::lint::LintMode;
-use crate::key::source::KeySource;
+use crate::key::source::{resolve, KeySource};
 use crate::provider::Provider;
 
 /// A validated configuration, ready to build the runtime from.
@@ -72,21 +73,13 @@ pub struct UpstreamConfig {
     pub auth_prefix: Option<String>,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
-    pub expiry: ExpiryConfig,
+    pub expiry: ExpiryPolicy,
     pub validate_on_rotate: bool,
     /// Path of the cheapest authenticated endpoint, for probes (generic upstreams).
     pub probe_path: Option<String>,
     pub lint: LintMode,
     /// An open response stream with no byte for this long is cut (a stalled upstream).
     pub stream_idle_timeout: Duration,
-}
-
-/// When the key expires: a fixed `expires_at`, or `max_age` counted from `issued_at` (or the load time).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExpiryConfig {
-    pub expires_at: Option<SystemTime>,
-    pub issued_at: Option<SystemTime>,
-    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -570,7 +563,7 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         auth_prefix: up.auth_prefix.map(Spanned::into_inner),
         connect_timeout: up.connect_timeout,
         response_header_timeout: up.response_header_timeout,
-        expiry: ExpiryConfig {
+        expiry: ExpiryPolicy {
             expires_at: up.expires_at,
             issued_at: up.issued_at,
             max_age: up.max_age,
@@ -634,17 +627,6 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         ));
     }
     Ok(certs)
-}
-
-/// Relative paths in the config are relative to the config file's directory.
-pub(crate) fn resolve(config_path: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        return p.to_owned();
-    }
-    match config_path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
-        _ => p.to_owned(),
-    }
 }
 
 /// Error context: maps byte offsets to line:column and finds the dotted field at an offset.

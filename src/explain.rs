@@ -71,7 +71,7 @@ pub async fn explain(
 
     let now = SystemTime::now();
     let snapshot = key.snapshot();
-    let last_attempt = upstream.last_attempt();
+    let last_attempt = upstream.key.last_attempt();
     let knowledge = Knowledge {
         expires_at: snapshot.and_then(|k| k.expires_at),
         lint_warnings: snapshot.map_or(&[][..], |k| &k.warnings[..]),

@@ -14,7 +14,6 @@ pub mod guard;
 pub mod h1;
 pub mod headers;
 pub mod key;
-pub mod lifecycle;
 pub mod metrics;
 pub mod probe;
 pub mod provider;

@@ -19,7 +19,7 @@ use keyproxy::key::lint::{self, Severity};
 use keyproxy::key::rotation::Trigger;
 use keyproxy::key::{expiry, Fingerprint, KeySource, Secret};
 use keyproxy::metrics::Metrics;
-use keyproxy::probe::ProbeOutcome;
+use keyproxy::key::lifecycle::ProbeOutcome;
 use keyproxy::server::Server;
 use keyproxy::telemetry::{self, LogFormat};
 use keyproxy::upstream::Upstream;

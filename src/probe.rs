@@ -1,6 +1,8 @@
 //! The live probe: one request to the provider's cheapest authenticated endpoint with a candidate
 //! key, to learn whether the provider accepts it before it is swapped in.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::client::{SendError, UpstreamBody};
@@ -10,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use std::time::SystemTime;
 
 use crate::diagnose::{self, Knowledge};
+use crate::key::lifecycle::{KeyProbe, ProbeOutcome};
 use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
 use crate::upstream::Upstream;
@@ -18,18 +21,14 @@ use crate::upstream::Upstream;
 const BODY_LIMIT: usize = 64 * 1024;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProbeOutcome {
-    /// The provider accepted the key (a 429 rate limit counts: the key itself was recognised).
-    Accepted { status: u16 },
-    /// The provider refused the key.
-    Refused {
-        reason: Reason,
-        status: u16,
-        message: String,
-    },
-    /// No answer to judge by (unreachable, timeout, 5xx).
-    Failed { message: String },
+/// The provider is asked through the upstream's own pool, the way requests go.
+impl KeyProbe for Upstream {
+    fn probe<'a>(
+        &'a self,
+        auth: &'a HeaderValue,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + 'a>> {
+        Box::pin(probe(self, auth))
+    }
 }
 
 pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {

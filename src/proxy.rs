@@ -16,7 +16,8 @@ use crate::client::{PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
 use crate::explain::{self, RequestFacts};
 use crate::guard::{self, Guard, Verdict};
-use crate::headers::{drop_hop_by_hop, strip_for_upstream, strip_key_param};
+use crate::headers::{drop_hop_by_hop, presented_credential, strip_for_upstream, strip_key_param};
+use crate::key::lifecycle::{KeyLifecycle, KeyProbe};
 use crate::key::rotation::Trigger;
 use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
@@ -44,6 +45,15 @@ pub struct Proxy {
     custom_credentials: Vec<http::HeaderName>,
     /// Host and browser checks, before anything else.
     guard: Guard,
+}
+
+impl crate::key::watch::Watched for Proxy {
+    fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)> {
+        self.upstreams
+            .iter()
+            .map(|u| (&u.key, u as &dyn KeyProbe))
+            .collect()
+    }
 }
 
 impl Proxy {
@@ -80,7 +90,7 @@ impl Proxy {
     /// Re-read every key source (SIGHUP: `force`; file events and the periodic re-read: not).
     pub async fn reload_all(&self, trigger: Trigger, force: bool) {
         for upstream in &self.upstreams {
-            upstream.reload(trigger, force).await;
+            upstream.key.reload(trigger, force, upstream).await;
         }
     }
 
@@ -276,13 +286,11 @@ impl Proxy {
             KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
         };
         if self.clients.is_empty() {
-            upstream.observe_client_credential(
-                req.headers(),
-                uri.query(),
-                &self.custom_credentials,
-                peer,
-                snapshot,
-            );
+            if let Some(sent) =
+                presented_credential(req.headers(), uri.query(), &self.custom_credentials)
+            {
+                upstream.key.observe_client_credential(sent, peer, snapshot);
+            }
         }
         let upgrade = websocket::is_upgrade(req.headers());
         prepare(

@@ -92,7 +92,7 @@ impl Server {
         );
         for upstream in &proxy.upstreams {
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
-            let _ = upstream.load_initial().await;
+            let _ = upstream.key.load_initial().await;
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
@@ -228,7 +228,7 @@ async fn check_expiry(proxy: Arc<Proxy>) {
         every.tick().await;
         let now = std::time::SystemTime::now();
         for upstream in &proxy.upstreams {
-            upstream.check_expiry(now);
+            upstream.key.check_expiry(now);
         }
     }
 }

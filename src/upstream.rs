@@ -9,13 +9,9 @@ use http::header::HeaderName;
 use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
-use arc_swap::ArcSwap;
-
 use crate::client::{self, Pool};
-use crate::config::{ExpiryConfig, UpstreamConfig};
-use crate::key::lint::LintMode;
-use crate::key::rotation::{Attempt, RetiredKey};
-use crate::key::{KeySource, KeyStore};
+use crate::config::UpstreamConfig;
+use crate::key::lifecycle::{KeyLifecycle, KeySettings};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::provider::Provider;
 
@@ -29,24 +25,15 @@ pub struct Upstream {
     base_path: String,
     pub auth_header: HeaderName,
     pub auth_prefix: String,
-    pub key_source: KeySource,
-    pub key: KeyStore,
+    /// The key's whole life here: source, key in service, keys rotated out, rotations.
+    pub key: KeyLifecycle,
     pub client: Pool,
     /// HTTP/1.1-only twin of `client` whose connections are never reused: WebSocket upgrades.
     pub upgrade_client: Pool,
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
-    pub expiry: ExpiryConfig,
-    pub validate_on_rotate: bool,
     pub probe_path: Option<String>,
-    pub lint: LintMode,
     pub metrics: Arc<UpstreamMetrics>,
-    /// Keys rotated out, newest first; read lock-free on the request path.
-    pub retired: ArcSwap<Vec<RetiredKey>>,
-    /// Rotation bookkeeping; never touched by requests.
-    pub lifecycle: Mutex<Lifecycle>,
-    /// One rotation at a time per upstream (a probe may be in flight).
-    pub rotating: tokio::sync::Mutex<()>,
     /// The last diagnoses, newest last, for /status.
     pub diagnoses: Mutex<VecDeque<Diagnosis>>,
 }
@@ -88,17 +75,6 @@ impl Upstream {
     }
 }
 
-/// What the key lifecycle remembers between rotations.
-#[derive(Debug, Default)]
-pub struct Lifecycle {
-    pub last_attempt: Option<Attempt>,
-    /// Digest of what the source held when last read: a re-read only rotates when the source changed,
-    /// so a key set through the admin API is not undone by an unchanged file.
-    pub last_source_digest: Option<[u8; 32]>,
-    /// (generation, threshold) of the last expiry warning, so each is logged once.
-    pub expiry_warned: Option<(u64, u32)>,
-}
-
 impl Upstream {
     /// `threads`: the threads that will forward through it, each keeping its own connections
     /// (the workers, plus the main runtime for probes).
@@ -114,12 +90,30 @@ impl Upstream {
             .as_ref()
             .map(|pq| pq.path().trim_end_matches('/').to_owned())
             .unwrap_or_default();
-        let source = cfg.key.to_string();
         let authority = parts
             .authority
             .ok_or(client::ClientError::NoHost(cfg.name.clone()))?;
+        let name: Arc<str> = cfg.name.as_str().into();
+        let auth_prefix = cfg
+            .auth_prefix
+            .clone()
+            .unwrap_or_else(|| default_prefix.to_owned());
+        let metrics = metrics.upstream(&cfg.name);
+        let key = KeyLifecycle::new(
+            KeySettings {
+                upstream: Arc::clone(&name),
+                provider: cfg.provider,
+                host: authority.host().to_owned(),
+                auth_prefix: auth_prefix.clone(),
+                source: cfg.key.clone(),
+                expiry: cfg.expiry.clone(),
+                validate_on_rotate: cfg.validate_on_rotate,
+                lint: cfg.lint,
+            },
+            Arc::clone(&metrics),
+        );
         Ok(Upstream {
-            name: cfg.name.as_str().into(),
+            name,
             provider: cfg.provider,
             prefix: cfg.prefix.clone(),
             base_url: cfg.base_url.clone(),
@@ -128,22 +122,12 @@ impl Upstream {
             authority,
             base_path,
             auth_header: cfg.auth_header.clone().unwrap_or(default_header),
-            auth_prefix: cfg
-                .auth_prefix
-                .clone()
-                .unwrap_or_else(|| default_prefix.to_owned()),
-            key_source: cfg.key.clone(),
-            key: KeyStore::new(&source),
+            auth_prefix,
+            key,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
-            expiry: cfg.expiry.clone(),
-            validate_on_rotate: cfg.validate_on_rotate,
             probe_path: cfg.probe_path.clone(),
-            lint: cfg.lint,
-            metrics: metrics.upstream(&cfg.name),
-            retired: ArcSwap::from_pointee(Vec::new()),
-            lifecycle: Mutex::new(Lifecycle::default()),
-            rotating: tokio::sync::Mutex::new(()),
+            metrics,
             diagnoses: Mutex::new(VecDeque::with_capacity(DIAGNOSES_KEPT)),
         })
     }

@@ -637,23 +637,24 @@ async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_lets_the_sou
     let config = Config::parse(&dir.path().join("k.toml"), &text).unwrap();
     let metrics = Metrics::new().unwrap();
     let up = Upstream::new(&config.upstreams[0], &metrics, 1).unwrap();
-    up.load_initial().await.unwrap();
+    up.key.load_initial().await.unwrap();
     let generation = || up.key.current().snapshot().unwrap().generation;
 
-    assert!(up.reload(Trigger::File, false).await.is_none());
+    assert!(up.key.reload(Trigger::File, false, &up).await.is_none());
     std::fs::write(&key_path, format!("{a}\n")).unwrap();
     assert!(
-        up.reload(Trigger::File, false).await.is_none(),
+        up.key.reload(Trigger::File, false, &up).await.is_none(),
         "same content, no rotation"
     );
     assert_eq!(generation(), 1);
 
-    up.rotate(Secret::new(b.clone()), Trigger::Admin, false)
+    up.key
+        .rotate(Secret::new(b.clone()), Trigger::Admin, false, &up)
         .await
         .unwrap();
     assert_eq!(generation(), 2);
     assert!(
-        up.reload(Trigger::Periodic, false).await.is_none(),
+        up.key.reload(Trigger::Periodic, false, &up).await.is_none(),
         "an untouched file does not undo the admin rotation"
     );
     assert_eq!(
@@ -661,7 +662,12 @@ async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_lets_the_sou
         fp(&b)
     );
 
-    let back = up.reload(Trigger::Sighup, true).await.unwrap().unwrap();
+    let back = up
+        .key
+        .reload(Trigger::Sighup, true, &up)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(back.changed);
     assert_eq!(
         back.fingerprint.to_string(),

@@ -1,9 +1,15 @@
 //! Expiry: when the key in use stops working, and the warnings at 30, 7 and 1 days before and at
 //! expiry. Requests still go after expiry (the provider decides); diagnosis uses the date.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use crate::config::ExpiryConfig;
+/// When the key expires: a fixed `expires_at`, or `max_age` counted from `issued_at` (or the load time).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryPolicy {
+    pub expires_at: Option<SystemTime>,
+    pub issued_at: Option<SystemTime>,
+    pub max_age: Option<Duration>,
+}
 
 /// Days before expiry at which keyproxy warns; 0 = expired.
 pub const THRESHOLDS: [u32; 4] = [30, 7, 1, 0];
@@ -12,7 +18,7 @@ pub const THRESHOLDS: [u32; 4] = [30, 7, 1, 0];
 /// describe the first key keyproxy loads; a key rotated in later is new, so only `max_age` counts,
 /// from when it was loaded.
 pub fn expires_at(
-    cfg: &ExpiryConfig,
+    cfg: &ExpiryPolicy,
     first_key: bool,
     loaded_at: SystemTime,
 ) -> Option<SystemTime> {
@@ -48,7 +54,7 @@ mod tests {
     fn first_key_uses_the_config_later_keys_their_load_time() {
         let now = SystemTime::now();
         let fixed = now + Duration::from_secs(100 * DAY_SECS);
-        let cfg = ExpiryConfig {
+        let cfg = ExpiryPolicy {
             expires_at: Some(fixed),
             ..Default::default()
         };
@@ -56,7 +62,7 @@ mod tests {
         assert_eq!(expires_at(&cfg, false, now), None);
 
         let issued = now - Duration::from_secs(300 * DAY_SECS);
-        let cfg = ExpiryConfig {
+        let cfg = ExpiryPolicy {
             issued_at: Some(issued),
             max_age: Some(Duration::from_secs(365 * DAY_SECS)),
             ..Default::default()
@@ -69,7 +75,7 @@ mod tests {
             expires_at(&cfg, false, now),
             Some(now + Duration::from_secs(365 * DAY_SECS))
         );
-        assert_eq!(expires_at(&ExpiryConfig::default(), true, now), None);
+        assert_eq!(expires_at(&ExpiryPolicy::default(), true, now), None);
     }
 
     #[test]

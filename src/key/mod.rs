@@ -3,6 +3,7 @@
 
 pub mod expiry;
 pub mod fingerprint;
+pub mod lifecycle;
 pub mod lint;
 pub mod rotation;
 pub mod secret;

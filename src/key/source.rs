@@ -52,11 +52,22 @@ pub enum KeyError {
     NotUtf8(String),
 }
 
+/// Relative paths in the config are relative to the config file's directory.
+pub fn resolve(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_owned();
+    }
+    match config_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+        _ => p.to_owned(),
+    }
+}
+
 impl KeySource {
     /// Relative key-file paths are relative to the config file.
     pub fn resolved(self, config_path: &Path) -> KeySource {
         match self {
-            KeySource::File(p) => KeySource::File(crate::config::resolve(config_path, &p)),
+            KeySource::File(p) => KeySource::File(resolve(config_path, &p)),
             other => other,
         }
     }

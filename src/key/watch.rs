@@ -10,19 +10,24 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::key::rotation::Trigger;
-use crate::key::KeySource;
-use crate::proxy::Proxy;
+use super::lifecycle::{KeyLifecycle, KeyProbe};
+use super::rotation::Trigger;
+use super::KeySource;
+
+/// The key lifecycles to watch, each with the probe that vouches for its candidates.
+pub trait Watched: Send + Sync + 'static {
+    fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)>;
+}
 
 /// Writers touch a file several times in a row (truncate, write, rename); wait for quiet.
 const SETTLE: Duration = Duration::from_millis(100);
 
 /// Watch every file key source until the returned task is aborted.
-pub fn spawn(proxy: Arc<Proxy>, reread_every: Duration) -> tokio::task::JoinHandle<()> {
-    let dirs: BTreeSet<PathBuf> = proxy
-        .upstreams
-        .iter()
-        .filter_map(|u| match &u.key_source {
+pub fn spawn<W: Watched>(watched: Arc<W>, reread_every: Duration) -> tokio::task::JoinHandle<()> {
+    let dirs: BTreeSet<PathBuf> = watched
+        .lifecycles()
+        .into_iter()
+        .filter_map(|(key, _)| match key.source() {
             KeySource::File(path) => Some(
                 path.parent()
                     .map(PathBuf::from)
@@ -80,9 +85,9 @@ pub fn spawn(proxy: Arc<Proxy>, reread_every: Duration) -> tokio::task::JoinHand
                 }
                 _ = reread.tick() => Trigger::Periodic,
             };
-            for upstream in &proxy.upstreams {
-                if matches!(upstream.key_source, KeySource::File(_)) {
-                    upstream.reload(trigger, false).await;
+            for (key, probe) in watched.lifecycles() {
+                if matches!(key.source(), KeySource::File(_)) {
+                    key.reload(trigger, false, probe).await;
                 }
             }
         }

@@ -1,24 +1,76 @@
-//! An upstream's key lifecycle. Every trigger (startup, file watch, periodic re-read, SIGHUP, admin
-//! API) ends in the same validate-then-`store()`; a refused key never replaces the one in service.
-//! Rotated-out keys are remembered by hash, so an app still sending one can be told.
+//! A key's whole life at one upstream: where it comes from, the key in service (`KeyStore`), the
+//! keys rotated out, and the one way a key gets in. Every trigger (startup, file watch, periodic
+//! re-read, SIGHUP, admin API) ends in the same validate-then-`store()`; a refused key never
+//! replaces the one in service. Rotated-out keys are remembered by hash, so an app still sending
+//! one can be told. Asking the provider about a candidate is someone else's job: it comes in as a
+//! `KeyProbe`, so this module sends nothing itself.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use http::{HeaderMap, HeaderName};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
 
-use crate::headers::presented_credential;
-
-use crate::key::expiry;
-use crate::key::lint::{self, Finding, LintCode, Severity};
-use crate::key::rotation::{Attempt, Refusal, RetiredKey, RotationResult, Trigger, RETIRED_KEPT};
-use crate::key::store::{digest, header_value, KeyMeta, Unavailable};
-use crate::key::{Fingerprint, KeySnapshot, KeyState, Secret};
-use crate::metrics::CredentialMatch;
-use crate::probe::{self, ProbeOutcome};
+use super::expiry::{self, ExpiryPolicy};
+use super::lint::{self, Finding, LintCode, LintMode, Severity};
+use super::rotation::{Attempt, Refusal, RetiredKey, RotationResult, Trigger, RETIRED_KEPT};
+use super::store::{digest, header_value, KeyMeta, Unavailable};
+use super::{Fingerprint, KeySnapshot, KeySource, KeyState, KeyStore, Secret};
+use crate::metrics::{CredentialMatch, UpstreamMetrics};
+use crate::provider::Provider;
 use crate::reason::Reason;
-use crate::upstream::Upstream;
+
+/// What the provider said about a candidate key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The provider accepted the key (a 429 rate limit counts: the key itself was recognised).
+    Accepted { status: u16 },
+    /// The provider refused the key.
+    Refused {
+        reason: Reason,
+        status: u16,
+        message: String,
+    },
+    /// No answer to judge by (unreachable, timeout, 5xx).
+    Failed { message: String },
+}
+
+/// Asks the provider whether a candidate key works, given the auth header value it would send.
+pub trait KeyProbe: Sync {
+    fn probe<'a>(
+        &'a self,
+        auth: &'a HeaderValue,
+    ) -> Pin<Box<dyn Future<Output = ProbeOutcome> + Send + 'a>>;
+}
+
+/// What the lifecycle needs to know about its upstream, fixed at startup.
+#[derive(Debug, Clone)]
+pub struct KeySettings {
+    pub upstream: Arc<str>,
+    pub provider: Provider,
+    /// The upstream's host, for lint (another provider's key is fine on that provider's host).
+    pub host: String,
+    /// What goes before the key in the auth header (`Bearer `).
+    pub auth_prefix: String,
+    pub source: KeySource,
+    pub expiry: ExpiryPolicy,
+    pub validate_on_rotate: bool,
+    pub lint: LintMode,
+}
+
+/// What the lifecycle remembers between rotations.
+#[derive(Debug, Default)]
+struct Memory {
+    last_attempt: Option<Attempt>,
+    /// Digest of what the source held when last read: a re-read only rotates when the source changed,
+    /// so a key set through the admin API is not undone by an unchanged file.
+    last_source_digest: Option<[u8; 32]>,
+    /// (generation, threshold) of the last expiry warning, so each is logged once.
+    expiry_warned: Option<(u64, u32)>,
+}
 
 /// A rotation that went through (or found nothing to do).
 #[derive(Debug, Clone)]
@@ -30,15 +82,57 @@ pub struct Rotated {
     pub warnings: Vec<Finding>,
 }
 
-impl Upstream {
+pub struct KeyLifecycle {
+    settings: KeySettings,
+    /// The key in service; requests read it lock-free.
+    pub store: KeyStore,
+    /// Keys rotated out, newest first; read lock-free on the request path.
+    retired: ArcSwap<Vec<RetiredKey>>,
+    memory: Mutex<Memory>,
+    /// One rotation at a time (a probe may be in flight).
+    rotating: tokio::sync::Mutex<()>,
+    metrics: Arc<UpstreamMetrics>,
+}
+
+impl KeyLifecycle {
+    pub fn new(settings: KeySettings, metrics: Arc<UpstreamMetrics>) -> KeyLifecycle {
+        KeyLifecycle {
+            store: KeyStore::new(&settings.source.to_string()),
+            settings,
+            retired: ArcSwap::from_pointee(Vec::new()),
+            memory: Mutex::new(Memory::default()),
+            rotating: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The key in service (or why there is none): one lock-free load.
+    #[inline]
+    pub fn current(&self) -> Arc<KeyState> {
+        self.store.current()
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.settings.source
+    }
+
+    pub fn validate_on_rotate(&self) -> bool {
+        self.settings.validate_on_rotate
+    }
+
+    /// Keys rotated out, newest first.
+    pub fn retired(&self) -> arc_swap::Guard<Arc<Vec<RetiredKey>>> {
+        self.retired.load()
+    }
+
     /// Startup: read the source, lint, and install, or record why there is no usable key.
     pub async fn load_initial(&self) -> Result<Rotated, Refusal> {
         let _one_at_a_time = self.rotating.lock().await;
-        let source = self.key_source.to_string();
-        if let Some(warning) = self.key_source.permission_warning() {
-            tracing::warn!(upstream = %self.name, "{warning}");
+        let source = self.settings.source.to_string();
+        if let Some(warning) = self.settings.source.permission_warning() {
+            tracing::warn!(upstream = %self.settings.upstream, "{warning}");
         }
-        let secret = match self.key_source.read().await {
+        let secret = match self.settings.source.read().await {
             Ok(secret) => secret,
             Err(e) => {
                 let refusal = Refusal::Source(e.to_string());
@@ -47,7 +141,7 @@ impl Upstream {
                 return Err(refusal);
             }
         };
-        self.lock_lifecycle().last_source_digest = Some(digest(secret.expose()));
+        self.memory().last_source_digest = Some(digest(secret.expose()));
         let fingerprint = Fingerprint::of(secret.expose());
         let warnings = match self.validate(&secret, &source) {
             Ok(warnings) => warnings,
@@ -60,15 +154,18 @@ impl Upstream {
         self.install(&secret, Trigger::Startup, &source, warnings)
     }
 
-    /// Validate, optionally probe, then swap in. On refusal the old key stays in service.
+    /// Validate, probe when asked to (or when the upstream has `validate_on_rotate`), then swap in.
+    /// On refusal the old key stays in service.
     pub async fn rotate(
         &self,
         secret: Secret,
         trigger: Trigger,
-        probe: bool,
+        ask_provider: bool,
+        probe: &dyn KeyProbe,
     ) -> Result<Rotated, Refusal> {
         let _one_at_a_time = self.rotating.lock().await;
-        let source = format!("POST /keys/{}", self.name);
+        let source = format!("POST /keys/{}", self.settings.upstream);
+        let probe = (ask_provider || self.settings.validate_on_rotate).then_some(probe);
         self.rotate_locked(&secret, trigger, &source, probe).await
     }
 
@@ -76,22 +173,27 @@ impl Upstream {
     /// in use; otherwise (file events, periodic) only when the source itself changed since it was last
     /// read, so a key set through the admin API is not undone by an untouched file.
     /// `None` when there was nothing to do.
-    pub async fn reload(&self, trigger: Trigger, force: bool) -> Option<Result<Rotated, Refusal>> {
+    /// `probe` is asked when the upstream has `validate_on_rotate`.
+    pub async fn reload(
+        &self,
+        trigger: Trigger,
+        force: bool,
+        probe: &dyn KeyProbe,
+    ) -> Option<Result<Rotated, Refusal>> {
         let _one_at_a_time = self.rotating.lock().await;
-        let source = self.key_source.to_string();
-        let secret = match self.key_source.read().await {
+        let source = self.settings.source.to_string();
+        let secret = match self.settings.source.read().await {
             Ok(secret) => secret,
             Err(e) => {
                 let refusal = Refusal::Source(e.to_string());
-                let repeated = self
-                    .lock_lifecycle()
-                    .last_attempt
-                    .as_ref()
-                    .is_some_and(|a| a.finding.as_deref() == Some(refusal.to_string().as_str()));
+                let repeated =
+                    self.memory().last_attempt.as_ref().is_some_and(|a| {
+                        a.finding.as_deref() == Some(refusal.to_string().as_str())
+                    });
                 if repeated {
                     return None;
                 }
-                if self.key.current().snapshot().is_none() {
+                if self.store.current().snapshot().is_none() {
                     self.unusable(Reason::MissingKey, refusal.to_string());
                 }
                 self.record_rejection(trigger, None, &refusal);
@@ -100,15 +202,20 @@ impl Upstream {
         };
         let source_digest = digest(secret.expose());
         {
-            let mut lifecycle = self.lock_lifecycle();
+            let mut lifecycle = self.memory();
             if !force && lifecycle.last_source_digest == Some(source_digest) {
                 return None;
             }
             lifecycle.last_source_digest = Some(source_digest);
         }
         Some(
-            self.rotate_locked(&secret, trigger, &source, self.validate_on_rotate)
-                .await,
+            self.rotate_locked(
+                &secret,
+                trigger,
+                &source,
+                self.settings.validate_on_rotate.then_some(probe),
+            )
+            .await,
         )
     }
 
@@ -117,10 +224,10 @@ impl Upstream {
         secret: &Secret,
         trigger: Trigger,
         source: &str,
-        probe: bool,
+        probe: Option<&dyn KeyProbe>,
     ) -> Result<Rotated, Refusal> {
         let fingerprint = Fingerprint::of(secret.expose());
-        if let Some(current) = self.key.current().snapshot() {
+        if let Some(current) = self.store.current().snapshot() {
             if current.digest == digest(secret.expose()) {
                 return Ok(Rotated {
                     fingerprint,
@@ -137,8 +244,11 @@ impl Upstream {
                 return Err(refusal);
             }
         };
-        if probe || self.validate_on_rotate {
-            if let Err(refusal) = self.probe_candidate(secret, &fingerprint, source).await {
+        if let Some(probe) = probe {
+            if let Err(refusal) = self
+                .probe_candidate(probe, secret, &fingerprint, source)
+                .await
+            {
                 self.record_rejection(trigger, Some(&fingerprint), &refusal);
                 return Err(refusal);
             }
@@ -150,10 +260,10 @@ impl Upstream {
     fn validate(&self, secret: &Secret, source: &str) -> Result<Vec<Finding>, (Reason, Refusal)> {
         let findings = lint::lint(
             secret.expose(),
-            self.provider,
-            self.host(),
+            self.settings.provider,
+            &self.settings.host,
             source,
-            self.lint,
+            self.settings.lint,
         );
         if let Some(error) = lint::first_error(&findings) {
             let reason = match error.code {
@@ -168,27 +278,29 @@ impl Upstream {
             return Err((reason, refusal));
         }
         for warning in findings.iter().filter(|f| f.severity == Severity::Warning) {
-            tracing::warn!(upstream = %self.name, lint = %warning.code, "{}", warning.message);
+            tracing::warn!(upstream = %self.settings.upstream, lint = %warning.code, "{}", warning.message);
         }
         Ok(findings)
     }
 
     async fn probe_candidate(
         &self,
+        probe: &dyn KeyProbe,
         secret: &Secret,
         fingerprint: &Fingerprint,
         source: &str,
     ) -> Result<(), Refusal> {
-        let header =
-            header_value(secret, &self.auth_prefix, source).map_err(|e| Refusal::Lint {
+        let header = header_value(secret, &self.settings.auth_prefix, source).map_err(|e| {
+            Refusal::Lint {
                 code: LintCode::BadCharacters.as_str().to_owned(),
                 message: e.to_string(),
-            })?;
-        match probe::probe(self, &header).await {
+            }
+        })?;
+        match probe.probe(&header).await {
             ProbeOutcome::Accepted { .. } => Ok(()),
             ProbeOutcome::Refused { reason, message, .. } => Err(Refusal::Probe {
                 code: reason.as_str().to_owned(),
-                message: format!("{} refused the new key {fingerprint} ({reason}): {message}; the key in use stays", self.name),
+                message: format!("{} refused the new key {fingerprint} ({reason}): {message}; the key in use stays", self.settings.upstream),
             }),
             ProbeOutcome::Failed { message } => Err(Refusal::Probe {
                 code: "probe_failed".to_owned(),
@@ -204,17 +316,17 @@ impl Upstream {
         source: &str,
         warnings: Vec<Finding>,
     ) -> Result<Rotated, Refusal> {
-        let previous = self.key.current();
-        let first_key = self.key.generation() == 0;
-        let expires_at = expiry::expires_at(&self.expiry, first_key, SystemTime::now());
+        let previous = self.store.current();
+        let first_key = self.store.generation() == 0;
+        let expires_at = expiry::expires_at(&self.settings.expiry, first_key, SystemTime::now());
         let meta = KeyMeta {
             source: source.to_owned(),
             expires_at,
             warnings: warnings.clone(),
         };
         let state = self
-            .key
-            .install(secret, &self.auth_prefix, meta)
+            .store
+            .install(secret, &self.settings.auth_prefix, meta)
             .map_err(|e| {
                 let refusal = Refusal::Lint {
                     code: LintCode::BadCharacters.as_str().to_owned(),
@@ -232,7 +344,7 @@ impl Upstream {
         if let Some(old) = previous.snapshot() {
             self.retire(old);
             tracing::info!(
-                upstream = %self.name,
+                upstream = %self.settings.upstream,
                 trigger = trigger.as_str(),
                 from = %old.fingerprint,
                 from_generation = old.generation,
@@ -241,12 +353,12 @@ impl Upstream {
                 "key rotated"
             );
         } else {
-            tracing::info!(upstream = %self.name, trigger = trigger.as_str(), key = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded");
+            tracing::info!(upstream = %self.settings.upstream, trigger = trigger.as_str(), key = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded");
         }
         self.publish(new);
         self.metrics
             .rotation(trigger.as_str(), RotationResult::Applied.as_str());
-        self.lock_lifecycle().last_attempt = Some(Attempt {
+        self.memory().last_attempt = Some(Attempt {
             at: new.loaded_at,
             trigger,
             result: RotationResult::Applied,
@@ -289,14 +401,14 @@ impl Upstream {
 
     fn unusable(&self, reason: Reason, message: String) {
         tracing::error!(
-            upstream = %self.name,
+            upstream = %self.settings.upstream,
             reason = %reason,
             "NO USABLE KEY: {message}. Requests to this upstream get 503 and /readyz stays 503 until it is fixed."
         );
-        self.key.mark_unavailable(Unavailable {
+        self.store.mark_unavailable(Unavailable {
             reason,
             message,
-            source: self.key_source.to_string().into(),
+            source: self.settings.source.to_string().into(),
         });
         self.metrics.key_usable.set(0);
     }
@@ -307,11 +419,11 @@ impl Upstream {
         fingerprint: Option<&Fingerprint>,
         refusal: &Refusal,
     ) {
-        let in_service = self.key.current();
+        let in_service = self.store.current();
         let kept = in_service.snapshot();
         match kept {
             Some(k) => tracing::warn!(
-                upstream = %self.name,
+                upstream = %self.settings.upstream,
                 trigger = trigger.as_str(),
                 code = refusal.code(),
                 kept = %k.fingerprint,
@@ -320,12 +432,12 @@ impl Upstream {
                 k.generation
             ),
             None => {
-                tracing::warn!(upstream = %self.name, trigger = trigger.as_str(), code = refusal.code(), "key refused: {refusal}")
+                tracing::warn!(upstream = %self.settings.upstream, trigger = trigger.as_str(), code = refusal.code(), "key refused: {refusal}")
             }
         }
         self.metrics
             .rotation(trigger.as_str(), RotationResult::Rejected.as_str());
-        self.lock_lifecycle().last_attempt = Some(Attempt {
+        self.memory().last_attempt = Some(Attempt {
             at: SystemTime::now(),
             trigger,
             result: RotationResult::Rejected,
@@ -338,14 +450,14 @@ impl Upstream {
 
     /// Warn once per threshold (30, 7, 1 days before, and at expiry) for the key in use.
     pub fn check_expiry(&self, now: SystemTime) {
-        let state = self.key.current();
+        let state = self.store.current();
         let Some(key) = state.snapshot() else { return };
         let Some(at) = key.expires_at else { return };
         let Some(threshold) = expiry::threshold(expiry::days_left(at, now)) else {
             return;
         };
         {
-            let mut lifecycle = self.lock_lifecycle();
+            let mut lifecycle = self.memory();
             if let Some((generation, warned)) = lifecycle.expiry_warned {
                 if generation == key.generation && warned <= threshold {
                     return;
@@ -356,7 +468,7 @@ impl Upstream {
         let when = expiry::describe(at, now);
         if threshold == 0 {
             tracing::warn!(
-                upstream = %self.name,
+                upstream = %self.settings.upstream,
                 key = %key.fingerprint,
                 "the key {} expired {when}; requests still go, and the provider will refuse them: create a new key and rotate it in (update {}, or `keyproxy rotate`)",
                 key.fingerprint,
@@ -364,7 +476,7 @@ impl Upstream {
             );
         } else {
             tracing::warn!(
-                upstream = %self.name,
+                upstream = %self.settings.upstream,
                 key = %key.fingerprint,
                 days = threshold,
                 "the key {} expires {when}; create a new key and rotate it in before then (update {}, or `keyproxy rotate`)",
@@ -375,18 +487,8 @@ impl Upstream {
     }
 
     /// Compare the credential the app sent (before it is stripped) with the keys keyproxy knows.
-    /// Costs a few header lookups; a hash only when the length matches a known key.
-    pub fn observe_client_credential(
-        &self,
-        headers: &HeaderMap,
-        query: Option<&str>,
-        custom: &[HeaderName],
-        peer: SocketAddr,
-        key: &KeySnapshot,
-    ) {
-        let Some(sent) = presented_credential(headers, query, custom) else {
-            return;
-        };
+    /// A hash only when the length matches a known key.
+    pub fn observe_client_credential(&self, sent: &str, peer: SocketAddr, key: &KeySnapshot) {
         let retired = self.retired.load();
         let worth_hashing = sent.len() == key.len || retired.iter().any(|r| r.len == sent.len());
         let seen = if !worth_hashing {
@@ -399,7 +501,7 @@ impl Upstream {
                 let when = humantime::format_rfc3339_seconds(old.retired_at);
                 tracing::warn!(
                     client = %peer,
-                    upstream = %self.name,
+                    upstream = %self.settings.upstream,
                     retired_key = %old.fingerprint,
                     rotated_out_at = %when,
                     "this app still holds the key that was rotated out at {when} ({}); remove it from the app — keyproxy supplies the key",
@@ -413,20 +515,20 @@ impl Upstream {
         self.metrics.credential(seen);
     }
 
-    fn lock_lifecycle(&self) -> std::sync::MutexGuard<'_, crate::upstream::Lifecycle> {
-        self.lifecycle
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The last rotation attempt, for status and diagnosis.
     pub fn last_attempt(&self) -> Option<Attempt> {
-        self.lock_lifecycle().last_attempt.clone()
+        self.memory().last_attempt.clone()
     }
 
     /// Is there a usable key? (`/readyz`)
     pub fn key_problem(&self) -> Option<Unavailable> {
-        match &*self.key.current() {
+        match &*self.store.current() {
             KeyState::Ready(_) => None,
             KeyState::Unavailable(why) => Some(why.clone()),
         }
