@@ -1,6 +1,27 @@
 //! keyproxy: a local proxy that holds LLM API keys, injects them upstream in each provider's scheme,
-//! hot-swaps them on rotation and explains auth failures. `main.rs` is the CLI; everything else lives here
-//! so integration tests and benchmarks drive the same code the binary runs.
+//! hot-swaps them on rotation and explains auth failures. `main.rs` parses the command line and
+//! hands over to `cli`; everything else lives here so integration tests and benchmarks drive the
+//! same code the binary runs.
+//!
+//! # Layers
+//! Imports go one way, down this table; a module may use its own layer's modules (without a
+//! cycle) and any layer below, never one above. `tests/layers.rs` reads every `crate::…` path in
+//! `src/` and fails on an upward import or a cycle. Something a lower layer needs from a higher
+//! one lives in the wrong room: move it down, or pass it in (as `KeyProbe` is passed to the key
+//! lifecycle and `Watched` to the file watcher).
+//!
+//! | layer | modules | what lives there |
+//! |---|---|---|
+//! | `leaves` | `reason`, `provider`, `time`, `redact`, `request_id`, `workers`, `metrics`, `telemetry` | facts and tools that know nothing of the rest |
+//! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch |
+//! | `config` | `config` | TOML → raw → validated `Config`, built from the types of the layers below |
+//! | `http1` | `http1`, `headers`, `h1`, `front`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |
+//! | `upstream` | `upstream`, `client` | an upstream at run time and its connection pool |
+//! | `diagnose` | `diagnose`, `probe` | a refusal → reason + sentence; asking the provider about a key |
+//! | `proxy` | `proxy`, `route`, `guard`, `clients`, `reply`, `explain`, `tap` | the forwarding path and every refusal keyproxy makes itself |
+//! | `admin` | `admin`, `status_page` | the admin port: health, status, metrics, rotation |
+//! | `server` | `server` | listeners, workers, signals, shutdown |
+//! | `cli` | `cli` | the subcommands behind `main.rs` |
 #![forbid(unsafe_code)]
 
 pub mod admin;
