@@ -1,0 +1,183 @@
+//! `keyproxy check`: the config and every key, offline (or with `--probe`, asked of each provider).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use keyproxy::config::Config;
+use keyproxy::key::lifecycle::ProbeOutcome;
+use keyproxy::key::lint::{self, Severity};
+use keyproxy::key::{expiry, Fingerprint};
+use keyproxy::metrics::Metrics;
+use keyproxy::upstream::Upstream;
+
+/// `keyproxy check`: a checklist, one ✓/⚠/✗ line per item; non-zero exit on any ✗.
+pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("✗ config: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!("✓ config: {}", path.display());
+    let mut failed = security_checklist(&config).await;
+    let metrics = Metrics::new()?;
+    let now = SystemTime::now();
+    for cfg in &config.upstreams {
+        let name = &cfg.name;
+        let upstream = Upstream::new(cfg, &metrics, 1)?;
+        let secret = match cfg.key.read().await {
+            Ok(secret) => secret,
+            Err(e) => {
+                failed = true;
+                println!("✗ {name}: key: {e}");
+                continue;
+            }
+        };
+        println!(
+            "✓ {name}: key present ({}): {}",
+            cfg.key,
+            Fingerprint::of(secret.expose())
+        );
+        if let Some(warning) = cfg.key.permission_warning() {
+            println!("⚠ {name}: permissions: {warning}");
+        }
+        let source = cfg.key.to_string();
+        let findings = lint::lint(
+            secret.expose(),
+            cfg.provider,
+            upstream.host(),
+            &source,
+            cfg.lint,
+        );
+        if findings.is_empty() {
+            println!("✓ {name}: lint: no copy/paste mistakes found");
+        }
+        for f in &findings {
+            let mark = if f.severity == Severity::Error {
+                "✗"
+            } else {
+                "⚠"
+            };
+            failed |= f.severity == Severity::Error;
+            println!("{mark} {name}: lint {}: {}", f.code, f.message);
+        }
+        match expiry::expires_at(&cfg.expiry, true, now) {
+            None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
+            Some(at) => {
+                let days = expiry::days_left(at, now);
+                let when = expiry::describe(at, now);
+                if days < 0.0 {
+                    failed = true;
+                    println!("✗ {name}: expiry: the key expired {when}");
+                } else if days < 30.0 {
+                    println!("⚠ {name}: expiry: the key expires {when}");
+                } else {
+                    println!("✓ {name}: expiry: {when}");
+                }
+            }
+        }
+        if probe && lint::first_error(&findings).is_none() {
+            let header =
+                keyproxy::key::store::header_value(&secret, &upstream.auth_prefix, &source)?;
+            match keyproxy::probe::probe(&upstream, &header).await {
+                ProbeOutcome::Accepted { status } => {
+                    println!("✓ {name}: probe: the provider accepts the key ({status})")
+                }
+                ProbeOutcome::Refused {
+                    reason, message, ..
+                } => {
+                    failed = true;
+                    println!("✗ {name}: probe: {reason}: {message}");
+                }
+                ProbeOutcome::Failed { message } => {
+                    failed = true;
+                    println!("✗ {name}: probe: {message}");
+                }
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The security settings, as checklist lines; true when any is a ✗.
+async fn security_checklist(config: &Config) -> bool {
+    let mut failed = false;
+    let server = &config.server;
+    match (server.listen.ip().is_loopback(), config.clients.len(), server.allow_unauthenticated) {
+        (true, 0, _) => println!("✓ listen: {} is loopback: only this machine's apps can use it", server.listen),
+        (_, n, _) if n > 0 => println!("✓ listen: {} requires one of {n} client tokens", server.listen),
+        _ => println!(
+            "⚠ listen: {} is reachable beyond this machine without client tokens (allow_unauthenticated); be sure something else restricts who connects",
+            server.listen
+        ),
+    }
+    for client in &config.clients {
+        match client.token.read().await {
+            Ok(t) if t.expose().len() >= 16 => {
+                println!("✓ client {}: token from {}", client.name, client.token)
+            }
+            Ok(_) => {
+                failed = true;
+                println!(
+                    "✗ client {}: the token from {} is shorter than 16 characters",
+                    client.name, client.token
+                );
+            }
+            Err(e) => {
+                failed = true;
+                println!("✗ client {}: token: {e}", client.name);
+            }
+        }
+        if let Some(warning) = client.token.permission_warning() {
+            println!("⚠ client {}: permissions: {warning}", client.name);
+        }
+    }
+    match &server.admin_token {
+        None => println!("⚠ admin: no admin_token, so POST /keys and `keyproxy rotate` are disabled (key files and SIGHUP still rotate)"),
+        Some(source) => match source.read().await {
+            Ok(t) if t.expose().len() >= 16 => println!("✓ admin: admin_token from {source} enables POST /keys"),
+            Ok(_) => {
+                failed = true;
+                println!("✗ admin: the admin_token from {source} is shorter than 16 characters");
+            }
+            Err(e) => {
+                failed = true;
+                println!("✗ admin: admin_token: {e}");
+            }
+        },
+    }
+    if !server.admin_listen.ip().is_loopback() {
+        println!(
+            "⚠ admin: admin_listen {} is reachable beyond this machine (status and metrics are readable without a token)",
+            server.admin_listen
+        );
+    }
+    if server.allowed_origins.is_empty() {
+        println!("✓ browsers: no web origins allowed: a page in a browser cannot use the key (Origin and Sec-Fetch-Site are refused, preflights are never forwarded)");
+    } else {
+        println!(
+            "⚠ browsers: pages on these origins can use the key through the proxy: {}",
+            server.allowed_origins.join(", ")
+        );
+    }
+    let answered = if server.listen.ip().is_unspecified() {
+        "loopback names and IP addresses"
+    } else {
+        "loopback names and addresses"
+    };
+    if server.allowed_hosts.is_empty() {
+        println!("✓ hosts: only {answered} are answered (a DNS-rebinding name gets 421)");
+    } else {
+        println!(
+            "✓ hosts: {answered} and {} are answered; any other Host gets 421",
+            server.allowed_hosts.join(", ")
+        );
+    }
+    failed
+}

@@ -1,0 +1,98 @@
+//! `keyproxy rotate`: hand a new key to a running keyproxy through its admin API.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use keyproxy::config::Config;
+use keyproxy::key::{KeySource, Secret};
+
+use super::admin_base;
+
+/// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
+pub(crate) async fn rotate(
+    upstream: String,
+    key_file: Option<PathBuf>,
+    admin: Option<String>,
+    probe: bool,
+    config_path: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let key = match key_file {
+        Some(path) => KeySource::File(path).read().await?,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read the key from standard input")?;
+            keyproxy::key::source::trim_one_newline(&mut text);
+            Secret::new(text)
+        }
+    };
+    let config = if admin.is_none() || std::env::var_os("KEYPROXY_ADMIN_TOKEN").is_none() {
+        Some(Config::load(&config_path)?)
+    } else {
+        None
+    };
+    let base = match (admin, &config) {
+        (Some(url), _) => url,
+        (None, Some(c)) => admin_base(c.server.admin_listen),
+        (None, None) => anyhow::bail!("give --admin URL or a config"),
+    };
+    let token = match std::env::var("KEYPROXY_ADMIN_TOKEN") {
+        Ok(t) => Secret::new(t),
+        Err(_) => match config.as_ref().and_then(|c| c.server.admin_token.as_ref()) {
+            Some(source) => source.read().await.context("cannot read the admin token")?,
+            None => anyhow::bail!(
+                "no admin token: set KEYPROXY_ADMIN_TOKEN, or [server] admin_token in the config"
+            ),
+        },
+    };
+    let url = format!(
+        "{}/keys/{upstream}{}",
+        base.trim_end_matches('/'),
+        if probe { "?probe=true" } else { "" }
+    );
+    let mut request = http::Request::post(url.as_str())
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(key.expose().to_owned())))
+        .context("invalid --admin URL")?;
+    let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .context("the admin token cannot be sent in a header")?;
+    auth.set_sensitive(true);
+    request
+        .headers_mut()
+        .insert(http::header::AUTHORIZATION, auth);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.request(request))
+            .await
+            .with_context(|| format!("{url}: no answer within 60s"))?
+            .with_context(|| format!("{url}: request failed"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if status.is_success() {
+        println!(
+            "✓ {upstream}: {} {} (generation {})",
+            v["result"].as_str().unwrap_or("applied"),
+            v["fingerprint"].as_str().unwrap_or("?"),
+            v["generation"]
+        );
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            println!("⚠ {upstream}: {}", w["message"].as_str().unwrap_or(""));
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let message = v["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        println!("✗ {upstream}: {status}: {message}");
+        Ok(ExitCode::FAILURE)
+    }
+}
