@@ -16,7 +16,7 @@ use crate::guard::{Guard, Verdict};
 use crate::key::expiry;
 use crate::key::rotation::{Refusal, Trigger};
 use crate::key::store::digest;
-use crate::key::{KeySource, Secret};
+use crate::key::{token, KeySource, Secret};
 use crate::proxy::Proxy;
 use crate::reply;
 use crate::time::rfc3339_string;
@@ -37,21 +37,10 @@ impl AdminToken {
         let Some(source) = source else {
             return AdminToken::NotConfigured;
         };
-        match source.read().await {
-            Ok(token)
-                if token.expose().trim().len() >= 16 && token.expose() == token.expose().trim() =>
-            {
-                AdminToken::Hash(digest(token.expose()))
-            }
-            Ok(_) => {
-                let why = format!("the admin token from {source} is shorter than 16 characters or has surrounding whitespace; admin mutations stay disabled");
-                tracing::error!("{why}");
-                AdminToken::Unreadable(why)
-            }
+        match token::load(source).await {
+            Ok(hash) => AdminToken::Hash(hash),
             Err(e) => {
-                let why = format!(
-                    "the admin token could not be read: {e}; admin mutations stay disabled"
-                );
+                let why = format!("admin_token: {e}; admin mutations stay disabled");
                 tracing::error!("{why}");
                 AdminToken::Unreadable(why)
             }

@@ -8,9 +8,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use crate::config::ClientConfig;
 use crate::headers::presented_credential;
 use crate::key::store::digest;
-
-/// Tokens shorter than this are too easy to guess.
-const MIN_TOKEN_LEN: usize = 16;
+use crate::key::token;
 
 #[derive(Debug, thiserror::Error)]
 #[error("client {name}: {problem}")]
@@ -36,17 +34,11 @@ impl Clients {
                 name: c.name.clone(),
                 problem,
             };
-            let token = c.token.read().await.map_err(|e| error(e.to_string()))?;
-            let t = token.expose();
-            if t.len() < MIN_TOKEN_LEN || t.trim() != t || !t.bytes().all(|b| b.is_ascii_graphic())
-            {
-                return Err(error(format!(
-                    "the token from {} must be at least {MIN_TOKEN_LEN} printable characters with no spaces",
-                    c.token
-                )));
-            }
+            let hash = token::load(&c.token)
+                .await
+                .map_err(|e| error(e.to_string()))?;
             clients.names.push(c.name.clone());
-            clients.hashes.push(digest(t));
+            clients.hashes.push(hash);
         }
         Ok(clients)
     }

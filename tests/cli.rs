@@ -520,3 +520,59 @@ fn completions_version_and_the_security_checklist() {
         "a token was printed"
     );
 }
+
+/// One token rule: `check` shows ✓ for exactly the client and admin tokens the server accepts.
+#[tokio::test]
+async fn check_and_the_server_agree_on_every_token() {
+    let tokens = [
+        ("good", "0123456789abcdef-token"),
+        ("short", "0123456789abcde"),
+        ("inner space", "0123456789 abcdef-token"),
+        ("surrounding space", " 0123456789abcdef-token"),
+        ("non-ascii", "0123456789abcdef-tokén"),
+    ];
+    for (what, token) in tokens {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path(), "key", &key());
+        // Written raw (no trailing newline) so the file holds exactly the token.
+        std::fs::write(dir.path().join("client"), token).unwrap();
+        std::fs::write(dir.path().join("admin"), token).unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = {{ file = \"{}\" }}\n\
+             [[clients]]\nname = \"app\"\ntoken = {{ file = \"{}\" }}\n\
+             [[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkey = {{ file = \"{key}\" }}\n",
+            dir.path().join("admin").display(),
+            dir.path().join("client").display()
+        );
+        let config = write_config(dir.path(), &text);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let check_client_ok = stdout.contains("✓ client app");
+        let check_admin_ok = stdout.contains("✓ admin: admin_token");
+
+        let parsed = keyproxy::config::Config::parse(&config, &text).unwrap();
+        let server_client_ok = keyproxy::clients::Clients::load(&parsed.clients)
+            .await
+            .is_ok();
+        let admin = keyproxy::admin::AdminToken::load(parsed.server.admin_token.as_ref()).await;
+        let server_admin_ok = matches!(admin, keyproxy::admin::AdminToken::Hash(_));
+
+        assert_eq!(
+            check_client_ok, server_client_ok,
+            "{what}: client token\n{stdout}"
+        );
+        assert_eq!(
+            check_admin_ok, server_admin_ok,
+            "{what}: admin token\n{stdout}"
+        );
+        assert_eq!(server_client_ok, what == "good", "{what}: the rule itself");
+        assert!(
+            !stdout.contains(token.trim()),
+            "{what}: the token leaked: {stdout}"
+        );
+    }
+}

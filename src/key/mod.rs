@@ -9,6 +9,7 @@ pub mod rotation;
 pub mod secret;
 pub mod source;
 pub mod store;
+pub mod token;
 pub mod watch;
 
 pub use fingerprint::Fingerprint;
