@@ -213,9 +213,7 @@ impl Admin {
             ),
             Err(refusal) => {
                 let status = match &refusal {
-                    Refusal::Probe { code, .. } if code == "probe_failed" => {
-                        StatusCode::BAD_GATEWAY
-                    }
+                    Refusal::ProbeFailed { .. } => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 let kept = upstream.key.current();

@@ -155,6 +155,32 @@ pub enum SendError {
     Timeout,
 }
 
+impl SendError {
+    /// True when the failure was the TLS handshake (unknown issuer, wrong name, protocol), told by
+    /// the error's type: rustls' own error, raw or carried inside `io::Error`s.
+    pub fn is_tls(&self) -> bool {
+        let SendError::Connect(e) = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(err) = next {
+            if err.is::<rustls::Error>() {
+                return true;
+            }
+            // An `io::Error`'s `source()` skips the error it carries (hyper-rustls wraps
+            // tokio-rustls' `io::Error` in another), so step into what it carries instead.
+            next = match err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        false
+    }
+}
+
 /// Which HTTP versions a pool may speak to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Versions {

@@ -281,7 +281,7 @@ impl Metrics {
             .into_iter()
             .map(|client| {
                 let c = client.as_deref();
-                for reason in &Reason::ALL[..16] {
+                for reason in Reason::provider_refusals() {
                     self.auth_failures
                         .with_label_values(&labels(name, c, reason.as_str()));
                 }
@@ -389,7 +389,7 @@ impl UpstreamMetrics {
     pub fn auth_failures_total(&self) -> u64 {
         let mut total = 0;
         for series in &self.per_client {
-            for r in &Reason::ALL[..16] {
+            for r in Reason::provider_refusals() {
                 let l = labels(&self.name, series.client.as_deref(), r.as_str());
                 total += self.auth_failures.with_label_values(&l).get();
             }

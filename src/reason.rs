@@ -84,6 +84,25 @@ impl Reason {
         }
     }
 
+    /// A reason the diagnosis gives to a provider's refusal of the key or the account (the series
+    /// of `keyproxy_auth_failures_total`), as opposed to a refusal of keyproxy's own.
+    pub const fn is_provider_refusal(self) -> bool {
+        !matches!(
+            self,
+            Reason::ClientUnauthorized
+                | Reason::UpstreamUnreachable
+                | Reason::UpstreamTimeout
+                | Reason::NoRoute
+                | Reason::HostNotAllowed
+                | Reason::OriginNotAllowed
+        )
+    }
+
+    /// The reasons a provider's refusal can be given, in contract order.
+    pub fn provider_refusals() -> impl Iterator<Item = Reason> {
+        Reason::ALL.into_iter().filter(|r| r.is_provider_refusal())
+    }
+
     pub fn parse(code: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == code)
     }
@@ -109,5 +128,14 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c == '_'));
         }
         assert_eq!(Reason::parse("nope"), None);
+    }
+
+    #[test]
+    fn the_provider_refusals_are_the_sixteen_diagnosis_reasons() {
+        let codes: Vec<_> = Reason::provider_refusals().map(Reason::as_str).collect();
+        assert_eq!(codes.len(), 16);
+        assert_eq!(codes.first(), Some(&"missing_key"));
+        assert_eq!(codes.last(), Some(&"unknown_auth_error"));
+        assert!(!Reason::HostNotAllowed.is_provider_refusal());
     }
 }

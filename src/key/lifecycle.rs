@@ -272,7 +272,7 @@ impl KeyLifecycle {
                 _ => Reason::MalformedKey,
             };
             let refusal = Refusal::Lint {
-                code: error.code.as_str().to_owned(),
+                code: error.code,
                 message: error.message.clone(),
             };
             return Err((reason, refusal));
@@ -292,18 +292,17 @@ impl KeyLifecycle {
     ) -> Result<(), Refusal> {
         let header = header_value(secret, &self.settings.auth_prefix, source).map_err(|e| {
             Refusal::Lint {
-                code: LintCode::BadCharacters.as_str().to_owned(),
+                code: LintCode::BadCharacters,
                 message: e.to_string(),
             }
         })?;
         match probe.probe(&header).await {
             ProbeOutcome::Accepted { .. } => Ok(()),
             ProbeOutcome::Refused { reason, message, .. } => Err(Refusal::Probe {
-                code: reason.as_str().to_owned(),
+                reason,
                 message: format!("{} refused the new key {fingerprint} ({reason}): {message}; the key in use stays", self.settings.upstream),
             }),
-            ProbeOutcome::Failed { message } => Err(Refusal::Probe {
-                code: "probe_failed".to_owned(),
+            ProbeOutcome::Failed { message } => Err(Refusal::ProbeFailed {
                 message: format!("the new key {fingerprint} could not be verified: {message}; the key in use stays (retry, or rotate without the probe)"),
             }),
         }
@@ -329,7 +328,7 @@ impl KeyLifecycle {
             .install(secret, &self.settings.auth_prefix, meta)
             .map_err(|e| {
                 let refusal = Refusal::Lint {
-                    code: LintCode::BadCharacters.as_str().to_owned(),
+                    code: LintCode::BadCharacters,
                     message: e.to_string(),
                 };
                 if previous.snapshot().is_none() {

@@ -5,7 +5,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::lint::LintCode;
 use super::Fingerprint;
+use crate::reason::Reason;
 
 /// What asked for the key to be (re)loaded. The strings are metric label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,18 +80,28 @@ pub const RETIRED_KEPT: usize = 5;
 /// Why a candidate key was not swapped in. The old key stays in service.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
+    /// The lint found an error in the candidate.
     #[error("{message}")]
-    Lint { code: String, message: String },
+    Lint { code: LintCode, message: String },
+    /// The provider refused the candidate when probed.
     #[error("{message}")]
-    Probe { code: String, message: String },
+    Probe { reason: Reason, message: String },
+    /// The probe got no answer to judge by (unreachable, timeout, 5xx).
+    #[error("{message}")]
+    ProbeFailed { message: String },
+    /// The source could not be read.
     #[error("{0}")]
     Source(String),
 }
 
 impl Refusal {
-    pub fn code(&self) -> &str {
+    /// The code shown in /status, the admin API's answer and the log: a lint code, the provider's
+    /// reason, `probe_failed` or `source_unreadable`.
+    pub fn code(&self) -> &'static str {
         match self {
-            Refusal::Lint { code, .. } | Refusal::Probe { code, .. } => code,
+            Refusal::Lint { code, .. } => code.as_str(),
+            Refusal::Probe { reason, .. } => reason.as_str(),
+            Refusal::ProbeFailed { .. } => "probe_failed",
             Refusal::Source(_) => "source_unreadable",
         }
     }

@@ -12,6 +12,10 @@ use std::borrow::Cow;
 
 use http::{Request, Response, StatusCode, Uri, Version};
 
+pub mod error;
+
+pub use error::ProxyError;
+
 use crate::client::{PooledBody, SendError, UpstreamBody};
 use crate::clients::Clients;
 use crate::explain::{self, RequestFacts};
@@ -19,9 +23,8 @@ use crate::guard::{self, Guard, Verdict};
 use crate::headers::{drop_hop_by_hop, presented_credential, strip_for_upstream, strip_key_param};
 use crate::key::lifecycle::{KeyLifecycle, KeyProbe};
 use crate::key::rotation::Trigger;
-use crate::key::store::Unavailable;
 use crate::key::{KeySnapshot, KeyState};
-use crate::metrics::{InFlight, Metrics, UpstreamError};
+use crate::metrics::{InFlight, Metrics};
 use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
 use crate::reply::{self, Body};
@@ -104,29 +107,24 @@ impl Proxy {
         let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let (cors, early) = match self.guard.check(&req) {
-            Verdict::Pass { cors } => (cors, None),
-            Verdict::Preflight(headers) => (None, Some(reply::preflight(headers))),
+        // Everything that ends before the upstream is an answer of keyproxy's own.
+        let (cors, routed): (_, Result<Routed, Response<Body>>) = match self.guard.check(&req) {
+            Verdict::Pass { cors } => (
+                cors,
+                self.route(&mut req, peer).map_err(|e| e.into_response()),
+            ),
+            Verdict::Preflight(headers) => (None, Err(reply::preflight(headers))),
             Verdict::Refused(refusal) => {
                 self.metrics.refused(false, refusal.reason);
                 tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status.as_u16(), reason = %refusal.reason, "{}", refusal.message);
-                (
-                    None,
-                    Some(reply::error(
-                        refusal.status,
-                        refusal.reason,
-                        &refusal.message,
-                    )),
-                )
+                (None, Err(ProxyError::Guard(refusal).into_response()))
             }
         };
-        let mut response = match early
-            .map_or_else(|| self.route(&mut req, peer), |r| Err(Box::new(r)))
-        {
-            Err(refusal) => {
-                let status = refusal.status().as_u16();
+        let mut response = match routed {
+            Err(answer) => {
+                let status = answer.status().as_u16();
                 tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
-                *refusal
+                answer
             }
             Ok(routed) => {
                 let upstream = routed.upstream;
@@ -156,10 +154,23 @@ impl Proxy {
                         self.response_phase(upstream, &routed.key, facts, upgrade, response)
                             .await
                     }
-                    Err(SendError::Timeout) => {
-                        ForwardFailure::Timeout(timeout).into_response(upstream, rid)
-                    }
-                    Err(e) => ForwardFailure::Unreachable(e).into_response(upstream, rid),
+                    Err(SendError::Timeout) => upstream_failure(
+                        upstream,
+                        rid,
+                        ProxyError::Timeout {
+                            upstream: Arc::clone(&upstream.name),
+                            after: timeout,
+                        },
+                    ),
+                    Err(error) => upstream_failure(
+                        upstream,
+                        rid,
+                        ProxyError::Unreachable {
+                            upstream: Arc::clone(&upstream.name),
+                            authority: upstream.authority().clone(),
+                            error,
+                        },
+                    ),
                 };
                 let elapsed = answered.duration_since(started);
                 self.log_phase(upstream, &routed.key, facts, elapsed, &response);
@@ -259,31 +270,36 @@ impl Proxy {
         &self,
         req: &mut Request<B>,
         peer: SocketAddr,
-    ) -> Result<Routed<'_>, Box<Response<Body>>> {
+    ) -> Result<Routed<'_>, Box<ProxyError>> {
         if req.method() == http::Method::CONNECT {
-            return Err(Box::new(reply::status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly",
-            )));
+            return Err(ProxyError::Connect.into());
         }
         let uri = req.uri().clone();
         let client = self
             .clients
             .identify(req.headers(), uri.query(), &self.custom_credentials)
-            .ok_or_else(|| Box::new(client_unauthorized()))?;
+            .ok_or(ProxyError::ClientUnauthorized)?;
         if !path_is_clean(uri.path()) {
-            return Err(Box::new(reply::bad_request(
-                "the request path has '.' or '..' segments; keyproxy does not forward them",
-            )));
+            return Err(ProxyError::UncleanPath.into());
         }
         let Some((index, rest)) = self.router.route(uri.path()) else {
-            return Err(Box::new(no_route(uri.path())));
+            return Err(ProxyError::NoRoute {
+                path: uri.path().to_owned(),
+            }
+            .into());
         };
         let upstream = &self.upstreams[index];
         let key = upstream.key.current();
         let snapshot = match &*key {
             KeyState::Ready(snapshot) => snapshot,
-            KeyState::Unavailable(why) => return Err(Box::new(missing_key(upstream, why))),
+            KeyState::Unavailable(why) => {
+                let refusal = ProxyError::NoKey {
+                    upstream: Arc::clone(&upstream.name),
+                    why: why.clone(),
+                };
+                tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{}", refusal.message());
+                return Err(refusal.into());
+            }
         };
         if self.clients.is_empty() {
             if let Some(sent) =
@@ -302,11 +318,7 @@ impl Proxy {
             &self.custom_credentials,
             upgrade,
         )
-        .map_err(|e| {
-            Box::new(reply::bad_request(&format!(
-                "cannot build the upstream request: {e}"
-            )))
-        })?;
+        .map_err(ProxyError::BadUpstreamRequest)?;
         let header = |name: &HeaderName| req.headers().get(name).cloned();
         Ok(Routed {
             upgrade,
@@ -370,11 +382,6 @@ fn prepare<B>(
     Ok(())
 }
 
-enum ForwardFailure {
-    Unreachable(SendError),
-    Timeout(Duration),
-}
-
 /// The rare path, boxed in a function of its own: built inline, its future would be laid out in
 /// the frame of every poll of `handle` (which was 56 KB of stack, probed page by page per poll).
 #[inline(never)]
@@ -409,93 +416,11 @@ fn tap_for(
     }
 }
 
-impl ForwardFailure {
-    fn into_response(self, upstream: &Upstream, request_id: &str) -> Response<Body> {
-        let (status, reason, kind, message) = match self {
-            ForwardFailure::Unreachable(e) => {
-                let chain = error_chain(&e);
-                let kind = if is_tls_failure(&chain) {
-                    UpstreamError::Tls
-                } else if matches!(e, SendError::Connect(_)) {
-                    UpstreamError::Connect
-                } else {
-                    UpstreamError::Reset
-                };
-                let (name, at) = (&upstream.name, upstream.authority());
-                let message = match kind {
-                    UpstreamError::Tls => format!("the TLS handshake with upstream {name} at {at} failed: {chain}"),
-                    UpstreamError::Connect => format!("keyproxy could not connect to upstream {name} at {at}: {chain}"),
-                    _ => format!("keyproxy lost the connection to upstream {name} at {at} before the response headers: {chain}"),
-                };
-                (
-                    StatusCode::BAD_GATEWAY,
-                    Reason::UpstreamUnreachable,
-                    kind,
-                    message,
-                )
-            }
-            ForwardFailure::Timeout(after) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                Reason::UpstreamTimeout,
-                UpstreamError::Timeout,
-                format!(
-                    "upstream {} sent no response headers within {} (response_header_timeout)",
-                    upstream.name,
-                    humantime::format_duration(after)
-                ),
-            ),
-        };
+/// Count and log an upstream failure once, then answer with it.
+fn upstream_failure(upstream: &Upstream, request_id: &str, failure: ProxyError) -> Response<Body> {
+    if let Some(kind) = failure.upstream_error() {
         upstream.metrics.upstream_error(kind);
-        tracing::warn!(request_id, upstream = %upstream.name, reason = %reason, kind = kind.as_str(), "{message}");
-        reply::error(status, reason, &message)
+        tracing::warn!(request_id, upstream = %upstream.name, reason = failure.reason().map_or("", Reason::as_str), kind = kind.as_str(), "{}", failure.message());
     }
-}
-
-fn missing_key(upstream: &Upstream, why: &Unavailable) -> Response<Body> {
-    let message = format!(
-        "keyproxy has no usable key for upstream {}: {}",
-        upstream.name, why.message
-    );
-    tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{message}");
-    reply::error(StatusCode::SERVICE_UNAVAILABLE, why.reason, &message)
-}
-
-fn client_unauthorized() -> Response<Body> {
-    reply::error(
-        StatusCode::UNAUTHORIZED,
-        Reason::ClientUnauthorized,
-        "keyproxy needs this app's client token: configure the app with the token from its [[clients]] entry as its API key (it is sent as Authorization: Bearer or x-api-key); keyproxy then adds the real provider key",
-    )
-}
-
-fn no_route(path: &str) -> Response<Body> {
-    let shown: String = path.chars().take(200).collect();
-    reply::error(
-        StatusCode::NOT_FOUND,
-        Reason::NoRoute,
-        &format!("no upstream is configured for the path {shown:?}; check the prefixes in the keyproxy config"),
-    )
-}
-
-/// rustls reports handshake failures (unknown issuer, wrong name, protocol) through the connector.
-fn is_tls_failure(chain: &str) -> bool {
-    let lower = chain.to_ascii_lowercase();
-    ["certificate", "tls", "handshake", "invalid peer"]
-        .iter()
-        .any(|w| lower.contains(w))
-}
-
-/// "error: cause: root cause", the way people need to read a connection failure.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = cause.source();
-    }
-    text
+    failure.into_response()
 }

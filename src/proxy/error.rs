@@ -1,0 +1,159 @@
+//! `ProxyError`: every refusal keyproxy makes itself on the forwarding path, in one type. Each
+//! variant carries what a person needs to fix it; the status, the reason code, the metric label
+//! and the response are decided here and nowhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Response, StatusCode};
+
+use crate::client::SendError;
+use crate::guard;
+use crate::key::store::Unavailable;
+use crate::metrics::UpstreamError;
+use crate::reason::Reason;
+use crate::reply::{self, Body};
+
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The browser guard refused the request (foreign `Host`, web origin).
+    Guard(guard::Refusal),
+    /// `CONNECT`: keyproxy is a reverse proxy, not a forward one.
+    Connect,
+    /// `[[clients]]` are configured and the request carries none of their tokens.
+    ClientUnauthorized,
+    /// A `.`/`..` segment (decoded once or twice) or a path-parameter trick.
+    UncleanPath,
+    NoRoute {
+        path: String,
+    },
+    /// The upstream has no usable key (startup or a refused first key).
+    NoKey {
+        upstream: Arc<str>,
+        why: Unavailable,
+    },
+    /// The request could not be rewritten for the upstream (an invalid URI after the prefix).
+    BadUpstreamRequest(http::uri::InvalidUri),
+    /// No response head from the upstream: connect, TLS or a connection lost.
+    Unreachable {
+        upstream: Arc<str>,
+        authority: Authority,
+        error: SendError,
+    },
+    /// No response head within `response_header_timeout`.
+    Timeout {
+        upstream: Arc<str>,
+        after: Duration,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Guard(refusal) => refusal.status,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientUnauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::UncleanPath | ProxyError::BadUpstreamRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable reason code, for the refusals that have one.
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            ProxyError::Guard(refusal) => Some(refusal.reason),
+            ProxyError::ClientUnauthorized => Some(Reason::ClientUnauthorized),
+            ProxyError::NoRoute { .. } => Some(Reason::NoRoute),
+            ProxyError::NoKey { why, .. } => Some(why.reason),
+            ProxyError::Unreachable { .. } => Some(Reason::UpstreamUnreachable),
+            ProxyError::Timeout { .. } => Some(Reason::UpstreamTimeout),
+            ProxyError::Connect | ProxyError::UncleanPath | ProxyError::BadUpstreamRequest(_) => {
+                None
+            }
+        }
+    }
+
+    /// Which `keyproxy_upstream_errors_total{kind}` series an upstream failure counts in.
+    pub fn upstream_error(&self) -> Option<UpstreamError> {
+        match self {
+            ProxyError::Unreachable { error, .. } if error.is_tls() => Some(UpstreamError::Tls),
+            ProxyError::Unreachable {
+                error: SendError::Connect(_),
+                ..
+            } => Some(UpstreamError::Connect),
+            ProxyError::Unreachable { .. } => Some(UpstreamError::Reset),
+            ProxyError::Timeout { .. } => Some(UpstreamError::Timeout),
+            _ => None,
+        }
+    }
+
+    /// The sentence a person reads: what happened and what to do.
+    pub fn message(&self) -> String {
+        match self {
+            ProxyError::Guard(refusal) => refusal.message.clone(),
+            ProxyError::Connect => "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly".into(),
+            ProxyError::ClientUnauthorized => "keyproxy needs this app's client token: configure the app with the token from its [[clients]] entry as its API key (it is sent as Authorization: Bearer or x-api-key); keyproxy then adds the real provider key".into(),
+            ProxyError::UncleanPath => "the request path has '.' or '..' segments; keyproxy does not forward them".into(),
+            ProxyError::NoRoute { path } => {
+                let shown: String = path.chars().take(200).collect();
+                format!("no upstream is configured for the path {shown:?}; check the prefixes in the keyproxy config")
+            }
+            ProxyError::NoKey { upstream, why } => format!(
+                "keyproxy has no usable key for upstream {upstream}: {}",
+                why.message
+            ),
+            ProxyError::BadUpstreamRequest(e) => format!("cannot build the upstream request: {e}"),
+            ProxyError::Unreachable {
+                upstream,
+                authority,
+                error,
+            } => {
+                let chain = error_chain(error);
+                match self.upstream_error() {
+                    Some(UpstreamError::Tls) => format!("the TLS handshake with upstream {upstream} at {authority} failed: {chain}"),
+                    Some(UpstreamError::Connect) => format!("keyproxy could not connect to upstream {upstream} at {authority}: {chain}"),
+                    _ => format!("keyproxy lost the connection to upstream {upstream} at {authority} before the response headers: {chain}"),
+                }
+            }
+            ProxyError::Timeout { upstream, after } => format!(
+                "upstream {upstream} sent no response headers within {} (response_header_timeout)",
+                crate::time::human_duration(*after)
+            ),
+        }
+    }
+
+    /// The answer the app gets: the status, `x-keyproxy-reason` and the JSON error body.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let message = self.message();
+        match self.reason() {
+            Some(reason) => reply::error(status, reason, &message),
+            None => reply::status(status, &message),
+        }
+    }
+}
+
+impl From<guard::Refusal> for ProxyError {
+    fn from(refusal: guard::Refusal) -> Self {
+        ProxyError::Guard(refusal)
+    }
+}
+
+/// "error: cause: root cause", the way people need to read a connection failure.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
