@@ -1,7 +1,7 @@
 //! Configuration pipeline: TOML text -> `Raw*` structs (serde; unknown fields refused) -> validated `Config`.
 //! Every error names the file, line:column and the field, so a person can go straight to the mistake.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -99,16 +99,6 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
-    /// The dotted field the error is about (`server.listen`, `upstreams[1].base_url`).
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { field, .. } => Some(field),
-            ConfigError::Read { .. } => None,
-        }
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -124,22 +114,19 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     name: Spanned<String>,
-    token: KeySource,
+    token: Spanned<KeySource>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
     listen: Option<Spanned<SocketAddr>>,
-    admin_listen: SocketAddr,
-    #[serde(with = "duration")]
-    shutdown_grace: Duration,
-    admin_token: Option<KeySource>,
-    #[serde(with = "duration")]
-    key_reload_interval: Duration,
-    #[serde(with = "duration")]
-    client_header_timeout: Duration,
-    allow_unauthenticated: bool,
+    admin_listen: Spanned<SocketAddr>,
+    shutdown_grace: Spanned<HumanDuration>,
+    admin_token: Option<Spanned<KeySource>>,
+    key_reload_interval: Spanned<HumanDuration>,
+    client_header_timeout: Spanned<HumanDuration>,
+    allow_unauthenticated: Spanned<bool>,
     workers: Spanned<usize>,
     allowed_hosts: Vec<Spanned<String>>,
     allowed_origins: Vec<Spanned<String>>,
@@ -149,13 +136,13 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             listen: None,
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
-            shutdown_grace: Duration::from_secs(30),
+            admin_listen: unset(SocketAddr::from(([127, 0, 0, 1], 8788))),
+            shutdown_grace: unset(HumanDuration(Duration::from_secs(30))),
             admin_token: None,
-            key_reload_interval: Duration::from_secs(30),
-            client_header_timeout: Duration::from_secs(30),
-            allow_unauthenticated: false,
-            workers: Spanned::new(0..0, 0),
+            key_reload_interval: unset(HumanDuration(Duration::from_secs(30))),
+            client_header_timeout: unset(HumanDuration(Duration::from_secs(30))),
+            allow_unauthenticated: unset(false),
+            workers: unset(0),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
         }
@@ -166,81 +153,78 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: Spanned<String>,
-    provider: Provider,
+    provider: Spanned<Provider>,
     base_url: Spanned<String>,
     #[serde(default)]
     prefix: Option<Spanned<String>>,
-    key: KeySource,
+    key: Spanned<KeySource>,
     #[serde(default)]
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     auth_header: Option<Spanned<String>>,
     #[serde(default)]
     auth_prefix: Option<Spanned<String>>,
-    #[serde(default = "default_connect_timeout", with = "duration")]
-    connect_timeout: Duration,
-    #[serde(default = "default_response_header_timeout", with = "duration")]
-    response_header_timeout: Duration,
-    #[serde(default, with = "timestamp")]
-    expires_at: Option<SystemTime>,
-    #[serde(default, with = "timestamp")]
-    issued_at: Option<SystemTime>,
-    #[serde(default, with = "optional_duration")]
-    max_age: Option<Duration>,
     #[serde(default)]
-    validate_on_rotate: bool,
+    connect_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    response_header_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    expires_at: Option<Spanned<Timestamp>>,
+    #[serde(default)]
+    issued_at: Option<Spanned<Timestamp>>,
+    #[serde(default)]
+    max_age: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    validate_on_rotate: Option<Spanned<bool>>,
     #[serde(default)]
     probe_path: Option<Spanned<String>>,
     #[serde(default)]
-    lint: LintMode,
-    #[serde(default = "default_stream_idle_timeout", with = "duration")]
-    stream_idle_timeout: Duration,
+    lint: Option<Spanned<LintMode>>,
+    #[serde(default)]
+    stream_idle_timeout: Option<Spanned<HumanDuration>>,
 }
 
-fn default_stream_idle_timeout() -> Duration {
-    Duration::from_secs(300)
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(120);
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A default for a field the file did not set (it has no place in the text).
+fn unset<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
 }
 
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_response_header_timeout() -> Duration {
-    Duration::from_secs(120)
+/// An optional duration field's value, or its default.
+fn duration_or(field: &Option<Spanned<HumanDuration>>, default: Duration) -> Duration {
+    field.as_ref().map_or(default, |d| d.get_ref().0)
 }
 
 /// `"30s"`, `"5m"`, `"365d"`: humantime durations.
-mod duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        crate::time::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod optional_duration {
-    use serde::Deserializer;
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::duration::deserialize(d).map(Some)
+        crate::time::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
 /// `"2027-11-27"` (midnight UTC) or RFC 3339 (`"2027-11-27T09:00:00Z"`, `"...+02:00"`).
-mod timestamp {
-    use serde::{Deserialize, Deserializer};
-    use std::time::SystemTime;
+#[derive(Debug, Clone, Copy)]
+struct Timestamp(SystemTime);
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        crate::time::parse_timestamp(&text).map(Some).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
-            ))
-        })
+        crate::time::parse_timestamp(&text)
+            .map(Timestamp)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
+                ))
+            })
     }
 }
 
@@ -269,13 +253,16 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
-        let mut prefixes = HashSet::new();
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+        let mut prefixes: HashMap<String, String> = HashMap::new();
         for (i, up) in raw.upstreams.into_iter().enumerate() {
+            let name_span = up.name.span();
+            // Without a `prefix` line the upstream's default "/" is its own table's doing.
+            let prefix_span = up.prefix.as_ref().map_or(name_span.clone(), Spanned::span);
             let up = validate_upstream(&ctx, i, up)?;
             if !names.insert(up.name.clone()) {
                 return Err(ctx.error(
-                    ctx.find_value(i, "name"),
+                    name_span,
                     format!("upstreams[{i}].name"),
                     &format!(
                         "duplicate upstream name {:?}; names must be unique",
@@ -283,13 +270,13 @@ impl Config {
                     ),
                 ));
             }
-            if !prefixes.insert(up.prefix.clone()) {
+            if let Some(other) = prefixes.insert(up.prefix.clone(), up.name.clone()) {
                 return Err(ctx.error(
-                    ctx.find_value(i, "prefix"),
+                    prefix_span,
                     format!("upstreams[{i}].prefix"),
                     &format!(
-                        "prefix {:?} is already used by another upstream; give each upstream its own prefix",
-                        up.prefix
+                        "prefix {:?} is already used by upstream {other:?}; give each upstream its own prefix (e.g. prefix = \"/{}\")",
+                        up.prefix, up.name
                     ),
                 ));
             }
@@ -311,7 +298,8 @@ impl Config {
             .listen
             .as_ref()
             .map_or(DEFAULT_LISTEN, |l| *l.get_ref());
-        if !listen.ip().is_loopback() && clients.is_empty() && !raw.server.allow_unauthenticated {
+        let allow_unauthenticated = *raw.server.allow_unauthenticated.get_ref();
+        if !listen.ip().is_loopback() && clients.is_empty() && !allow_unauthenticated {
             let span = raw.server.listen.as_ref().map_or(0..0, Spanned::span);
             return Err(ctx.error(
                 span,
@@ -340,12 +328,15 @@ impl Config {
             clients,
             server: ServerConfig {
                 listen,
-                admin_listen: raw.server.admin_listen,
-                shutdown_grace: raw.server.shutdown_grace,
-                admin_token: raw.server.admin_token.map(|t| t.resolved(path)),
-                key_reload_interval: raw.server.key_reload_interval,
-                client_header_timeout: raw.server.client_header_timeout,
-                allow_unauthenticated: raw.server.allow_unauthenticated,
+                admin_listen: *raw.server.admin_listen.get_ref(),
+                shutdown_grace: raw.server.shutdown_grace.get_ref().0,
+                admin_token: raw
+                    .server
+                    .admin_token
+                    .map(|t| t.into_inner().resolved(path)),
+                key_reload_interval: raw.server.key_reload_interval.get_ref().0,
+                client_header_timeout: raw.server.client_header_timeout.get_ref().0,
+                allow_unauthenticated,
                 workers: *raw.server.workers.get_ref(),
                 allowed_hosts,
                 allowed_origins,
@@ -458,7 +449,7 @@ fn validate_clients(ctx: &Ctx, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>,
         }
         clients.push(ClientConfig {
             name: c.name.into_inner(),
-            token: c.token.resolved(ctx.path),
+            token: c.token.into_inner().resolved(ctx.path),
         });
     }
     Ok(clients)
@@ -492,14 +483,15 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             read_ca_file(&file).map_err(|m| ctx.error(f.span(), field("ca_file"), &m))?
         }
     };
+    let provider = *up.provider.get_ref();
     let generic_only = |v: &Option<Spanned<String>>, name: &str| -> Result<(), ConfigError> {
         match v {
-            Some(s) if up.provider != Provider::Generic => Err(ctx.error(
+            Some(s) if provider != Provider::Generic => Err(ctx.error(
                 s.span(),
                 field(name),
                 &format!(
                     "{name} applies only to provider = \"generic\"; provider {} uses its own scheme",
-                    up.provider.as_str()
+                    provider.as_str()
                 ),
             )),
             _ => Ok(()),
@@ -526,17 +518,17 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             ));
         }
     }
-    let key = up.key.resolved(ctx.path);
-    if up.expires_at.is_some() && up.max_age.is_some() {
+    let key = up.key.into_inner().resolved(ctx.path);
+    if let (Some(_), Some(max_age)) = (&up.expires_at, &up.max_age) {
         return Err(ctx.error(
-            ctx.find_value(i, "max_age"),
+            max_age.span(),
             field("max_age"),
             "set either expires_at or max_age, not both",
         ));
     }
-    if up.issued_at.is_some() && up.max_age.is_none() {
+    if let (Some(issued_at), None) = (&up.issued_at, &up.max_age) {
         return Err(ctx.error(
-            ctx.find_value(i, "issued_at"),
+            issued_at.span(),
             field("issued_at"),
             "issued_at only counts with max_age; add max_age = \"365d\" or use expires_at",
         ));
@@ -554,24 +546,27 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
     };
     Ok(UpstreamConfig {
         name: up.name.into_inner(),
-        provider: up.provider,
+        provider,
         base_url,
         prefix,
         key,
         ca_certs,
         auth_header,
         auth_prefix: up.auth_prefix.map(Spanned::into_inner),
-        connect_timeout: up.connect_timeout,
-        response_header_timeout: up.response_header_timeout,
+        connect_timeout: duration_or(&up.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+        response_header_timeout: duration_or(
+            &up.response_header_timeout,
+            DEFAULT_RESPONSE_HEADER_TIMEOUT,
+        ),
         expiry: ExpiryPolicy {
-            expires_at: up.expires_at,
-            issued_at: up.issued_at,
-            max_age: up.max_age,
+            expires_at: up.expires_at.map(|t| t.get_ref().0),
+            issued_at: up.issued_at.map(|t| t.get_ref().0),
+            max_age: up.max_age.map(|d| d.get_ref().0),
         },
-        validate_on_rotate: up.validate_on_rotate,
+        validate_on_rotate: up.validate_on_rotate.is_some_and(|v| *v.get_ref()),
         probe_path,
-        lint: up.lint,
-        stream_idle_timeout: up.stream_idle_timeout,
+        lint: up.lint.map(Spanned::into_inner).unwrap_or_default(),
+        stream_idle_timeout: duration_or(&up.stream_idle_timeout, DEFAULT_STREAM_IDLE_TIMEOUT),
     })
 }
 
@@ -687,27 +682,6 @@ impl Ctx<'_> {
             (false, true) => table,
             (false, false) => format!("{table}.{key}"),
         }
-    }
-
-    /// The span of `field = ...` in the i-th `[[upstreams]]` table (for errors found after parsing).
-    fn find_value(&self, i: usize, field: &str) -> Range<usize> {
-        let mut seen = 0usize;
-        let mut offset = 0usize;
-        let mut inside = false;
-        for l in self.text.split_inclusive('\n') {
-            let t = l.trim();
-            if t.starts_with("[[upstreams]]") {
-                inside = seen == i;
-                seen += 1;
-            } else if t.starts_with('[') {
-                inside = false;
-            } else if inside && t.split_once('=').is_some_and(|(k, _)| k.trim() == field) {
-                let start = offset + (l.len() - l.trim_start().len());
-                return start..start + t.len();
-            }
-            offset += l.len();
-        }
-        0..0
     }
 }
 
@@ -1097,6 +1071,28 @@ token = { env = "C" }
             let c = Config::parse(Path::new(name), text).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(c.upstreams[0].key, KeySource::Env("OPENAI_API_KEY".into()));
         }
+    }
+
+    #[test]
+    fn errors_found_after_parsing_point_at_their_own_line() {
+        // Two upstreams on the default prefix: the second one's table, naming the first.
+        let text = "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"A\" }\n\
+                    [[upstreams]]\nname = \"other\"\nprovider = \"openai\"\nbase_url = \"https://example.com\"\nkey = { env = \"B\" }\n";
+        let (line, _, field, msg) = err(text);
+        assert_eq!((line, field.as_str()), (7, "upstreams[1].prefix"), "{msg}");
+        assert!(
+            msg.contains("\"openai\""),
+            "names the other upstream: {msg}"
+        );
+        assert!(msg.contains("prefix = \"/other\""), "suggests one: {msg}");
+
+        let text = "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"A\" }\n\
+                    issued_at = \"2026-01-01\"\n";
+        let (line, column, field, _) = err(text);
+        assert_eq!(
+            (line, column, field.as_str()),
+            (6, 13, "upstreams[0].issued_at")
+        );
     }
 
     #[test]
