@@ -28,7 +28,7 @@ use tokio::time::timeout_at;
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
-use crate::h1;
+use crate::http1::client as h1;
 use crate::workers;
 
 /// An upstream connection for `h1`: plain TCP read and written directly, or TLS through

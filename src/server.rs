@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
 use crate::workers::{self, Job, Workers};
-use crate::{client, front, key};
+use crate::{client, http1, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -145,16 +145,16 @@ impl Server {
         let header_timeout = self.client_header_timeout;
         let builder = hyper_builder(header_timeout);
         let proxy = Arc::clone(&self.proxy);
-        let closing = Arc::new(front::Shutdown::default());
+        let closing = Arc::new(http1::server::Shutdown::default());
         let (proxy_builder, proxy_closing) = (Arc::clone(&builder), Arc::clone(&closing));
         // The common request shapes are served by `front`; the rest of a connection goes to hyper.
         let proxy_connection = move |stream, peer, watcher| {
             let (proxy, builder) = (Arc::clone(&proxy), Arc::clone(&proxy_builder));
             let closing = Arc::clone(&proxy_closing);
             async move {
-                let io = match front::serve(stream, peer, &proxy, header_timeout, &closing).await {
-                    front::Ended::Closed => return,
-                    front::Ended::HandOff(io) => io,
+                let io = match http1::server::serve(stream, peer, &proxy, header_timeout, &closing).await {
+                    http1::server::Ended::Closed => return,
+                    http1::server::Ended::HandOff(io) => io,
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::client::UpstreamBody;
-use crate::h1::{self, Delimit};
+use crate::http1::client::{self as h1, Delimit};
 use crate::proxy::Proxy;
 use crate::reply::Body;
 

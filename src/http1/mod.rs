@@ -1,0 +1,4 @@
+//! The HTTP/1.1 wire.
+
+pub mod client;
+pub mod server;
