@@ -2,10 +2,10 @@
 //! connector (webpki roots plus the upstream's own `ca_file`; HTTP/2 when ALPN offers it; plain
 //! `http://` allowed).
 //!
-//! HTTP/1.1 exchanges run on our own connection code (`h1`) in the request's task; HTTP/2 and
-//! WebSocket upgrades go through hyper's connection API (`client::conn::http2`/`http1`). An HTTP/1.1
-//! connection goes back to the pool when its response body ends, from inside that body. A
-//! connection the upstream closed while idle is noticed at checkout and skipped; a request that
+//! HTTP/1.1 exchanges run on our own connection code (`http1::client`) in the request's task;
+//! HTTP/2 and WebSocket upgrades go through hyper's connection API (`client::conn::http2`/`http1`).
+//! An HTTP/1.1 connection goes back to the pool when its response body ends, from inside that body.
+//! A connection the upstream closed while idle is noticed at checkout and skipped; a request that
 //! can safely go again (nothing of it or of the response was lost) is retried on another.
 
 use std::future::Future;
@@ -28,10 +28,10 @@ use tokio::time::timeout_at;
 use tower_service::Service;
 
 use crate::config::UpstreamConfig;
-use crate::h1;
+use crate::http1::client as h1;
 use crate::workers;
 
-/// An upstream connection for `h1`: plain TCP read and written directly, or TLS through
+/// An upstream connection for `http1::client`: plain TCP read and written directly, or TLS through
 /// hyper-rustls (the plain case skips two adapter layers per read and write).
 pub enum Stream {
     Plain(tokio::net::TcpStream),
@@ -100,7 +100,7 @@ async fn in_time<T>(
 }
 
 /// What goes upstream: the client's body streamed through, a short body read whole with its head
-/// (`front`), or nothing (probes, GETs).
+/// (`http1::server`), or nothing (probes, GETs).
 #[derive(Default)]
 pub enum UpstreamBody {
     Client(Incoming),
@@ -109,13 +109,20 @@ pub enum UpstreamBody {
     Empty,
 }
 
+/// A short body `http1::server` read whole with its head.
+impl From<Bytes> for UpstreamBody {
+    fn from(bytes: Bytes) -> UpstreamBody {
+        UpstreamBody::Whole(Some(bytes))
+    }
+}
+
 type Connector = HttpsConnector<HttpConnector>;
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
-/// An upstream connection as tokio reads and writes it, for `h1`.
+/// An upstream connection as tokio reads and writes it, for `http1::client`.
 type H1Io = Stream;
 type H1Conn = Box<h1::Connection<H1Io>>;
 
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http1::BodyError;
 
 /// Idle connections older than this are closed rather than reused (upstreams drop them anyway).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -489,8 +496,8 @@ enum Inner {
 }
 
 impl PooledBody {
-    /// Whether its head came over HTTP/1.1 through `h1`, which leaves connection-level headers
-    /// out (unless `Connection` names others, when `Connection` stays).
+    /// Whether its head came over HTTP/1.1 through `http1::client`, which leaves connection-level
+    /// headers out (unless `Connection` names others, when `Connection` stays).
     pub fn is_h1(&self) -> bool {
         matches!(self.0, Inner::H1 { .. })
     }

@@ -1,31 +1,12 @@
-//! Header surgery on the forwarding path: what is dropped (hop-by-hop headers, every credential the
-//! client sent, a `key` query parameter) before keyproxy adds the upstream's own key.
+//! Credential stripping on the forwarding path: every credential the client sent and a `key` query
+//! parameter are dropped (with the hop-by-hop headers, a wire rule kept in `http1`) before keyproxy
+//! adds the upstream's own key.
 
 use std::borrow::Cow;
 
-use http::header::{
-    HeaderMap, HeaderName, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderMap, HeaderName, HOST};
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `upgrade` goes too;
-/// WebSocket pass-through puts it back deliberately.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Compared as names, not strings: a standard name against another is one integer compare
-    // (this runs for every response header).
-    name == CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-}
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+use crate::http1::drop_hop_by_hop_and;
 
 /// Every header an SDK may carry a key in (OpenAI, Anthropic, Azure and Gemini schemes), plus
 /// `Host`, so the upstream's own authority is used.
@@ -41,20 +22,12 @@ fn is_client_credential(name: &HeaderName) -> bool {
     )
 }
 
-/// Remove hop-by-hop headers, including any the `Connection` header names.
-pub fn drop_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, is_hop_by_hop);
-}
-
 /// The request for the upstream: hop-by-hop headers and every credential the client sent go (SDKs
 /// send dummy keys). `extra`: custom auth headers of any configured generic upstream. One pass
 /// over the names; only what is present is removed.
 pub fn strip_for_upstream(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    remove_where(headers, |name| {
-        is_hop_by_hop(name)
-            || is_client_credential(name)
-            || extra.contains(name)
-            || has_underscore(name)
+    drop_hop_by_hop_and(headers, |name| {
+        is_client_credential(name) || extra.contains(name) || has_underscore(name)
     });
 }
 
@@ -63,25 +36,6 @@ pub fn strip_for_upstream(headers: &mut HeaderMap, extra: &[HeaderName]) {
 /// an underscore in its name is dropped.
 fn has_underscore(name: &HeaderName) -> bool {
     memchr::memchr(b'_', name.as_str().as_bytes()).is_some()
-}
-
-fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    // Names the `Connection` header lists are hop-by-hop too (rare: collected only when present).
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    // Usually two or three names go (Host, the SDK's dummy key): find, remove, look again, with no
-    // list to allocate.
-    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
-        headers.remove(name);
-    }
 }
 
 /// True for headers `strip_for_upstream` always removes.
@@ -185,24 +139,6 @@ fn is_key_param(pair: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("upgrade", HeaderValue::from_static("h2c"));
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        drop_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("content-type"));
-    }
 
     #[test]
     fn client_credentials_go() {

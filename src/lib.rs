@@ -15,7 +15,7 @@
 //! | `leaves` | `reason`, `provider`, `time`, `redact`, `request_id`, `workers`, `metrics`, `telemetry` | facts and tools that know nothing of the rest |
 //! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch |
 //! | `config` | `config` | TOML → raw → validated `Config`, built from the types of the layers below |
-//! | `http1` | `http1`, `headers`, `h1`, `front`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |
+//! | `http1` | `http1`, `headers`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |
 //! | `upstream` | `upstream`, `client` | an upstream at run time and its connection pool |
 //! | `diagnose` | `diagnose`, `probe` | a refusal → reason + sentence; asking the provider about a key |
 //! | `proxy` | `proxy`, `route`, `guard`, `clients`, `reply`, `explain`, `tap` | the forwarding path and every refusal keyproxy makes itself |
@@ -30,10 +30,9 @@ pub mod clients;
 pub mod config;
 pub mod diagnose;
 pub mod explain;
-pub mod front;
 pub mod guard;
-pub mod h1;
 pub mod headers;
+pub mod http1;
 pub mod key;
 pub mod metrics;
 pub mod probe;

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::upstream::Upstream;
 use crate::workers::{self, Job, Workers};
-use crate::{client, front, key};
+use crate::{client, http1, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -145,16 +145,19 @@ impl Server {
         let header_timeout = self.client_header_timeout;
         let builder = hyper_builder(header_timeout);
         let proxy = Arc::clone(&self.proxy);
-        let closing = Arc::new(front::Shutdown::default());
+        let closing = Arc::new(http1::server::Shutdown::default());
         let (proxy_builder, proxy_closing) = (Arc::clone(&builder), Arc::clone(&closing));
-        // The common request shapes are served by `front`; the rest of a connection goes to hyper.
+        // The common request shapes are served by `http1::server`; the rest of a connection goes to
+        // hyper.
         let proxy_connection = move |stream, peer, watcher| {
             let (proxy, builder) = (Arc::clone(&proxy), Arc::clone(&proxy_builder));
             let closing = Arc::clone(&proxy_closing);
             async move {
-                let io = match front::serve(stream, peer, &proxy, header_timeout, &closing).await {
-                    front::Ended::Closed => return,
-                    front::Ended::HandOff(io) => io,
+                let answer = |req| proxy.handle(req, peer);
+                let io = match http1::server::serve(stream, answer, header_timeout, &closing).await
+                {
+                    http1::server::Ended::Closed => return,
+                    http1::server::Ended::HandOff(io) => io,
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
@@ -233,23 +236,21 @@ async fn check_expiry(proxy: Arc<Proxy>) {
     }
 }
 
-/// Request heads larger than this get 431; LLM API requests carry a few hundred bytes of headers.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// hyper's HTTP/1.1 and h2c server, with upgrades: the admin port, and proxy connections `front`
-/// hands over. (`front` enforces `client_header_timeout` before a hand-over; after it, as on the
-/// admin port, hyper's own header timeout does.)
+/// hyper's HTTP/1.1 and h2c server, with upgrades: the admin port, and proxy connections
+/// `http1::server` hands over. (`http1::server` enforces `client_header_timeout` before a
+/// hand-over; after it, as on the admin port, hyper's own header timeout does.) Request heads
+/// larger than `http1::MAX_HEAD` get 431; LLM API requests carry a few hundred bytes of headers.
 fn hyper_builder(header_timeout: Duration) -> Arc<auto::Builder<TokioExecutor>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(http1::MAX_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(http1::MAX_HEAD as u32);
     Arc::new(builder)
 }
 

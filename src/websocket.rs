@@ -13,16 +13,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 
+use crate::http1::ConnectionOptions;
 use crate::metrics::UpstreamMetrics;
 
 /// `Connection: upgrade` + `Upgrade: websocket` (case-insensitive), as RFC 6455 asks.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    let connection_upgrade = headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
+    // Values that are not visible ASCII are skipped whole.
+    let connection_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok() && ConnectionOptions::parse(v.as_bytes()).upgrade);
     connection_upgrade
         && headers
             .get(UPGRADE)

@@ -1,6 +1,6 @@
 //! The app-facing HTTP/1.1 connection, byte by byte: keep-alive, pipelining, short bodies read
-//! whole, HEAD, `Connection: close`, and the hand-over to hyper of the shapes `front` leaves to it
-//! (chunked uploads, `Expect: 100-continue`, long bodies) in the middle of a connection.
+//! whole, HEAD, `Connection: close`, and the hand-over to hyper of the shapes `http1::server` leaves
+//! to it (chunked uploads, `Expect: 100-continue`, long bodies) in the middle of a connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -248,7 +248,7 @@ async fn connection_close_and_expect_continue_are_honoured() {
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!(answer.body, br#"{"got":4}"#);
 
-    // A body longer than `front` reads whole streams through hyper, intact.
+    // A body longer than `http1::server` reads whole streams through hyper, intact.
     let big = vec![b'x'; 200_000];
     let head = format!(
         "POST /v1/y HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",

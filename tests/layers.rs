@@ -23,7 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("key", &["key"]),
     ("config", &["config"]),
-    ("http1", &["http1", "headers", "h1", "front", "websocket"]),
+    ("http1", &["http1", "headers", "websocket"]),
     ("upstream", &["upstream", "client"]),
     ("diagnose", &["diagnose", "probe"]),
     (

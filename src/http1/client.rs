@@ -14,26 +14,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant, Sleep};
 
-/// The most header lines a response head may carry (hyper's limit too).
-const MAX_HEADERS: usize = 100;
-/// The largest response head, and the longest chunk-size line or trailer section.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_LINE: usize = 4 * 1024;
-/// Request bytes gathered before they are written (the head plus as much body as is ready).
-const WRITE_BATCH: usize = 64 * 1024;
-/// Read buffer growth: small for heads and short bodies, larger once reads come back full.
-const READ_SMALL: usize = 8 * 1024;
-const READ_LARGE: usize = 64 * 1024;
-/// The largest write buffer a connection keeps between requests.
-const KEEP_OUT: usize = 16 * 1024;
-
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+use super::body::{step, write_body, BadChunk, Chunk, Framing, Stop};
+use super::{
+    put_framing, put_header, put_request_line, BodyError, Delimit, FramingHeaders, ResponseFraming,
+    KEEP_OUT, MAX_HEAD, MAX_HEADERS, READ_LARGE, READ_SMALL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -55,6 +46,12 @@ pub enum Error {
     Timeout,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<BadChunk> for Error {
+    fn from(BadChunk(what): BadChunk) -> Error {
+        Error::Chunk(what)
+    }
 }
 
 impl From<httparse::Error> for Error {
@@ -185,7 +182,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn into_response(
         self: Box<Self>,
         parts: http::response::Parts,
-        head: HeadFraming,
+        head: ResponseFraming,
         wrote_all: bool,
     ) -> Response<ResponseBody<T>> {
         let mut body = ResponseBody {
@@ -204,7 +201,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         &mut self,
         method: &Method,
         deadline: Instant,
-    ) -> Result<(http::response::Parts, HeadFraming), Error> {
+    ) -> Result<(http::response::Parts, ResponseFraming), Error> {
         loop {
             if let Some(head) = self.parse_head(method)? {
                 return Ok(head);
@@ -254,7 +251,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     fn parse_head(
         &mut self,
         method: &Method,
-    ) -> Result<Option<(http::response::Parts, HeadFraming)>, Error> {
+    ) -> Result<Option<(http::response::Parts, ResponseFraming)>, Error> {
         loop {
             // Left uninitialised: the parser writes the ones it finds (no 3 KiB clear per response).
             let mut headers = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
@@ -284,12 +281,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             let http10 = res.version == Some(0);
             let start = self.buf.as_ptr() as usize;
-            let mut framing = Framer::default();
+            let mut framing = FramingHeaders::default();
             self.found.clear();
             for h in res.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| Error::Head("bad header name"))?;
-                if !framing.see(&name, h.value)? {
+                if !framing.see(&name, h.value).map_err(Error::Head)? {
                     continue;
                 }
                 self.found
@@ -328,145 +325,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 }
 
-enum Next {
-    Frame(Frame<Bytes>),
-    Flush,
-    End,
-    Error(BodyError),
-}
-
-/// How a body is delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delimit {
-    /// Exactly this many bytes (more is refused, fewer ends the connection).
-    Length(u64),
-    Chunked,
-    /// No body is sent (HEAD, 204, 304): frames are drained and dropped.
-    Nothing,
-}
-
-/// Why writing a body stopped.
-#[derive(Debug)]
-pub enum Stop {
-    Io(std::io::Error),
-    Body(BodyError),
-    /// The body produced more bytes than its `Content-Length`.
-    Overrun,
-}
-
-impl From<std::io::Error> for Stop {
-    fn from(e: std::io::Error) -> Stop {
-        Stop::Io(e)
-    }
-}
-
-/// Write `out` (a head) and then `body` framed as `delimit` says, in as few writes as the body's
-/// readiness allows: bytes are gathered in `out` until the body has nothing ready or the batch is
-/// full. `out` is the connection's own buffer, kept between messages; it is left empty.
-/// Used for request bodies going upstream and response bodies going back to the app.
-pub async fn write_body<W, B>(
-    io: &mut W,
-    out: &mut BytesMut,
-    mut body: B,
-    delimit: Delimit,
-) -> Result<(), Stop>
-where
-    W: AsyncWrite + Unpin,
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BodyError>,
-{
-    let chunked = delimit == Delimit::Chunked;
-    let mut left = match delimit {
-        Delimit::Length(n) => n,
-        _ => u64::MAX,
-    };
-    loop {
-        let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
-            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(Next::End),
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Next::Frame(frame)),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Next::Error(e.into())),
-        })
-        .await;
-        match next {
-            Next::Frame(frame) => {
-                // Trailers are not forwarded (no LLM API uses them); data is.
-                let Ok(mut data) = frame.into_data() else {
-                    continue;
-                };
-                if !data.has_remaining() || delimit == Delimit::Nothing {
-                    continue;
-                }
-                let len = data.remaining() as u64;
-                if len > left {
-                    io.write_all(out).await?;
-                    return Err(Stop::Overrun);
-                }
-                left -= len;
-                if chunked {
-                    put_number(out, len, 16);
-                    out.extend_from_slice(b"\r\n");
-                }
-                if out.len() + data.remaining() > WRITE_BATCH {
-                    io.write_all(out).await?;
-                    out.clear();
-                    io.write_all_buf(&mut data).await?;
-                } else {
-                    out.extend_from_slice(data.chunk());
-                }
-                if chunked {
-                    out.extend_from_slice(b"\r\n");
-                }
-                if out.len() >= WRITE_BATCH {
-                    io.write_all(out).await?;
-                    out.clear();
-                }
-            }
-            Next::Flush => {
-                io.write_all(out).await?;
-                io.flush().await?;
-                out.clear();
-            }
-            Next::End => {
-                // Let the body go first (its connection back to the pool, its in-flight count
-                // down): once the peer has the last byte it may look at either.
-                drop(body);
-                if chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                }
-                io.write_all(out).await?;
-                out.clear();
-                return match delimit {
-                    Delimit::Length(_) if left > 0 => Err(Stop::Body(
-                        format!("the body ended {left} bytes before its length").into(),
-                    )),
-                    _ => Ok(()),
-                };
-            }
-            Next::Error(e) => {
-                // What was gathered goes out first: the peer sees the data, then the cut.
-                drop(body);
-                io.write_all(out).await?;
-                return Err(Stop::Body(e));
-            }
-        }
-    }
-}
-
 /// Write the request line and headers; returns how the body is delimited.
 fn encode_head<B: HttpBody>(out: &mut BytesMut, req: &Request<B>, host: &HeaderValue) -> Delimit {
-    out.extend_from_slice(req.method().as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(
-        req.uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    put_request_line(out, req.method(), target, host);
     let mut declared_length = false;
     for (name, value) in req.headers() {
         // Framing is ours to state (below); Host is the upstream's own.
@@ -474,45 +336,18 @@ fn encode_head<B: HttpBody>(out: &mut BytesMut, req: &Request<B>, host: &HeaderV
             declared_length = true;
             continue;
         }
-        if name == HOST || name == http::header::TRANSFER_ENCODING {
+        if name == HOST || name == TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header(out, name, value);
     }
     let delimit = match req.body().size_hint().exact() {
         // A body-less request with no Content-Length (a GET) says nothing about framing.
         Some(0) if !declared_length => Delimit::Length(0),
-        Some(n) => {
-            out.extend_from_slice(b"content-length: ");
-            put_number(out, n, 10);
-            out.extend_from_slice(b"\r\n");
-            Delimit::Length(n)
-        }
-        None => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Delimit::Chunked
-        }
+        exact => put_framing(out, exact),
     };
     out.extend_from_slice(b"\r\n");
     delimit
-}
-
-/// `n` in decimal or hex, without allocating.
-pub fn put_number(out: &mut BytesMut, mut n: u64, radix: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[(n % radix) as usize];
-        n /= radix;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -520,141 +355,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// What the framing headers of a response said, collected as its head is parsed.
-#[derive(Default)]
-struct Framer {
-    length: Option<u64>,
-    /// `Some(true)`: a Transfer-Encoding whose last coding is chunked.
-    transfer_chunked: Option<bool>,
-    close: bool,
-    keep_alive: bool,
-}
-
-struct HeadFraming {
-    framing: Framing,
-    reusable: bool,
-}
-
-impl Framer {
-    /// Note what a framing header says; returns whether the header belongs in the response the
-    /// app gets (connection-level ones do not, unless `Connection` names others to drop too).
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<bool, Error> {
-        if name == CONTENT_LENGTH {
-            // One value, or a list of identical values (RFC 9110 §8.6); anything else is refused.
-            for part in value.split(|&b| b == b',') {
-                let n = parse_decimal(trim(part)).ok_or(Error::Head("bad Content-Length"))?;
-                match self.length {
-                    Some(seen) if seen != n => {
-                        return Err(Error::Head("conflicting Content-Length values"))
-                    }
-                    _ => self.length = Some(n),
-                }
-            }
-        } else if name == http::header::TRANSFER_ENCODING {
-            let last = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(trim)
-                .unwrap_or_default();
-            self.transfer_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            return Ok(false);
-        } else if name == http::header::CONNECTION {
-            let mut names_others = false;
-            for token in value.split(|&b| b == b',').map(trim) {
-                let close = token.eq_ignore_ascii_case(b"close");
-                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                self.close |= close;
-                self.keep_alive |= keep_alive;
-                names_others |= !close && !keep_alive && !token.is_empty();
-            }
-            return Ok(names_others);
-        }
-        Ok(!crate::headers::is_hop_by_hop(name))
-    }
-
-    fn decide(
-        self,
-        method: &Method,
-        status: StatusCode,
-        http10: bool,
-        headers: &mut HeaderMap,
-    ) -> HeadFraming {
-        let mut reusable = !self.close && (!http10 || self.keep_alive);
-        let framing = if *method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            Framing::Length(0)
-        } else if let Some(chunked) = self.transfer_chunked {
-            if self.length.is_some() {
-                // Both: Transfer-Encoding wins, and the connection is not trusted again.
-                headers.remove(CONTENT_LENGTH);
-                reusable = false;
-            }
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                reusable = false;
-                Framing::Close
-            }
-        } else if let Some(n) = self.length {
-            Framing::Length(n)
-        } else {
-            reusable = false;
-            Framing::Close
-        };
-        let framing = if framing == Framing::Length(0) {
-            Framing::Done
-        } else {
-            framing
-        };
-        HeadFraming { framing, reusable }
-    }
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &s[start..end]
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes the connection.
-    Close,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// Inside a chunk's data, this many bytes left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one; how many bytes of them so far.
-    Trailers(usize),
 }
 
 /// A response body read straight from the connection. When it ends exactly where its framing says,
@@ -697,7 +397,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ResponseBody<T> {
                 match step(&mut self.framing, &mut conn.buf) {
                     Ok(true) => continue,
                     Ok(false) => break,
-                    Err(e) => return Poll::Ready(Some(Err(e))),
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
                 }
             }
             let data = match &mut self.framing {
@@ -740,90 +440,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ResponseBody<T> {
             }
         }
     }
-}
-
-/// One framing step that needs only buffered bytes. `Ok(true)`: progress, call again;
-/// `Ok(false)`: data is next, or more bytes are needed.
-fn step(framing: &mut Framing, buf: &mut BytesMut) -> Result<bool, Error> {
-    let Framing::Chunked(chunk) = framing else {
-        return Ok(false);
-    };
-    match *chunk {
-        Chunk::Data(_) => Ok(false),
-        Chunk::DataEnd => {
-            if buf.len() < 2 {
-                return Ok(false);
-            }
-            if &buf[..2] != b"\r\n" {
-                return Err(Error::Chunk("chunk data not followed by CRLF"));
-            }
-            buf.advance(2);
-            *chunk = Chunk::Size;
-            Ok(true)
-        }
-        Chunk::Size => {
-            let Some(line) = line(buf)? else {
-                return Ok(false);
-            };
-            let size = parse_chunk_size(&buf[..line - 2])?;
-            buf.advance(line);
-            *chunk = if size == 0 {
-                Chunk::Trailers(0)
-            } else {
-                Chunk::Data(size)
-            };
-            Ok(true)
-        }
-        Chunk::Trailers(seen) => {
-            let Some(line) = line(buf)? else {
-                return Ok(false);
-            };
-            buf.advance(line);
-            if line == 2 {
-                *framing = Framing::Done;
-            } else if seen + line > MAX_HEAD {
-                return Err(Error::Chunk("trailers larger than 64 KiB"));
-            } else {
-                *chunk = Chunk::Trailers(seen + line);
-            }
-            Ok(true)
-        }
-    }
-}
-
-/// The length of the CRLF-terminated line at the front of `buf`, CRLF included.
-fn line(buf: &[u8]) -> Result<Option<usize>, Error> {
-    match memchr::memchr(b'\n', &buf[..buf.len().min(MAX_LINE)]) {
-        Some(i) if i > 0 && buf[i - 1] == b'\r' => Ok(Some(i + 1)),
-        Some(_) => Err(Error::Chunk("line not ended by CRLF")),
-        None if buf.len() >= MAX_LINE => Err(Error::Chunk("line longer than 4 KiB")),
-        None => Ok(None),
-    }
-}
-
-/// `1a`, `1A;name=value`, `1a ; ext`: hex digits, then optional whitespace and extensions (ignored).
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err(Error::Chunk("no chunk size"));
-    }
-    if digits > 15 {
-        return Err(Error::Chunk("chunk size too large"));
-    }
-    let rest = &line[digits..];
-    let rest = trim(rest);
-    let rest_ok = rest.is_empty() || rest[0] == b';';
-    if !rest_ok {
-        return Err(Error::Chunk("bad chunk size"));
-    }
-    Ok(line[..digits].iter().fold(0u64, |n, &b| {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => b - b'A' + 10,
-        };
-        n * 16 + u64::from(d)
-    }))
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> HttpBody for ResponseBody<T> {
@@ -1250,7 +866,7 @@ mod tests {
         assert!(!reusable);
         assert!(parts.headers.contains_key("connection"));
         let mut headers = parts.headers;
-        crate::headers::drop_hop_by_hop(&mut headers);
+        crate::http1::drop_hop_by_hop(&mut headers);
         assert!(!headers.contains_key("x-hop") && !headers.contains_key("connection"));
     }
 
@@ -1343,19 +959,5 @@ mod tests {
             fn wake(self: std::sync::Arc<Self>) {}
         }
         std::task::Waker::from(std::sync::Arc::new(Nothing))
-    }
-
-    #[test]
-    fn numbers_are_written_without_allocating() {
-        for (n, radix, text) in [
-            (0, 10, "0"),
-            (1234567890, 10, "1234567890"),
-            (255, 16, "ff"),
-            (u64::MAX, 16, "ffffffffffffffff"),
-        ] {
-            let mut out = BytesMut::new();
-            put_number(&mut out, n, radix);
-            assert_eq!(&out[..], text.as_bytes());
-        }
     }
 }
