@@ -16,11 +16,11 @@ use http::Request;
 use keyproxy::diagnose::{self, Knowledge};
 use keyproxy::key::KeyStore;
 
-use keyproxy::clients::Clients;
 use keyproxy::config::Config;
 use keyproxy::key::store::KeyMeta;
 use keyproxy::key::Secret;
 use keyproxy::metrics::Metrics;
+use keyproxy::proxy::client_tokens::ClientTokens;
 use keyproxy::proxy::Proxy;
 use keyproxy::upstream::Upstream;
 
@@ -55,7 +55,7 @@ fn proxy() -> Proxy {
         };
         u.key.store.install(&key, &u.auth_prefix, meta).unwrap();
     }
-    Proxy::new(upstreams, metrics, Clients::none())
+    Proxy::new(upstreams, metrics, ClientTokens::none())
 }
 
 const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50000);

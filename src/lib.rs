@@ -16,36 +16,27 @@
 //! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch |
 //! | `config` | `config` | TOML → raw → validated `Config`, built from the types of the layers below |
 //! | `http1` | `http1`, `headers`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |
-//! | `upstream` | `upstream`, `client` | an upstream at run time and its connection pool |
-//! | `diagnose` | `diagnose`, `probe` | a refusal → reason + sentence; asking the provider about a key |
-//! | `proxy` | `proxy`, `route`, `guard`, `clients`, `reply`, `explain`, `tap` | the forwarding path and every refusal keyproxy makes itself |
-//! | `admin` | `admin`, `status_page` | the admin port: health, status, metrics, rotation |
+//! | `upstream` | `upstream` | an upstream at run time and its connection pool (`upstream::pool`) |
+//! | `diagnose` | `diagnose` | a refusal → reason + sentence; asking the provider about a key (`diagnose::probe`) |
+//! | `proxy` | `proxy` | the forwarding path: route, guard, client tokens, rewrite, send, reply, explain, tap; `ProxyError` for every refusal keyproxy makes itself |
+//! | `admin` | `admin` | the admin port: health, status (and its page), metrics, rotation |
 //! | `server` | `server` | listeners, workers, signals, shutdown |
 //! | `cli` | `cli` | the subcommands behind `main.rs` |
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod client;
-pub mod clients;
 pub mod config;
 pub mod diagnose;
-pub mod explain;
-pub mod guard;
 pub mod headers;
 pub mod http1;
 pub mod key;
 pub mod metrics;
-pub mod probe;
 pub mod provider;
 pub mod proxy;
 pub mod reason;
 pub mod redact;
-pub mod reply;
 pub mod request_id;
-pub mod route;
 pub mod server;
-pub mod status_page;
-pub mod tap;
 pub mod telemetry;
 pub mod time;
 pub mod upstream;

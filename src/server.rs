@@ -17,14 +17,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminToken};
-use crate::clients::Clients;
 use crate::config::Config;
-use crate::guard::Guard;
 use crate::metrics::Metrics;
+use crate::proxy::client_tokens::ClientTokens;
+use crate::proxy::guard::Guard;
 use crate::proxy::Proxy;
+use crate::upstream::pool::UpstreamBody;
 use crate::upstream::Upstream;
 use crate::workers::{self, Job, Workers};
-use crate::{client, http1, key};
+use crate::{http1, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -35,9 +36,9 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Client(#[from] client::ClientError),
+    Pool(#[from] crate::upstream::pool::PoolError),
     #[error(transparent)]
-    ClientToken(#[from] crate::clients::ClientTokenError),
+    ClientToken(#[from] crate::proxy::client_tokens::ClientTokenError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the worker threads: {0}")]
@@ -74,7 +75,7 @@ impl Server {
     /// Build the upstreams, load and lint every key (a missing or bad key is logged, not fatal) and
     /// bind both ports.
     pub async fn bind(config: &Config) -> Result<Server, ServerError> {
-        let clients = Clients::load(&config.clients).await?;
+        let clients = ClientTokens::load(&config.clients).await?;
         let metrics = Arc::new(Metrics::with_clients(clients.names())?);
         let loops = workers::count(config.server.workers);
         let upstreams = config
@@ -162,7 +163,7 @@ impl Server {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
                     async move {
-                        let req = req.map(client::UpstreamBody::Client);
+                        let req = req.map(UpstreamBody::App);
                         Ok::<_, Infallible>(proxy.handle(req, peer).await)
                     }
                 });

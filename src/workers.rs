@@ -33,10 +33,10 @@ pub type Job =
 
 /// The worker threads, numbered from 1.
 pub struct Workers {
-    lanes: Vec<Lane>,
+    lanes: Vec<WorkerThread>,
 }
 
-struct Lane {
+struct WorkerThread {
     jobs: mpsc::UnboundedSender<(std::net::TcpStream, Job)>,
     finish: oneshot::Sender<()>,
     exited: oneshot::Receiver<()>,
@@ -80,7 +80,7 @@ impl Workers {
                     drop(runtime);
                     let _ = exit_tx.send(());
                 })?;
-            lanes.push(Lane {
+            lanes.push(WorkerThread {
                 jobs,
                 finish,
                 exited,

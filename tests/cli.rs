@@ -555,7 +555,7 @@ async fn check_and_the_server_agree_on_every_token() {
         let check_admin_ok = stdout.contains("✓ admin: admin_token");
 
         let parsed = keyproxy::config::Config::parse(&config, &text).unwrap();
-        let server_client_ok = keyproxy::clients::Clients::load(&parsed.clients)
+        let server_client_ok = keyproxy::proxy::client_tokens::ClientTokens::load(&parsed.clients)
             .await
             .is_ok();
         let admin = keyproxy::admin::AdminToken::load(parsed.server.admin_token.as_ref()).await;

@@ -24,15 +24,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("key", &["key"]),
     ("config", &["config"]),
     ("http1", &["http1", "headers", "websocket"]),
-    ("upstream", &["upstream", "client"]),
-    ("diagnose", &["diagnose", "probe"]),
-    (
-        "proxy",
-        &[
-            "proxy", "route", "guard", "clients", "reply", "explain", "tap",
-        ],
-    ),
-    ("admin", &["admin", "status_page"]),
+    ("upstream", &["upstream"]),
+    ("diagnose", &["diagnose"]),
+    ("proxy", &["proxy"]),
+    ("admin", &["admin"]),
     ("server", &["server"]),
     ("cli", &["cli"]),
 ];

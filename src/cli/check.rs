@@ -81,7 +81,7 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
         if probe && lint::first_error(&findings).is_none() {
             let header =
                 keyproxy::key::store::header_value(&secret, &upstream.auth_prefix, &source)?;
-            match keyproxy::probe::probe(&upstream, &header).await {
+            match keyproxy::diagnose::probe::probe(&upstream, &header).await {
                 ProbeOutcome::Accepted { status } => {
                     println!("✓ {name}: probe: the provider accepts the key ({status})")
                 }

@@ -8,6 +8,7 @@ mod azure;
 mod google;
 pub mod message;
 mod openai;
+pub mod probe;
 mod rules;
 
 use std::time::SystemTime;

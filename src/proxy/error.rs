@@ -8,12 +8,12 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 
-use crate::client::SendError;
-use crate::guard;
 use crate::key::store::Unavailable;
 use crate::metrics::UpstreamError;
+use crate::proxy::guard;
+use crate::proxy::reply::{self, Body};
 use crate::reason::Reason;
-use crate::reply::{self, Body};
+use crate::upstream::pool::SendError;
 
 #[derive(Debug)]
 pub enum ProxyError {

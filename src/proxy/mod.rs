@@ -12,14 +12,16 @@ use std::borrow::Cow;
 
 use http::{Request, Response, StatusCode, Uri, Version};
 
+pub mod client_tokens;
 pub mod error;
+pub mod explain;
+pub mod guard;
+pub mod reply;
+pub mod route;
+pub mod tap;
 
 pub use error::ProxyError;
 
-use crate::client::{PooledBody, SendError, UpstreamBody};
-use crate::clients::Clients;
-use crate::explain::{self, RequestFacts};
-use crate::guard::{self, Guard, Verdict};
 use crate::headers::{presented_credential, strip_for_upstream, strip_key_param};
 use crate::http1::drop_hop_by_hop;
 use crate::key::lifecycle::{KeyLifecycle, KeyProbe};
@@ -28,12 +30,16 @@ use crate::key::{KeySnapshot, KeyState};
 use crate::metrics::{InFlight, Metrics};
 use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
-use crate::reply::{self, Body};
 use crate::request_id;
-use crate::route::{path_is_clean, Router};
-use crate::tap::{SseTap, Tap};
+use crate::upstream::pool::{PooledBody, SendError, UpstreamBody};
 use crate::upstream::Upstream;
 use crate::websocket::{self, Sockets};
+use client_tokens::ClientTokens;
+use explain::RequestFacts;
+use guard::{Guard, Verdict};
+use reply::Body;
+use route::{path_is_clean, Router};
+use tap::{SseTap, Tap};
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
@@ -41,7 +47,7 @@ static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
     pub metrics: Arc<Metrics>,
-    pub clients: Clients,
+    pub clients: ClientTokens,
     /// Open WebSocket splices, for shutdown.
     pub sockets: Arc<Sockets>,
     router: Router,
@@ -61,7 +67,7 @@ impl crate::key::watch::Watched for Proxy {
 }
 
 impl Proxy {
-    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>, clients: Clients) -> Proxy {
+    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>, clients: ClientTokens) -> Proxy {
         let router = Router::new(upstreams.iter().map(|u| u.prefix.as_str()));
         let mut custom_credentials: Vec<http::HeaderName> = Vec::new();
         for u in &upstreams {
@@ -132,8 +138,8 @@ impl Proxy {
                 let in_flight = InFlight::start(&upstream.metrics);
                 let upgrade = routed.upgrade.then(|| hyper::upgrade::on(&mut req));
                 let via = match upgrade {
-                    Some(_) => &upstream.upgrade_client,
-                    None => &upstream.client,
+                    Some(_) => &upstream.upgrade_pool,
+                    None => &upstream.pool,
                 };
                 let sent = Instant::now();
                 let timeout = upstream.response_header_timeout;

@@ -103,7 +103,8 @@ async fn in_time<T>(
 /// (`http1::server`), or nothing (probes, GETs).
 #[derive(Default)]
 pub enum UpstreamBody {
-    Client(Incoming),
+    /// The app's request body, streamed as it arrives.
+    App(Incoming),
     Whole(Option<Bytes>),
     #[default]
     Empty,
@@ -130,7 +131,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum PoolError {
     #[error("upstream {0}: base_url has no host")]
     NoHost(String),
     #[error("upstream {upstream}: TLS setup failed: {source}")]
@@ -200,7 +201,7 @@ pub enum Versions {
 
 /// One upstream's connections.
 #[derive(Clone)]
-pub struct Pool(Arc<Shared>);
+pub struct UpstreamPool(Arc<Shared>);
 
 struct Shared {
     connector: Connector,
@@ -236,23 +237,22 @@ enum Conn {
     Upgrade(http1::SendRequest<UpstreamBody>),
 }
 
-impl Pool {
+impl UpstreamPool {
     /// `threads`: how many event loops will send through it (see `workers`).
     pub fn new(
         cfg: &UpstreamConfig,
         authority: &Authority,
         versions: Versions,
         threads: usize,
-    ) -> Result<Pool, ClientError> {
+    ) -> Result<UpstreamPool, PoolError> {
         let scheme = cfg.base_url.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
         let host = match authority.port_u16() {
             Some(port) if port != default_port => authority.as_str(),
             _ => authority.host(),
         };
-        let host =
-            HeaderValue::from_str(host).map_err(|_| ClientError::NoHost(cfg.name.clone()))?;
-        Ok(Pool(Arc::new(Shared {
+        let host = HeaderValue::from_str(host).map_err(|_| PoolError::NoHost(cfg.name.clone()))?;
+        Ok(UpstreamPool(Arc::new(Shared {
             connector: connector(cfg, versions)?,
             versions,
             scheme,
@@ -458,7 +458,7 @@ impl hyper::body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            UpstreamBody::Client(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::App(body) => Pin::new(body).poll_frame(cx),
             UpstreamBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             UpstreamBody::Empty => Poll::Ready(None),
         }
@@ -466,7 +466,7 @@ impl hyper::body::Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Client(body) => body.is_end_stream(),
+            UpstreamBody::App(body) => body.is_end_stream(),
             UpstreamBody::Whole(bytes) => bytes.is_none(),
             UpstreamBody::Empty => true,
         }
@@ -474,7 +474,7 @@ impl hyper::body::Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Client(body) => body.size_hint(),
+            UpstreamBody::App(body) => body.size_hint(),
             UpstreamBody::Whole(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -540,22 +540,20 @@ impl hyper::body::Body for PooledBody {
     }
 }
 
-fn connector(cfg: &UpstreamConfig, versions: Versions) -> Result<Connector, ClientError> {
+fn connector(cfg: &UpstreamConfig, versions: Versions) -> Result<Connector, PoolError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in &cfg.ca_certs {
-        roots
-            .add(cert.clone())
-            .map_err(|source| ClientError::BadCa {
-                upstream: cfg.name.clone(),
-                source,
-            })?;
+        roots.add(cert.clone()).map_err(|source| PoolError::BadCa {
+            upstream: cfg.name.clone(),
+            source,
+        })?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|source| ClientError::Tls {
+    .map_err(|source| PoolError::Tls {
         upstream: cfg.name.clone(),
         source,
     })?

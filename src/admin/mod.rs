@@ -1,6 +1,8 @@
 //! The admin listener: `GET /healthz /readyz /status /metrics` for people, probes and Prometheus (no
 //! token), and `POST /keys/{upstream}` to rotate a key, which always requires the admin token.
 
+pub mod status_page;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -12,13 +14,13 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use crate::guard::{Guard, Verdict};
 use crate::key::expiry;
 use crate::key::rotation::{Refusal, Trigger};
 use crate::key::store::digest;
 use crate::key::{token, KeySource, Secret};
+use crate::proxy::guard::{Guard, Verdict};
+use crate::proxy::reply;
 use crate::proxy::Proxy;
-use crate::reply;
 use crate::time::rfc3339_string;
 use crate::upstream::Upstream;
 
@@ -91,8 +93,10 @@ impl Admin {
             (true, "/readyz") => self.readyz(),
             (true, "/status") => json_response(StatusCode::OK, &self.status()),
             (true, "/") => {
-                let mut resp =
-                    reply::text(StatusCode::OK, crate::status_page::render(&self.status()));
+                let mut resp = reply::text(
+                    StatusCode::OK,
+                    crate::admin::status_page::render(&self.status()),
+                );
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/html; charset=utf-8"),

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::client::PooledBody;
+use crate::upstream::pool::PooledBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderValue, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::response::Parts;
@@ -16,8 +16,8 @@ use crate::diagnose::message::{self, Context};
 use crate::diagnose::{self, Knowledge};
 use crate::key::rotation::RotationResult;
 use crate::key::KeyState;
+use crate::proxy::reply::{Body, REASON_HEADER};
 use crate::reason::Reason;
-use crate::reply::{Body, REASON_HEADER};
 use crate::upstream::{Diagnosis, Upstream};
 
 /// How much of an error body is read to classify it.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::client::{SendError, UpstreamBody};
+use crate::upstream::pool::{SendError, UpstreamBody};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
@@ -53,7 +53,7 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
     }
     let timeout = upstream.response_header_timeout.min(PROBE_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
-    let response = match upstream.client.send(req, deadline).await {
+    let response = match upstream.pool.send(req, deadline).await {
         Ok(r) => r,
         Err(SendError::Timeout) => {
             return ProbeOutcome::Failed {

@@ -9,11 +9,13 @@ use http::header::HeaderName;
 use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
-use crate::client::{self, Pool};
+pub mod pool;
+
 use crate::config::UpstreamConfig;
 use crate::key::lifecycle::{KeyLifecycle, KeySettings};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::provider::Provider;
+use pool::{UpstreamPool, Versions};
 
 pub struct Upstream {
     pub name: Arc<str>,
@@ -27,9 +29,9 @@ pub struct Upstream {
     pub auth_prefix: String,
     /// The key's whole life here: source, key in service, keys rotated out, rotations.
     pub key: KeyLifecycle,
-    pub client: Pool,
-    /// HTTP/1.1-only twin of `client` whose connections are never reused: WebSocket upgrades.
-    pub upgrade_client: Pool,
+    pub pool: UpstreamPool,
+    /// HTTP/1.1-only twin of `pool` whose connections are never reused: WebSocket upgrades.
+    pub upgrade_pool: UpstreamPool,
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub probe_path: Option<String>,
@@ -82,7 +84,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
         metrics: &Metrics,
         threads: usize,
-    ) -> Result<Upstream, client::ClientError> {
+    ) -> Result<Upstream, pool::PoolError> {
         let (default_header, default_prefix) = cfg.provider.auth_scheme();
         let parts = cfg.base_url.clone().into_parts();
         let base_path = parts
@@ -92,7 +94,7 @@ impl Upstream {
             .unwrap_or_default();
         let authority = parts
             .authority
-            .ok_or(client::ClientError::NoHost(cfg.name.clone()))?;
+            .ok_or(pool::PoolError::NoHost(cfg.name.clone()))?;
         let name: Arc<str> = cfg.name.as_str().into();
         let auth_prefix = cfg
             .auth_prefix
@@ -117,8 +119,8 @@ impl Upstream {
             provider: cfg.provider,
             prefix: cfg.prefix.clone(),
             base_url: cfg.base_url.clone(),
-            client: Pool::new(cfg, &authority, client::Versions::Negotiated, threads)?,
-            upgrade_client: Pool::new(cfg, &authority, client::Versions::Upgrades, threads)?,
+            pool: UpstreamPool::new(cfg, &authority, Versions::Negotiated, threads)?,
+            upgrade_pool: UpstreamPool::new(cfg, &authority, Versions::Upgrades, threads)?,
             authority,
             base_path,
             auth_header: cfg.auth_header.clone().unwrap_or(default_header),

@@ -17,15 +17,15 @@ pub struct ClientTokenError {
     pub problem: String,
 }
 
-pub struct Clients {
+pub struct ClientTokens {
     names: Vec<String>,
     hashes: Vec<[u8; 32]>,
 }
 
-impl Clients {
+impl ClientTokens {
     /// Read every client's token; a missing or weak token stops startup (fail closed).
-    pub async fn load(configs: &[ClientConfig]) -> Result<Clients, ClientTokenError> {
-        let mut clients = Clients {
+    pub async fn load(configs: &[ClientConfig]) -> Result<ClientTokens, ClientTokenError> {
+        let mut clients = ClientTokens {
             names: Vec::new(),
             hashes: Vec::new(),
         };
@@ -43,8 +43,8 @@ impl Clients {
         Ok(clients)
     }
 
-    pub fn none() -> Clients {
-        Clients {
+    pub fn none() -> ClientTokens {
+        ClientTokens {
             names: Vec::new(),
             hashes: Vec::new(),
         }
@@ -103,7 +103,7 @@ mod tests {
                 token: KeySource::File(p),
             }
         };
-        let clients = Clients::load(&[
+        let clients = ClientTokens::load(&[
             write("notebook", "notebook-token-0123456789"),
             write("ci", "ci-token-0123456789abcdef"),
         ])
@@ -130,11 +130,11 @@ mod tests {
             Some(1)
         );
         assert_eq!(
-            Clients::none().identify(&HeaderMap::new(), None, &[]),
+            ClientTokens::none().identify(&HeaderMap::new(), None, &[]),
             Some(0)
         );
 
-        let Err(weak) = Clients::load(&[write("weak", "short")]).await else {
+        let Err(weak) = ClientTokens::load(&[write("weak", "short")]).await else {
             panic!("a weak token was accepted")
         };
         assert!(weak.to_string().contains("at least 16"));

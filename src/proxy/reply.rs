@@ -12,11 +12,11 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Frame, SizeHint};
 
-use crate::client::PooledBody;
+use crate::upstream::pool::PooledBody;
 
 use crate::metrics::{InFlight, UpstreamError};
+use crate::proxy::tap::Tap;
 use crate::reason::Reason;
-use crate::tap::Tap;
 
 /// The body of every response the proxy sends back: what it carries, plus what watches it.
 pub struct Body {
