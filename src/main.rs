@@ -2,6 +2,8 @@
 //! Parsing arguments and building the runtime is all that happens here.
 #![forbid(unsafe_code)]
 
+mod explain_cmd;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +105,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Explain a provider's refusal offline: `keyproxy explain --status 401 [--provider openai] [FILE|-]`.
+    Explain(explain_cmd::Args),
     /// Ask a running keyproxy's admin listener for /healthz (for container HEALTHCHECKs: no shell needed).
     Health {
         /// The admin base URL; defaults to `server.admin_listen` from the config.
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
             config,
         } => runtime.block_on(rotate(upstream, key_file, admin, probe, config.config)),
         Command::Health { admin, config } => runtime.block_on(health(admin, config.config)),
+        Command::Explain(args) => explain_cmd::run(args),
     };
     match result {
         Ok(code) => code,
