@@ -605,6 +605,7 @@ fn explain_reads_stdin_and_names_the_reason_and_the_rule() {
     assert!(out.starts_with("reason: missing_key\n"), "{out}");
     assert!(out.contains("x-api-key header is required"), "{out}");
     assert!(out.contains("docs.anthropic.com/en/api/errors"), "{out}");
+    assert!(out.contains("(Anthropic catalogue,"), "{out}");
 }
 
 #[test]
@@ -634,6 +635,7 @@ fn explain_reads_a_file_and_headers_and_prints_json() {
     assert_eq!(v["reason"], "rate_limited");
     assert_eq!(v["rule"]["matches"], "code");
     assert_eq!(v["rule"]["value"], "throttlingexception");
+    assert_eq!(v["rule"]["catalogue"], "Amazon Bedrock");
     assert!(
         v["message"].as_str().unwrap().contains("rate-limiting"),
         "{v}"

@@ -79,8 +79,9 @@ impl Entry {
     }
 }
 
-/// Every provider's table, by the name shown in `keyproxy explain` and the README.
-pub const CATALOGUES: &[(&str, &[Entry])] = &[
+/// Every provider's table, by the name shown in `keyproxy explain` and the README. A `static`, not a
+/// `const`: `keyproxy explain` finds a row's table by address, which only a static keeps stable.
+pub static CATALOGUES: &[(&str, &[Entry])] = &[
     ("OpenAI", super::openai::CATALOGUE),
     ("Anthropic", super::anthropic::CATALOGUE),
     ("Azure OpenAI", super::azure::CATALOGUE),
