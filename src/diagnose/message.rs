@@ -109,10 +109,23 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             "{name} refused {key} at {}{said}: the key does not belong to this endpoint. Check base_url and the region/resource the key was issued for (an Azure key works only with its own resource's endpoint).",
             c.base_url
         ),
-        Reason::UnknownAuthError => format!(
-            "{name} refused the request with {} for a reason keyproxy does not recognise{said}. keyproxy compared the error's code, type, Google reason and wording with the documented error catalogues (OpenAI, Anthropic, Azure OpenAI and Entra ID, Gemini and Vertex AI, Bedrock, OpenRouter, Groq, Mistral, DeepSeek, Together, Cohere, xAI) and none fits, so it does not guess: read the provider's message above. The key in use is {key}.",
-            c.status
-        ),
+        Reason::UnknownAuthError => {
+            let next = if said.is_empty() {
+                "the body carried no message keyproxy could read; the provider's status page or support can say more"
+            } else {
+                "the provider's own words above are the best lead"
+            };
+            // Offline (`keyproxy explain`) there is no key to name.
+            let in_use = if c.key.is_some() {
+                format!(" The key in use is {key}.")
+            } else {
+                String::new()
+            };
+            format!(
+                "{name} refused the request with {} for a reason keyproxy does not recognise{said}. keyproxy compared the error's code, type, Google reason and wording with the documented error catalogues (OpenAI, Anthropic, Azure OpenAI and Entra ID, Gemini and Vertex AI, Bedrock, OpenRouter, Groq, Mistral, DeepSeek, Together, Cohere, xAI) and none fits, so it does not guess: {next}.{in_use}",
+                c.status
+            )
+        }
         Reason::ClientUnauthorized
         | Reason::UpstreamUnreachable
         | Reason::UpstreamTimeout
