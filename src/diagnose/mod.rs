@@ -294,6 +294,50 @@ mod tests {
     }
 
     #[test]
+    fn gateway_wrappers_and_aws_headers_are_read_through() {
+        // A gateway that put Google's whole body in its own message.
+        let wrapped = br#"{"error":{"message":"{\n \"error\": {\"code\": 403, \"message\": \"Your API key was reported as leaked.\", \"status\": \"PERMISSION_DENIED\"}}","code":403,"status":"Forbidden"}}"#;
+        let f = facts(wrapped).unwrap();
+        assert_eq!(f.kind, "permission_denied");
+        assert_eq!(
+            classify(
+                StatusCode::FORBIDDEN,
+                Some(&f),
+                &Knowledge::default(),
+                SystemTime::now()
+            ),
+            Some(Reason::RevokedKey)
+        );
+        // A gateway that nested the provider's error object in its own.
+        let nested = facts(
+            br#"{"error":{"error":{"message":"More credits are required","code":402},"code":402}}"#,
+        )
+        .unwrap();
+        assert_eq!(nested.message, "More credits are required");
+        // Bedrock names the error in a header; the body may only have a message.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            http::HeaderValue::from_static(
+                "ExpiredTokenException:http://internal.amazon.com/coral/com.amazon.coral.service/",
+            ),
+        );
+        let f = facts_with_headers(br#"{"message":"nothing specific"}"#, &headers).unwrap();
+        assert_eq!(f.code, "expiredtokenexception");
+        assert_eq!(
+            classify(
+                StatusCode::FORBIDDEN,
+                Some(&f),
+                &Knowledge::default(),
+                SystemTime::now()
+            ),
+            Some(Reason::ExpiredKey)
+        );
+        assert!(facts_with_headers(b"", &headers).is_some());
+        assert!(facts_with_headers(b"", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
     fn ordinary_errors_and_5xx_get_no_reason() {
         let k = Knowledge::default();
         let now = SystemTime::now();
