@@ -91,6 +91,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Explain a provider's refusal offline: `keyproxy explain --status 401 [--provider openai] [FILE|-]`.
+    Explain(cli::explain::Args),
     /// Ask a running keyproxy's admin listener for /healthz (for container HEALTHCHECKs: no shell needed).
     Health {
         /// The admin base URL; defaults to `server.admin_listen` from the config.
@@ -142,6 +144,7 @@ fn main() -> ExitCode {
         Command::Health { admin, config } => {
             runtime.block_on(cli::health::health(admin, config.config))
         }
+        Command::Explain(args) => cli::explain::run(args),
     };
     match result {
         Ok(code) => code,

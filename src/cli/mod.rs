@@ -1,6 +1,7 @@
 //! The subcommands behind `main.rs`, one file each.
 
 pub(crate) mod check;
+pub(crate) mod explain;
 pub(crate) mod health;
 pub(crate) mod rotate;
 pub(crate) mod run;

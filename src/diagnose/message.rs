@@ -34,7 +34,7 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
     let key = key_description(c);
     let fp = c
         .key
-        .map_or("(none)".to_owned(), |k| k.fingerprint.to_string());
+        .map_or("the key".to_owned(), |k| k.fingerprint.to_string());
     let rotate = how_to_rotate(c);
     let said = said(c);
     let name = c.upstream;
@@ -109,10 +109,23 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             "{name} refused {key} at {}{said}: the key does not belong to this endpoint. Check base_url and the region/resource the key was issued for (an Azure key works only with its own resource's endpoint).",
             c.base_url
         ),
-        Reason::UnknownAuthError => format!(
-            "{name} refused the request with {} for a reason keyproxy does not recognise{said}. The key in use is {key}.",
-            c.status
-        ),
+        Reason::UnknownAuthError => {
+            let next = if said.is_empty() {
+                "the body carried no message keyproxy could read; the provider's status page or support can say more"
+            } else {
+                "the provider's own words above are the best lead"
+            };
+            // Offline (`keyproxy explain`) there is no key to name.
+            let in_use = if c.key.is_some() {
+                format!(" The key in use is {key}.")
+            } else {
+                String::new()
+            };
+            format!(
+                "{name} refused the request with {} for a reason keyproxy does not recognise{said}. keyproxy compared the error's code, type, Google reason and wording with the documented error catalogues (OpenAI, Anthropic, Azure OpenAI and Entra ID, Gemini and Vertex AI, Bedrock, OpenRouter, Groq, Mistral, DeepSeek, Together, Cohere, xAI) and none fits, so it does not guess: {next}.{in_use}",
+                c.status
+            )
+        }
         Reason::ClientUnauthorized
         | Reason::UpstreamUnreachable
         | Reason::UpstreamTimeout
@@ -144,13 +157,70 @@ fn key_description(c: &Context<'_>) -> String {
 }
 
 fn said(c: &Context<'_>) -> String {
-    let m = c.provider_message.trim();
+    let m = quote(c.provider_message);
     if m.is_empty() {
         return String::new();
     }
-    let short: String = m.chars().take(240).collect();
-    let ellipsis = if short.len() < m.len() { "…" } else { "" };
-    format!(" (it said: \"{short}{ellipsis}\")")
+    format!(" (it said: \"{m}\")")
+}
+
+/// The provider's words as keyproxy may repeat them: every registered secret masked (`redact`), and
+/// anything shaped like a key masked too (a key keyproxy never held, echoed by a gateway or pasted
+/// into `keyproxy explain`); at most 240 characters.
+pub fn quote(text: &str) -> String {
+    let text = text.trim();
+    let masked = mask_key_shapes(&crate::redact::mask(text));
+    let short: String = masked.chars().take(240).collect();
+    if short.len() < masked.len() {
+        format!("{short}…")
+    } else {
+        short
+    }
+}
+
+/// Runs that look like credentials: a known key prefix followed by 8+ key characters, or 24+ key
+/// characters mixing letters and digits. Masked as `redact` masks: prefix and (for long runs) the
+/// last 4 kept, the rest `*`, so the provider's own masked quotes (`sk-****abcd`) read the same.
+fn mask_key_shapes(text: &str) -> String {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_key_char) {
+        out.push_str(&rest[..start]);
+        let run_len = rest[start..]
+            .find(|c: char| !is_key_char(c))
+            .unwrap_or(rest.len() - start);
+        let run = &rest[start..start + run_len];
+        out.push_str(&mask_if_key(run));
+        rest = &rest[start + run_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn mask_if_key(run: &str) -> String {
+    let prefix = crate::redact::KEY_PREFIXES
+        .iter()
+        .find(|p| run.starts_with(*p))
+        .map_or("", |p| p);
+    let body = &run[prefix.len()..];
+    let letters = body.chars().any(|c| c.is_ascii_alphabetic());
+    let digits = body.chars().any(|c| c.is_ascii_digit());
+    let looks_like_key = if prefix.is_empty() {
+        run.len() >= 24 && letters && digits
+    } else {
+        body.len() >= 8 && (letters || digits)
+    };
+    if !looks_like_key {
+        return run.to_owned();
+    }
+    let keep_tail = if run.len() >= 20 { 4 } else { 0 };
+    let hidden = run.len() - prefix.len() - keep_tail;
+    format!(
+        "{prefix}{}{}",
+        "*".repeat(hidden),
+        &run[run.len() - keep_tail..]
+    )
 }
 
 fn how_to_rotate(c: &Context<'_>) -> String {
@@ -194,5 +264,33 @@ fn ago(then: SystemTime, now: SystemTime) -> String {
         60..=3599 => format!("{} minutes ago", secs / 60),
         3600..=86_399 => format!("{} hours ago", secs / 3600),
         _ => format!("{} days ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_mask_anything_shaped_like_a_key() {
+        let q =
+            quote("Incorrect API key provided: sk-proj-AbCdEfGhIjKlMnOpQrStUvWx1234. See docs.");
+        assert!(!q.contains("AbCdEfGh"), "{q}");
+        assert!(q.contains("sk-proj-****"), "{q}");
+        assert!(q.ends_with("1234. See docs."), "{q}");
+        let q =
+            quote("Consumer 'api_key:AIzaSyAhTarnL1PaQn_yu_uVf0gia9wUyJx8RSI' has been suspended.");
+        assert!(!q.contains("TarnL1"), "{q}");
+        // Words, masked quotes and short ids stay readable.
+        let plain = "Authentication Fails, Your api key: ****d569 is invalid (request id: abc123)";
+        assert_eq!(quote(plain), plain);
+        assert_eq!(quote("User not found."), "User not found.");
+    }
+
+    #[test]
+    fn long_quotes_are_cut() {
+        let long = "x ".repeat(300);
+        let q = quote(&long);
+        assert!(q.chars().count() <= 241 && q.ends_with('…'), "{q}");
     }
 }

@@ -1,11 +1,15 @@
 //! Turning a provider's refusal into a stable reason code and a sentence a person can act on.
 //! Like linkerd's response classifiers, in two steps: the status decides whether the body is worth
-//! reading at all (`worth_reading`); then the provider's error shape (one file each), keyword rules
-//! over what it said, and what keyproxy knows about the key it injected decide the reason.
+//! reading at all (`worth_reading`); then the provider's error shape (one reader per provider file),
+//! the documented error catalogues beside each reader (`catalogue.rs` decides between their rows),
+//! and what keyproxy knows about the key it injected decide the reason.
 
 mod anthropic;
 mod azure;
+mod bedrock;
+pub mod catalogue;
 mod google;
+mod hosts;
 pub mod message;
 mod openai;
 pub mod probe;
@@ -13,7 +17,7 @@ mod rules;
 
 use std::time::SystemTime;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::key::lint::{Finding, LintCode};
@@ -23,15 +27,18 @@ use crate::reason::Reason;
 /// What a provider said in its error body, from whichever shape it used.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ErrorFacts {
-    /// `error.code` (string or number).
+    /// `error.code` (string or number), an AWS error type or an Entra `aadsts…` code, lowercased.
     pub code: String,
-    /// `error.type` (OpenAI, Anthropic) or `error.status` (Google RPC).
+    /// `error.type` (OpenAI, Anthropic), `error.status` (Google RPC) or the OAuth `error` (Entra).
     pub kind: String,
     /// The provider's own sentence.
     pub message: String,
     /// Google `details[].reason` / `errors[].reason` (`API_KEY_INVALID`, ...).
     pub reasons: Vec<String>,
 }
+
+/// How much of an error body is read to classify it (the proxy's peek, the probe, `explain`).
+pub const PEEK_LIMIT: usize = 64 * 1024;
 
 /// Only these statuses are about keys at all; the rest (and every 5xx) pass without a look.
 pub fn worth_reading(status: StatusCode) -> bool {
@@ -41,15 +48,55 @@ pub fn worth_reading(status: StatusCode) -> bool {
 /// Read the provider's error facts from a body, whatever its shape.
 pub fn facts(body: &[u8]) -> Option<ErrorFacts> {
     let value: Value = serde_json::from_slice(body).ok()?;
+    read(&value, 2)
+}
+
+/// `facts`, plus what an AWS service puts in its `x-amzn-ErrorType` header instead of the body.
+pub fn facts_with_headers(body: &[u8], headers: &HeaderMap) -> Option<ErrorFacts> {
+    let aws_type = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(bedrock::error_type);
+    match (facts(body), aws_type) {
+        (Some(mut f), Some(t)) if f.code.is_empty() => {
+            f.code = t;
+            Some(f)
+        }
+        (None, Some(t)) => Some(ErrorFacts {
+            code: t,
+            ..ErrorFacts::default()
+        }),
+        (f, _) => f,
+    }
+}
+
+fn read(value: &Value, depth: u8) -> Option<ErrorFacts> {
     // Some Google endpoints wrap the error in a one-element array.
-    let value = match &value {
-        Value::Array(items) => items.first()?.clone(),
+    let value = match value {
+        Value::Array(items) => items.first()?,
         _ => value,
     };
-    google::read(&value)
-        .or_else(|| anthropic::read(&value))
-        .or_else(|| azure::read(&value))
-        .or_else(|| openai::read(&value))
+    let found = google::read(value)
+        .or_else(|| bedrock::read(value))
+        .or_else(|| azure::read(value))
+        .or_else(|| anthropic::read(value))
+        .or_else(|| openai::read(value))?;
+    // A gateway (an SDK proxy, a CLI) that put the provider's whole error body in its message.
+    let inner = found.message.trim_start();
+    if depth > 0 && (inner.starts_with('{') || inner.starts_with('[')) {
+        if let Some(provider) = serde_json::from_str::<Value>(inner)
+            .ok()
+            .and_then(|v| read(&v, depth - 1))
+        {
+            return Some(provider);
+        }
+    }
+    Some(found)
+}
+
+/// The documented catalogue row that explains `facts`, if any (for `keyproxy explain`).
+pub fn matched_rule(facts: &ErrorFacts) -> Option<&'static catalogue::Entry> {
+    rules::matched(facts)
 }
 
 /// What keyproxy knows about the request and the key it injected.
@@ -248,6 +295,50 @@ mod tests {
             );
             assert_eq!(got, Some(*want), "{body}");
         }
+    }
+
+    #[test]
+    fn gateway_wrappers_and_aws_headers_are_read_through() {
+        // A gateway that put Google's whole body in its own message.
+        let wrapped = br#"{"error":{"message":"{\n \"error\": {\"code\": 403, \"message\": \"Your API key was reported as leaked.\", \"status\": \"PERMISSION_DENIED\"}}","code":403,"status":"Forbidden"}}"#;
+        let f = facts(wrapped).unwrap();
+        assert_eq!(f.kind, "permission_denied");
+        assert_eq!(
+            classify(
+                StatusCode::FORBIDDEN,
+                Some(&f),
+                &Knowledge::default(),
+                SystemTime::now()
+            ),
+            Some(Reason::RevokedKey)
+        );
+        // A gateway that nested the provider's error object in its own.
+        let nested = facts(
+            br#"{"error":{"error":{"message":"More credits are required","code":402},"code":402}}"#,
+        )
+        .unwrap();
+        assert_eq!(nested.message, "More credits are required");
+        // Bedrock names the error in a header; the body may only have a message.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            http::HeaderValue::from_static(
+                "ExpiredTokenException:http://internal.amazon.com/coral/com.amazon.coral.service/",
+            ),
+        );
+        let f = facts_with_headers(br#"{"message":"nothing specific"}"#, &headers).unwrap();
+        assert_eq!(f.code, "expiredtokenexception");
+        assert_eq!(
+            classify(
+                StatusCode::FORBIDDEN,
+                Some(&f),
+                &Knowledge::default(),
+                SystemTime::now()
+            ),
+            Some(Reason::ExpiredKey)
+        );
+        assert!(facts_with_headers(b"", &headers).is_some());
+        assert!(facts_with_headers(b"", &HeaderMap::new()).is_none());
     }
 
     #[test]

@@ -17,8 +17,6 @@ use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
 use crate::upstream::Upstream;
 
-/// How much of an error body the probe reads to explain a refusal.
-const BODY_LIMIT: usize = 64 * 1024;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The provider is asked through the upstream's own pool, the way requests go.
@@ -71,7 +69,7 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
         }
     };
     let status = response.status();
-    let body = Limited::new(response.into_body(), BODY_LIMIT)
+    let body = Limited::new(response.into_body(), diagnose::PEEK_LIMIT)
         .collect()
         .await
         .map(|c| c.to_bytes())

@@ -1,250 +1,192 @@
-//! What a provider's words mean. Google's machine-readable `reason` codes first; then an ordered
-//! table of phrases over the code, type and message together, most specific first (a leaked key
-//! before an invalid one, a malformed header before "incorrect API key"). Phrases are the ones the
-//! providers' documented error formats use, so a new wording of the same error still matches.
+//! What a provider's words mean: the best catalogue row (see `catalogue.rs`), then what the HTTP
+//! status adds. A 400 is an auth refusal only when a row says so (most 400s are ordinary request
+//! errors); a 402 is about money whatever the wording; a 429 is a rate limit unless the provider
+//! says the quota or balance is gone (and a "quota" per minute is still a rate limit).
+//! Also here: the common wording many hosts share, cited to the standard that defines its meaning.
 
 use http::StatusCode;
 
+use super::catalogue::{self, Entry, On};
 use super::ErrorFacts;
 use crate::reason::Reason;
 
-/// Google RPC `ErrorInfo.reason` values (and legacy `errors[].reason`).
-fn google_reason(reason: &str, message: &str) -> Option<Reason> {
-    Some(match reason {
-        "API_KEY_INVALID" if message.contains("expired") => Reason::ExpiredKey,
-        "API_KEY_INVALID" | "API_KEY_NOT_FOUND" => Reason::InvalidKey,
-        "API_KEY_EXPIRED" => Reason::ExpiredKey,
-        "API_KEY_IP_ADDRESS_BLOCKED" => Reason::IpNotAllowed,
-        "API_KEY_SERVICE_BLOCKED"
-        | "API_KEY_HTTP_REFERRER_BLOCKED"
-        | "API_KEY_ANDROID_APP_BLOCKED"
-        | "API_KEY_IOS_APP_BLOCKED"
-        | "ACCESS_TOKEN_SCOPE_INSUFFICIENT"
-        | "IAM_PERMISSION_DENIED"
-        | "SERVICE_DISABLED"
-        | "insufficientPermissions" => Reason::InsufficientPermissions,
-        "CREDENTIALS_MISSING" => Reason::MissingKey,
-        "CONSUMER_SUSPENDED" => Reason::AccountInactive,
-        "BILLING_DISABLED" => Reason::QuotaExhausted,
-        "RATE_LIMIT_EXCEEDED" | "rateLimitExceeded" => Reason::RateLimited,
-        "USER_LOCATION_INVALID" | "LOCATION_NOT_SUPPORTED" => Reason::RegionUnsupported,
-        _ => return None,
-    })
-}
+const RFC6750: &str = "https://www.rfc-editor.org/rfc/rfc6750#section-3.1";
+const RFC9110_401: &str = "https://www.rfc-editor.org/rfc/rfc9110#name-401-unauthorized";
+const RFC9110_402: &str = "https://www.rfc-editor.org/rfc/rfc9110#name-402-payment-required";
+const RFC9110_403: &str = "https://www.rfc-editor.org/rfc/rfc9110#name-403-forbidden";
+const RFC6585: &str = "https://www.rfc-editor.org/rfc/rfc6585#section-4";
 
-/// Ordered: the first row with a phrase in the haystack wins.
-const PHRASES: &[(Reason, &[&str])] = &[
-    (
-        Reason::RevokedKey,
-        &[
-            "leaked",
-            "revoked",
-            "api key has been disabled",
-            "api key is disabled",
-            "key has been deactivated",
-        ],
-    ),
-    (
-        Reason::ExpiredKey,
-        &[
-            "api key expired",
-            "key has expired",
-            "key expired",
-            "expired api key",
-            "api_key_expired",
-            "token has expired",
-            "token expired",
-            "expired_api_key",
-        ],
-    ),
-    (
-        Reason::OrgMismatch,
-        &[
-            "mismatched_organization",
-            "invalid_organization",
-            "organization header should match",
-            "openai-organization",
-            "no such organization",
-            "organization_not_found",
-            "not a member of an organization",
-            "not a member of organization",
-        ],
-    ),
-    (
-        Reason::ProjectMismatch,
-        &[
-            "mismatched_project",
-            "invalid_project",
-            "openai-project",
-            "project header should match",
-            "does not belong to project",
-        ],
-    ),
-    (
-        Reason::IpNotAllowed,
-        &[
-            "ip_not_authorized",
-            "ip_not_allowed",
-            "your ip",
-            "ip address",
-            "ip not allowed",
-            "from this ip",
-            "firewall",
-            "virtual network",
-            "ip allowlist",
-            "ip whitelist",
-        ],
-    ),
-    (
-        Reason::RegionUnsupported,
-        &[
-            "unsupported_country",
-            "country, region, or territory",
-            "region not supported",
-            "region is not supported",
-            "location is not supported",
-            "user location",
-            "not available in your country",
-            "not available in your region",
-            "request not allowed",
-            "unsupported_region",
-        ],
-    ),
-    (
-        Reason::AccountInactive,
-        &[
-            "account_deactivated",
-            "deactivated",
-            "organization has been disabled",
-            "organization is disabled",
-            "account has been disabled",
-            "account is disabled",
-            "account disabled",
-            "suspended",
-            "account is not active",
-            "account_inactive",
-            "account is inactive",
-        ],
-    ),
-    (
-        Reason::QuotaExhausted,
-        &[
-            "insufficient_quota",
-            "exceeded your current quota",
-            "insufficient credits",
-            "insufficient balance",
-            "insufficient_balance",
-            "credit balance is too low",
-            "out of credits",
-            "no credits",
-            "payment required",
-            "billing_hard_limit",
-            "billing hard limit",
-            "quota_exceeded",
-            "purchase more",
-            "add credits",
-        ],
-    ),
-    (
-        Reason::RateLimited,
-        &[
-            "rate_limit",
-            "rate limit",
-            "ratelimit",
-            "too many requests",
-            "requests per min",
-            "tokens per min",
-            "resource_exhausted",
-            "throttl",
-            "slow down",
-        ],
-    ),
-    (
-        Reason::WrongEndpoint,
-        &[
-            "wrong api endpoint",
-            "wrong endpoint",
-            "regional api endpoint",
-            "incorrect endpoint",
-        ],
-    ),
-    (
+/// Wording that is not one provider's: the OAuth bearer-token errors of RFC 6750 and the HTTP
+/// status phrases, as gateways and smaller hosts word them.
+pub const GENERIC: &[Entry] = &[
+    // RFC 6750 invalid_token: "expired, revoked, malformed, or invalid".
+    Entry::says("revoked", Reason::RevokedKey, RFC6750),
+    Entry::says("leaked", Reason::RevokedKey, RFC6750),
+    Entry::says("api key has been disabled", Reason::RevokedKey, RFC6750),
+    Entry::says("api key is disabled", Reason::RevokedKey, RFC6750),
+    Entry::says("key has been deactivated", Reason::RevokedKey, RFC6750),
+    Entry::says("key has expired", Reason::ExpiredKey, RFC6750),
+    Entry::says("key expired", Reason::ExpiredKey, RFC6750),
+    Entry::says("expired api key", Reason::ExpiredKey, RFC6750),
+    Entry::says("token has expired", Reason::ExpiredKey, RFC6750),
+    Entry::says("token expired", Reason::ExpiredKey, RFC6750),
+    Entry::says("token is expired", Reason::ExpiredKey, RFC6750),
+    Entry::decisive(On::Code("expired_api_key"), Reason::ExpiredKey, RFC6750),
+    // "malformed" alone would also catch an ordinary 400 about a malformed request body.
+    Entry::says("malformed api key", Reason::MalformedKey, RFC6750),
+    Entry::says("key is malformed", Reason::MalformedKey, RFC6750),
+    Entry::says("malformed token", Reason::MalformedKey, RFC6750),
+    Entry::says("malformed authorization", Reason::MalformedKey, RFC6750),
+    Entry::says(
+        "invalid authorization header",
         Reason::MalformedKey,
-        &[
-            "incorrect api key provided: bearer",
-            "expected oauth 2 access token",
-            "malformed",
-            "invalid authorization header",
-            "invalid bearer",
-            "invalid header value",
-            "oauth authentication is currently not supported",
-            "bad authorization",
-        ],
+        RFC6750,
     ),
-    (
+    Entry::says("invalid bearer", Reason::MalformedKey, RFC6750),
+    Entry::says("invalid header value", Reason::MalformedKey, RFC6750),
+    Entry::says("bad authorization", Reason::MalformedKey, RFC6750),
+    Entry::says("did not provide an api key", Reason::MissingKey, RFC6750),
+    Entry::says("no api key", Reason::MissingKey, RFC6750),
+    Entry::says("api key is missing", Reason::MissingKey, RFC6750),
+    Entry::says("missing api key", Reason::MissingKey, RFC6750),
+    Entry::says("api key required", Reason::MissingKey, RFC6750),
+    Entry::says("api key not provided", Reason::MissingKey, RFC6750),
+    Entry::says("must provide an api key", Reason::MissingKey, RFC6750),
+    Entry::says(
+        "authorization header is missing",
         Reason::MissingKey,
-        &[
-            "didn't provide an api key",
-            "did not provide an api key",
-            "no api key",
-            "api key is missing",
-            "missing api key",
-            "api key required",
-            "api key not provided",
-            "must provide an api key",
-            "no auth credentials",
-            "no cookie auth credentials",
-            "unregistered callers",
-            "credentials_missing",
-            "authorization header is missing",
-            "missing authorization",
-            "missing bearer",
-            "no authorization",
-        ],
+        RFC6750,
     ),
-    (
+    Entry::says("missing authorization", Reason::MissingKey, RFC6750),
+    Entry::says("missing bearer", Reason::MissingKey, RFC6750),
+    Entry::says("no authorization", Reason::MissingKey, RFC6750),
+    // RFC 6750 insufficient_scope; HTTP 403.
+    Entry::says(
+        "insufficient permission",
         Reason::InsufficientPermissions,
-        &[
-            "insufficient permission",
-            "insufficient_permissions",
-            "insufficient authentication scopes",
-            "missing scopes",
-            "permission_error",
-            "permissiondenied",
-            "permission denied",
-            "does not have access",
-            "not have permission",
-            "not authorized to",
-            "restricted api key",
-        ],
+        RFC6750,
     ),
-    (
-        Reason::InvalidKey,
-        &[
-            "invalid_api_key",
-            "incorrect api key",
-            "invalid api key",
-            "invalid x-api-key",
-            "api key not valid",
-            "api_key_invalid",
-            "api key not found",
-            "authentication_error",
-            "authentication fails",
-            "authentication failed",
-            "invalid_authentication",
-            "invalid authentication",
-            "unauthenticated",
-            "unauthorized",
-            "invalid token",
-            "invalid api token",
-            "invalid subscription key",
-            "invalid credentials",
-            "bad credentials",
-            "no such user",
-            "invalid key",
-            "key is invalid",
-        ],
+    Entry::decisive(
+        On::Code("insufficient_permissions"),
+        Reason::InsufficientPermissions,
+        RFC6750,
     ),
+    Entry::says(
+        "permission denied",
+        Reason::InsufficientPermissions,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "does not have access",
+        Reason::InsufficientPermissions,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "not have permission",
+        Reason::InsufficientPermissions,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "not authorized to",
+        Reason::InsufficientPermissions,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "restricted api key",
+        Reason::InsufficientPermissions,
+        RFC9110_403,
+    ),
+    // HTTP 401 wordings: the credential was not accepted.
+    Entry::says("invalid api key", Reason::InvalidKey, RFC9110_401),
+    Entry::says("invalid token", Reason::InvalidKey, RFC9110_401),
+    Entry::says("invalid credentials", Reason::InvalidKey, RFC9110_401),
+    Entry::says("bad credentials", Reason::InvalidKey, RFC9110_401),
+    Entry::says("invalid key", Reason::InvalidKey, RFC9110_401),
+    Entry::says("key is invalid", Reason::InvalidKey, RFC9110_401),
+    Entry::says("unauthorized", Reason::InvalidKey, RFC9110_401),
+    Entry::says("unauthenticated", Reason::InvalidKey, RFC9110_401),
+    Entry::says("authentication failed", Reason::InvalidKey, RFC9110_401),
+    // The account or organization, not the key.
+    Entry::says("deactivated", Reason::AccountInactive, RFC9110_403),
+    Entry::says("suspended", Reason::AccountInactive, RFC9110_403),
+    Entry::says(
+        "organization is disabled",
+        Reason::AccountInactive,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "account has been disabled",
+        Reason::AccountInactive,
+        RFC9110_403,
+    ),
+    Entry::says("account is disabled", Reason::AccountInactive, RFC9110_403),
+    Entry::says("account disabled", Reason::AccountInactive, RFC9110_403),
+    Entry::says(
+        "account is not active",
+        Reason::AccountInactive,
+        RFC9110_403,
+    ),
+    Entry::says("account is inactive", Reason::AccountInactive, RFC9110_403),
+    // Network and place.
+    Entry::says("your ip", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("ip address", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("ip not allowed", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("from this ip", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("firewall", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("virtual network", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("ip allowlist", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says("ip whitelist", Reason::IpNotAllowed, RFC9110_403),
+    Entry::says(
+        "region not supported",
+        Reason::RegionUnsupported,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "region is not supported",
+        Reason::RegionUnsupported,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "location is not supported",
+        Reason::RegionUnsupported,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "not available in your country",
+        Reason::RegionUnsupported,
+        RFC9110_403,
+    ),
+    Entry::says(
+        "not available in your region",
+        Reason::RegionUnsupported,
+        RFC9110_403,
+    ),
+    Entry::says("wrong api endpoint", Reason::WrongEndpoint, RFC9110_403),
+    Entry::says("wrong endpoint", Reason::WrongEndpoint, RFC9110_403),
+    Entry::says("regional api endpoint", Reason::WrongEndpoint, RFC9110_403),
+    Entry::says("incorrect endpoint", Reason::WrongEndpoint, RFC9110_403),
+    // HTTP 402: money.
+    Entry::says("payment required", Reason::QuotaExhausted, RFC9110_402),
+    Entry::says("out of credits", Reason::QuotaExhausted, RFC9110_402),
+    Entry::says("no credits", Reason::QuotaExhausted, RFC9110_402),
+    Entry::says("billing hard limit", Reason::QuotaExhausted, RFC9110_402),
+    Entry::says("quota exceeded", Reason::QuotaExhausted, RFC9110_402),
+    Entry::decisive(
+        On::Code("quota_exceeded"),
+        Reason::QuotaExhausted,
+        RFC9110_402,
+    ),
+    Entry::says("purchase more", Reason::QuotaExhausted, RFC9110_402),
+    Entry::says("add credits", Reason::QuotaExhausted, RFC9110_402),
+    // HTTP 429: pace.
+    Entry::says("rate limit", Reason::RateLimited, RFC6585),
+    Entry::says("rate_limit", Reason::RateLimited, RFC6585),
+    Entry::says("ratelimit", Reason::RateLimited, RFC6585),
+    Entry::says("too many requests", Reason::RateLimited, RFC6585),
+    Entry::says("requests per min", Reason::RateLimited, RFC6585),
+    Entry::says("tokens per min", Reason::RateLimited, RFC6585),
+    Entry::says("throttl", Reason::RateLimited, RFC6585),
+    Entry::says("slow down", Reason::RateLimited, RFC6585),
 ];
 
 /// Reasons that can explain a 400: the rest of the 400s are ordinary request errors.
@@ -255,7 +197,9 @@ fn plausible_for_400(r: Reason) -> bool {
     )
 }
 
+/// A "quota" that resets within the minute is a rate limit (Gemini's free tier words it so).
 fn per_minute(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
     [
         "per minute",
         "perminute",
@@ -267,32 +211,17 @@ fn per_minute(message: &str) -> bool {
     .any(|p| message.contains(p))
 }
 
+/// The catalogue row that explains `facts`, if any.
+pub fn matched(facts: &ErrorFacts) -> Option<&'static Entry> {
+    catalogue::best(facts)
+}
+
 pub fn reason(facts: &ErrorFacts, status: StatusCode) -> Option<Reason> {
-    let message = facts.message.to_ascii_lowercase();
-    let from_google = facts
-        .reasons
-        .iter()
-        .find_map(|r| google_reason(r, &message));
-    let found = from_google.or_else(|| {
-        let haystack = format!(
-            "{} {} {} {}",
-            facts.code,
-            facts.kind,
-            facts.reasons.join(" ").to_ascii_lowercase(),
-            message
-        )
-        // Curly apostrophes ("didn’t") read as straight ones.
-        .replace('\u{2019}', "'");
-        PHRASES
-            .iter()
-            .find(|(_, phrases)| phrases.iter().any(|p| haystack.contains(p)))
-            .map(|(reason, _)| *reason)
-    });
+    let found = matched(facts).map(|e| e.reason);
     match status.as_u16() {
         400 => found.filter(|r| plausible_for_400(*r)),
-        // "Quota" on a 429 that talks about per-minute limits is a rate limit (Gemini's free tier).
         429 => Some(match found {
-            Some(Reason::QuotaExhausted) if !per_minute(&message) => Reason::QuotaExhausted,
+            Some(Reason::QuotaExhausted) if !per_minute(&facts.message) => Reason::QuotaExhausted,
             _ => Reason::RateLimited,
         }),
         402 => Some(match found {

@@ -20,8 +20,8 @@ use crate::proxy::reply::{Body, REASON_HEADER};
 use crate::reason::Reason;
 use crate::upstream::{Diagnosis, Upstream};
 
-/// How much of an error body is read to classify it.
-pub const PEEK_LIMIT: usize = 64 * 1024;
+use crate::diagnose::PEEK_LIMIT;
+
 /// An error body arrives at once; one that dribbles is passed on with what arrived by then.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A compressed error body is inflated up to this much.
@@ -67,7 +67,9 @@ pub async fn explain(
     if !diagnose::worth_reading(parts.status) {
         return reassemble(parts, peeked);
     }
-    let facts = decoded.as_deref().and_then(diagnose::facts);
+    let facts = decoded
+        .as_deref()
+        .and_then(|body| diagnose::facts_with_headers(body, &parts.headers));
 
     let now = SystemTime::now();
     let snapshot = key.snapshot();

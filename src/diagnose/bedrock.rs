@@ -1,0 +1,164 @@
+//! Amazon Bedrock (AWS JSON protocol) errors: `{"message":"..."}` with the error type in the
+//! `x-amzn-ErrorType` header (`ThrottlingException:http://internal.amazon.com/...`), or the type in the
+//! body as `__type` (`com.amazon.coral.service#UnrecognizedClientException`), sometimes `Message`.
+//! Below the reader: Bedrock's documented common and runtime errors.
+
+use serde_json::Value;
+
+use super::catalogue::{Entry, On};
+use super::ErrorFacts;
+use crate::reason::Reason;
+
+pub fn read(v: &Value) -> Option<ErrorFacts> {
+    let kind = v.get("__type").and_then(Value::as_str);
+    let capital = v.get("Message").and_then(Value::as_str);
+    if kind.is_none() && capital.is_none() {
+        return None;
+    }
+    let message = v
+        .get("message")
+        .and_then(Value::as_str)
+        .or(capital)
+        .unwrap_or("");
+    Some(ErrorFacts {
+        code: kind.map(error_type).unwrap_or_default(),
+        message: message.to_owned(),
+        ..ErrorFacts::default()
+    })
+}
+
+/// `com.amazon.coral.service#ExpiredTokenException` or `ThrottlingException:http://...` as
+/// `expiredtokenexception` / `throttlingexception`.
+pub fn error_type(raw: &str) -> String {
+    let name = raw.rsplit('#').next().unwrap_or(raw);
+    let name = name.split(':').next().unwrap_or(name);
+    name.trim().to_ascii_lowercase()
+}
+
+const COMMON: &str = "https://docs.aws.amazon.com/bedrock/latest/APIReference/CommonErrors.html";
+const INVOKE: &str =
+    "https://docs.aws.amazon.com/bedrock/latest/APIReference/API_runtime_InvokeModel.html#API_runtime_InvokeModel_Errors";
+const MODEL_ACCESS: &str = "https://docs.aws.amazon.com/bedrock/latest/userguide/model-access.html";
+const STS: &str = "https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html";
+
+pub const CATALOGUE: &[Entry] = &[
+    // The access key id is unknown to AWS.
+    Entry::decisive(
+        On::Code("unrecognizedclientexception"),
+        Reason::InvalidKey,
+        COMMON,
+    ),
+    Entry::decisive(On::Code("invalidclienttokenid"), Reason::InvalidKey, COMMON),
+    // The secret does not match the key id (or the request was re-signed along the way).
+    Entry::decisive(
+        On::Code("invalidsignatureexception"),
+        Reason::InvalidKey,
+        COMMON,
+    ),
+    Entry::decisive(
+        On::Code("signaturedoesnotmatch"),
+        Reason::InvalidKey,
+        COMMON,
+    ),
+    Entry::decisive(
+        On::Code("incompletesignature"),
+        Reason::MalformedKey,
+        COMMON,
+    ),
+    Entry::decisive(
+        On::Code("missingauthenticationtoken"),
+        Reason::MissingKey,
+        COMMON,
+    ),
+    Entry::decisive(
+        On::Code("missingauthenticationtokenexception"),
+        Reason::MissingKey,
+        COMMON,
+    ),
+    // Temporary (STS/SSO) credentials past their expiry.
+    Entry::decisive(
+        On::Code("expiredtokenexception"),
+        Reason::ExpiredKey,
+        COMMON,
+    ),
+    Entry::decisive(On::Code("expiredtoken"), Reason::ExpiredKey, STS),
+    // IAM policy, or model access not granted in this account and region.
+    Entry::decisive(
+        On::Code("accessdeniedexception"),
+        Reason::InsufficientPermissions,
+        INVOKE,
+    ),
+    Entry::decisive(
+        On::Code("notauthorized"),
+        Reason::InsufficientPermissions,
+        COMMON,
+    ),
+    Entry::decisive(
+        On::Code("optinrequired"),
+        Reason::InsufficientPermissions,
+        COMMON,
+    ),
+    Entry::decisive(On::Code("throttlingexception"), Reason::RateLimited, INVOKE),
+    Entry::decisive(
+        On::Code("servicequotaexceededexception"),
+        Reason::QuotaExhausted,
+        INVOKE,
+    ),
+    Entry::says(
+        "security token included in the request is invalid",
+        Reason::InvalidKey,
+        COMMON,
+    ),
+    Entry::says(
+        "security token included in the request is expired",
+        Reason::ExpiredKey,
+        COMMON,
+    ),
+    Entry::says(
+        "request signature we calculated does not match",
+        Reason::InvalidKey,
+        COMMON,
+    ),
+    Entry::says(
+        "you don't have access to the model",
+        Reason::InsufficientPermissions,
+        MODEL_ACCESS,
+    ),
+    Entry::says(
+        "model access is denied",
+        Reason::InsufficientPermissions,
+        MODEL_ACCESS,
+    ),
+    Entry::says(
+        "is not authorized to perform",
+        Reason::InsufficientPermissions,
+        INVOKE,
+    ),
+    Entry::says(
+        "please wait before trying again",
+        Reason::RateLimited,
+        INVOKE,
+    ),
+    Entry::says("missing authentication token", Reason::MissingKey, COMMON),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_error_types_are_read_from_body_and_header_forms() {
+        assert_eq!(
+            error_type("com.amazon.coral.service#UnrecognizedClientException"),
+            "unrecognizedclientexception"
+        );
+        assert_eq!(
+            error_type("ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"),
+            "throttlingexception"
+        );
+        let v = serde_json::json!({"__type":"ExpiredTokenException","message":"The security token included in the request is expired"});
+        let f = read(&v).unwrap();
+        assert_eq!(f.code, "expiredtokenexception");
+        assert!(read(&serde_json::json!({"message":"x"})).is_none());
+    }
+}
