@@ -2,15 +2,12 @@
 //! the stand-in, comes back with the right reason, the provider's fields intact and keyproxy's
 //! sentence added; plus the signals only keyproxy knows (expiry, a wrong-provider key, a refused
 //! rotation, the organization the app sent).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::io::Write;
 use std::sync::Arc;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use keyproxy::key::Fingerprint;
@@ -27,7 +24,7 @@ struct Row {
 }
 
 fn rows() -> Vec<Row> {
-    include_str!("fixtures/provider-errors.jsonl")
+    include_str!("../fixtures/provider-errors.jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -530,9 +527,9 @@ impl Score {
 #[test]
 fn scores_on_shared_train_and_held_out_bodies() {
     use std::io::Write;
-    let shared = score(include_str!("fixtures/provider-errors.jsonl"));
-    let train = score(include_str!("fixtures/real-bodies-train.jsonl"));
-    let held = score(include_str!("fixtures/real-bodies-heldout.jsonl"));
+    let shared = score(include_str!("../fixtures/provider-errors.jsonl"));
+    let train = score(include_str!("../fixtures/real-bodies-train.jsonl"));
+    let held = score(include_str!("../fixtures/real-bodies-heldout.jsonl"));
     let _ = writeln!(
         std::io::stderr(),
         "diagnosis scores\n  {}\n  {}\n  {}",

@@ -1,14 +1,11 @@
 //! The real binary: `check` reports problems line by line and never prints a key; `run` drains an
 //! open stream on SIGTERM and exits 0; a bad config names file, line and field.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 

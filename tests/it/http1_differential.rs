@@ -6,7 +6,6 @@
 //!
 //! Everything runs over in-memory duplex streams on a paused clock, so a side that waits for more
 //! bytes is noticed at once (the clock jumps to the next timer) and every case is deterministic.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::convert::Infallible;
 use std::future::Future;

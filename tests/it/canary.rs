@@ -2,13 +2,10 @@
 //! tokens — success, streams, every fixture refusal, client-token failures, rotations accepted and
 //! refused, probes, status, metrics, shutdown — and assert that no key or token, nor any 12-character
 //! piece of one, appears in the logs, /metrics, /status, the status page, or any response.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -41,7 +38,7 @@ async fn no_key_or_token_ever_leaves_keyproxy() {
     .collect();
 
     let rows: Arc<Vec<Row>> = Arc::new(
-        include_str!("fixtures/provider-errors.jsonl")
+        include_str!("../fixtures/provider-errors.jsonl")
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect(),
@@ -129,7 +126,7 @@ async fn no_key_or_token_ever_leaves_keyproxy() {
         .unwrap();
     let (p, b) = send(x_api_key).await;
     exchange(p, b);
-    for n in 0..include_str!("fixtures/provider-errors.jsonl")
+    for n in 0..include_str!("../fixtures/provider-errors.jsonl")
         .lines()
         .count()
     {

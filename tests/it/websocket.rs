@@ -1,13 +1,10 @@
 //! WebSocket pass-through: the handshake carries the injected key (never the app's), bytes flow both
 //! ways, an open socket survives a rotation while new handshakes use the new key, a refused handshake
 //! is diagnosed, and shutdown closes open sockets after the grace period. ws:// and wss://.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use crate::common::*;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;

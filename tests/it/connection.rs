@@ -1,11 +1,8 @@
 //! The app-facing HTTP/1.1 connection, byte by byte: keep-alive, pipelining, short bodies read
 //! whole, HEAD, `Connection: close`, and the hand-over to hyper of the shapes `http1::server` leaves
 //! to it (chunked uploads, `Expect: 100-continue`, long bodies) in the middle of a connection.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,13 +1,10 @@
 //! What an operator sees, over real sockets: metrics that move with traffic, rotations and refusals;
 //! /readyz following key usability; the status page; request ids; token usage from the providers'
 //! own usage fields, streamed and not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;

@@ -1,15 +1,12 @@
 //! keyproxy's own connection pool, over real sockets: upstream connections are kept alive and
 //! reused, one the upstream closed while idle is replaced without failing a request, and a response
 //! abandoned mid-body does not hand its connection to the next request.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};

@@ -3,14 +3,11 @@
 //! allowed origins end to end, the admin port's refusals, credentials in odd spellings, path
 //! tricks; and the real binary facing an upstream that echoes the key back, and configs that hold
 //! a secret literally.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use http::{Request, Response};
 use hyper::body::Incoming;
 

@@ -1,7 +1,6 @@
 //! The layering rule in `src/lib.rs`, enforced: every `crate::…` path in `src/**/*.rs` names a
 //! module of the same layer or a lower one, and the top-level modules import each other without
 //! a cycle. A module that needs something from above is telling us the thing lives in the wrong room.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,14 +1,11 @@
 //! Key lifecycle over real sockets: lint at startup, each rotation trigger, refused rotations that
 //! keep the old key, the Kubernetes Secret volume swap, probes, retired keys, and rotation under load.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use http::Request;
 use keyproxy::key::Fingerprint;
 

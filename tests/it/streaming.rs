@@ -1,13 +1,10 @@
 //! Bodies stream both ways with nothing buffered; TLS with HTTP/2 to the upstream; upstream
 //! failures become keyproxy's own errors; only configured upstreams are ever reachable.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod common;
 
 use std::sync::Arc;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response};
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;

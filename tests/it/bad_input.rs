@@ -1,10 +1,7 @@
 //! Bad input never crashes, hangs or misroutes: malformed and oversized requests, smuggling shapes,
 //! path tricks, oversized admin bodies, and key files that are not keys.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::Request;
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;

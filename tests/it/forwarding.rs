@@ -1,10 +1,7 @@
 //! The forwarding contract over real sockets: each provider's scheme injected, every client
 //! credential stripped, everything else passed through unchanged; keyproxy's own errors.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use http::Request;
 
 const GENERIC_KEY: &str = "gen-TESTkeyGENERIC00000000000000000005";
