@@ -55,6 +55,10 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Web origins (`scheme://host[:port]`, lowercase) whose pages may call the proxy port.
     pub allowed_origins: Vec<String>,
+    /// Where `keyproxy.db` lives; `None` when no default could be found (no `$HOME`).
+    pub state_dir: Option<PathBuf>,
+    /// After a key file changes in place, its bytes must stay the same this long before it is read.
+    pub key_settle: Duration,
 }
 
 /// More event loops than this is a typo, not a machine.
@@ -130,6 +134,8 @@ struct RawServer {
     workers: Spanned<usize>,
     allowed_hosts: Vec<Spanned<String>>,
     allowed_origins: Vec<Spanned<String>>,
+    state_dir: Option<Spanned<PathBuf>>,
+    key_settle: Spanned<HumanDuration>,
 }
 
 impl Default for RawServer {
@@ -145,6 +151,8 @@ impl Default for RawServer {
             workers: unset(0),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            state_dir: None,
+            key_settle: unset(HumanDuration(Duration::from_secs(1))),
         }
     }
 }
@@ -169,7 +177,7 @@ struct RawUpstream {
     #[serde(default)]
     response_header_timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
-    expires_at: Option<Spanned<Timestamp>>,
+    expires_at: Option<Spanned<ExpiresAt>>,
     #[serde(default)]
     issued_at: Option<Spanned<Timestamp>>,
     #[serde(default)]
@@ -225,6 +233,47 @@ impl<'de> Deserialize<'de> for Timestamp {
                     "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
                 ))
             })
+    }
+}
+
+/// `expires_at = "2027-01-01"` (the key in the source) or `expires_at = { "sk-proj-…abcd" =
+/// "2027-01-01" }` (keys by fingerprint, whenever they come in).
+#[derive(Debug, Clone)]
+enum ExpiresAt {
+    TheSourcesKey(Timestamp),
+    ByFingerprint(Vec<(String, SystemTime)>),
+}
+
+impl<'de> Deserialize<'de> for ExpiresAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ExpiresAt;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a date (\"2027-11-27\") or a table of fingerprints and dates ({ \"sk-proj-…abcd\" = \"2027-11-27\" })")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ExpiresAt, E> {
+                Timestamp::deserialize(serde::de::value::StrDeserializer::<E>::new(v))
+                    .map(ExpiresAt::TheSourcesKey)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ExpiresAt, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    // A fingerprint shows `…` (or `...` typed by hand); anything else may be the key itself.
+                    let name = name.replace("...", "…");
+                    if !name.contains('…') {
+                        return Err(serde::de::Error::custom("name each key by its fingerprint as keyproxy shows it (\"sk-proj-…abcd\"), never by the key itself"));
+                    }
+                    let at: Timestamp = map.next_value()?;
+                    entries.push((name, at.0));
+                }
+                Ok(ExpiresAt::ByFingerprint(entries))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -340,10 +389,27 @@ impl Config {
                 workers: *raw.server.workers.get_ref(),
                 allowed_hosts,
                 allowed_origins,
+                state_dir: match &raw.server.state_dir {
+                    Some(dir) => Some(resolve(path, dir.get_ref())),
+                    None => default_state_dir(),
+                },
+                key_settle: raw.server.key_settle.get_ref().0,
             },
             upstreams,
         })
     }
+}
+
+/// `$KEYPROXY_STATE_DIR`, else `$XDG_STATE_HOME/keyproxy`, else `$HOME/.local/state/keyproxy`.
+pub fn default_state_dir() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("KEYPROXY_STATE_DIR")
+        .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("keyproxy")))
+        .or_else(|| var("HOME").map(|d| d.join(".local/state/keyproxy")))
 }
 
 const DEFAULT_LISTEN: SocketAddr =
@@ -559,7 +625,14 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             DEFAULT_RESPONSE_HEADER_TIMEOUT,
         ),
         expiry: ExpiryPolicy {
-            expires_at: up.expires_at.map(|t| t.get_ref().0),
+            expires_at: match up.expires_at.as_ref().map(Spanned::get_ref) {
+                Some(ExpiresAt::TheSourcesKey(at)) => Some(at.0),
+                _ => None,
+            },
+            expires_at_by_key: match up.expires_at.map(Spanned::into_inner) {
+                Some(ExpiresAt::ByFingerprint(entries)) => entries,
+                _ => Vec::new(),
+            },
             issued_at: up.issued_at.map(|t| t.get_ref().0),
             max_age: up.max_age.map(|d| d.get_ref().0),
         },

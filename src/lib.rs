@@ -7,13 +7,14 @@
 //! Imports go one way, down this table; a module may use its own layer's modules (without a
 //! cycle) and any layer below, never one above. `tests/layers.rs` reads every `crate::…` path in
 //! `src/` and fails on an upward import or a cycle. Something a lower layer needs from a higher
-//! one lives in the wrong room: move it down, or pass it in (as `KeyProbe` is passed to the key
-//! lifecycle and `Watched` to the file watcher).
+//! one lives in the wrong room: move it down, or pass it in (as `KeyProbe` and `KeyHistory` are passed to
+//! the key lifecycle and `Watched` to the file watcher).
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
 //! | `leaves` | `reason`, `provider`, `time`, `redact`, `request_id`, `workers`, `metrics`, `telemetry` | facts and tools that know nothing of the rest |
 //! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch |
+//! | `state` | `state` | the durable store (SQLite): rotations, retired keys, sightings, diagnoses; implements `key::history::KeyHistory` |
 //! | `config` | `config` | TOML → raw → validated `Config`, built from the types of the layers below |
 //! | `http1` | `http1`, `headers`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |
 //! | `upstream` | `upstream` | an upstream at run time and its connection pool (`upstream::pool`) |
@@ -37,6 +38,7 @@ pub mod reason;
 pub mod redact;
 pub mod request_id;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod time;
 pub mod upstream;

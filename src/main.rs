@@ -89,8 +89,12 @@ enum Command {
         #[arg(long)]
         probe: bool,
         #[command(flatten)]
+        expiry: cli::rotate::Expiry,
+        #[command(flatten)]
         config: ConfigArg,
     },
+    /// Rotations, refusals, retired keys and the apps still sending them, from the state store.
+    History(cli::history::Args),
     /// Explain a provider's refusal offline: `keyproxy explain --status 401 [--provider openai] [FILE|-]`.
     Explain(cli::explain::Args),
     /// Ask a running keyproxy's admin listener for /healthz (for container HEALTHCHECKs: no shell needed).
@@ -133,14 +137,17 @@ fn main() -> ExitCode {
             key_stdin: _,
             admin,
             probe,
+            expiry,
             config,
         } => runtime.block_on(cli::rotate::rotate(
             upstream,
             key_file,
             admin,
             probe,
+            expiry,
             config.config,
         )),
+        Command::History(args) => cli::history::run(args),
         Command::Health { admin, config } => {
             runtime.block_on(cli::health::health(admin, config.config))
         }

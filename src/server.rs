@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::client_tokens::ClientTokens;
 use crate::proxy::guard::Guard;
 use crate::proxy::Proxy;
+use crate::state::Store;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::Upstream;
 use crate::workers::{self, Job, Workers};
@@ -91,13 +92,20 @@ impl Server {
                 &server.allowed_origins,
             )),
         );
+        let state = open_state(server.state_dir.as_deref());
         for upstream in &proxy.upstreams {
+            if let Ok(store) = &state {
+                upstream
+                    .key
+                    .attach_history(Arc::clone(store) as Arc<dyn key::history::KeyHistory>);
+                upstream.attach_store(Arc::clone(store));
+            }
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             let _ = upstream.key.load_initial().await;
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
-        let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard));
+        let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard).with_state(state));
         let proxy_for_watch = Arc::clone(&proxy);
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
@@ -114,6 +122,7 @@ impl Server {
             watcher: AbortOnDrop(key::watch::spawn(
                 Arc::clone(&proxy_for_watch),
                 config.server.key_reload_interval,
+                config.server.key_settle,
             )),
             workers: Workers::start(loops).map_err(ServerError::Workers)?,
         })
@@ -223,6 +232,26 @@ impl Server {
             workers.finish().await;
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// The state store, or why there is none (keyproxy serves either way; `/readyz` and `check` say so).
+fn open_state(dir: Option<&std::path::Path>) -> Result<Arc<Store>, String> {
+    let Some(dir) = dir else {
+        let why = "no state directory ($HOME is not set; set [server] state_dir or $KEYPROXY_STATE_DIR): rotations and retired keys are forgotten at restart".to_owned();
+        tracing::warn!("{why}");
+        return Err(why);
+    };
+    match Store::open(dir) {
+        Ok(store) => {
+            tracing::info!(path = %store.path().display(), "state store open");
+            Ok(Arc::new(store))
+        }
+        Err(e) => {
+            let why = format!("the state store cannot be opened ({e}): keyproxy serves, but forgets rotations and retired keys at restart");
+            tracing::warn!("{why}");
+            Err(why)
+        }
     }
 }
 

@@ -15,14 +15,44 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::key::expiry;
+use crate::key::lifecycle::RotateOptions;
 use crate::key::rotation::{Refusal, Trigger};
 use crate::key::store::digest;
 use crate::key::{token, KeySource, Secret};
 use crate::proxy::guard::{Guard, Verdict};
 use crate::proxy::reply;
 use crate::proxy::Proxy;
+use crate::state::{Query, Store};
 use crate::time::rfc3339_string;
 use crate::upstream::Upstream;
+
+/// The `User-Agent` prefix `keyproxy rotate` sends.
+pub const ROTATE_USER_AGENT: &str = "keyproxy-rotate/";
+
+/// `?expires_at=2027-12-01` or `?max_age=365d`: the new key's expiry.
+fn expiry_param(query: &str) -> Result<Option<SystemTime>, String> {
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = value
+            .replace("%3A", ":")
+            .replace("%3a", ":")
+            .replace("%2B", "+");
+        match name {
+            "expires_at" => {
+                return crate::time::parse_timestamp(&value).map(Some).map_err(|e| {
+                    format!("expires_at={value:?}: {e}; write 2027-12-01 or 2027-12-01T09:00:00Z")
+                });
+            }
+            "max_age" => {
+                let age = crate::time::parse_duration(&value)
+                    .map_err(|e| format!("max_age={value:?}: {e}; write e.g. 365d"))?;
+                return Ok(SystemTime::now().checked_add(age));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
 
 /// A key is a few hundred bytes at most; anything bigger is not a key.
 pub const MAX_KEY_BODY: usize = 4096;
@@ -57,6 +87,8 @@ pub struct Admin {
     guard: Guard,
     started_at: SystemTime,
     started: Instant,
+    /// The state store, or why there is none.
+    state: Result<Arc<Store>, String>,
 }
 
 impl Admin {
@@ -67,7 +99,13 @@ impl Admin {
             guard,
             started_at: SystemTime::now(),
             started: Instant::now(),
+            state: Err("no state store attached".into()),
         }
+    }
+
+    pub fn with_state(mut self, state: Result<Arc<Store>, String>) -> Admin {
+        self.state = state;
+        self
     }
 
     /// Guard first (no web page, no foreign Host), then the endpoint.
@@ -137,12 +175,17 @@ impl Admin {
                 ));
             }
         }
+        // Not a reason to take keyproxy out of service: it serves without the store.
+        let state = match &self.state {
+            Ok(_) => String::new(),
+            Err(why) => format!("warning: {why}\n"),
+        };
         if problems.is_empty() {
-            reply::text(StatusCode::OK, "ready\n")
+            reply::text(StatusCode::OK, format!("ready\n{state}"))
         } else {
             reply::text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready\n{problems}"),
+                format!("not ready\n{problems}{state}"),
             )
         }
     }
@@ -166,10 +209,22 @@ impl Admin {
                 &format!("no upstream named {name:?} is configured"),
             );
         };
-        let probe = req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == "probe=true" || p == "probe=1" || p == "probe")
-        });
+        let query = req.uri().query().unwrap_or("");
+        let probe = query
+            .split('&')
+            .any(|p| p == "probe=true" || p == "probe=1" || p == "probe");
+        let expires_at = match expiry_param(query) {
+            Ok(at) => at,
+            Err(message) => {
+                return admin_error(StatusCode::BAD_REQUEST, "bad_expiry", &message);
+            }
+        };
+        // `keyproxy rotate` says who it is, so the history can tell the CLI from other clients.
+        let from_cli = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with(ROTATE_USER_AGENT));
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -199,9 +254,14 @@ impl Admin {
         let mut text = text;
         crate::key::source::trim_one_newline(&mut text);
         let secret = Secret::new(text);
+        let options = RotateOptions {
+            ask_provider: probe,
+            from_cli,
+            expires_at,
+        };
         match upstream
             .key
-            .rotate(secret, Trigger::Admin, probe, upstream)
+            .rotate_with(secret, Trigger::Admin, options, upstream)
             .await
         {
             Ok(done) => json_response(
@@ -212,6 +272,7 @@ impl Admin {
                     "fingerprint": done.fingerprint.as_str(),
                     "generation": done.generation,
                     "probed": probe || upstream.key.validate_on_rotate(),
+                    "expires_at": upstream.key.current().snapshot().and_then(|k| k.expires_at).map(rfc3339_string),
                     "warnings": done.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
                 }),
             ),
@@ -276,16 +337,59 @@ impl Admin {
     /// The `/status` document: which key is live for each upstream, and its recent history.
     pub fn status(&self) -> Value {
         let now = SystemTime::now();
+        let store = self.state.as_ref().ok();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": rfc3339_string(self.started_at),
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "upstreams": self.proxy.upstreams.iter().map(|u| upstream_status(u, now)).collect::<Vec<_>>(),
+            "state": match &self.state {
+                Ok(s) => json!({"path": s.path().display().to_string(), "ok": true}),
+                Err(why) => json!({"ok": false, "problem": why}),
+            },
+            "history": store.map(|s| history(s, None)).unwrap_or_default(),
+            "upstreams": self.proxy.upstreams.iter().map(|u| upstream_status(u, store, now)).collect::<Vec<_>>(),
         })
     }
 }
 
-fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
+/// The last 20 rotations and refusals from the store (all upstreams, or one).
+fn history(store: &Store, upstream: Option<&str>) -> Value {
+    let query = Query {
+        upstream: upstream.map(str::to_owned),
+        since: None,
+        limit: 20,
+    };
+    match store.rotations(&query) {
+        Ok(rows) => json!(rows),
+        Err(e) => json!({"problem": format!("cannot read the history: {e}")}),
+    }
+}
+
+/// Retired keys with the apps seen sending each: from the store when there is one (it remembers
+/// across restarts), else from memory.
+fn retired_status(u: &Upstream, store: Option<&Arc<Store>>) -> Value {
+    let query = Query {
+        upstream: Some(u.name.to_string()),
+        since: None,
+        limit: 50,
+    };
+    if let Some(rows) = store.and_then(|s| s.retired(&query).ok()) {
+        return json!(rows);
+    }
+    json!(u
+        .key
+        .retired()
+        .iter()
+        .map(|r| json!({
+            "fingerprint": r.fingerprint.as_str(),
+            "generation": r.generation,
+            "retired_at": rfc3339_string(r.retired_at),
+            "sightings": [],
+        }))
+        .collect::<Vec<_>>())
+}
+
+fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) -> Value {
     let state = u.key.current();
     let key = match state.snapshot() {
         Some(k) => json!({
@@ -315,11 +419,7 @@ fn upstream_status(u: &Upstream, now: SystemTime) -> Value {
         "prefix": u.prefix,
         "key": key,
         "last_rotation": u.key.last_attempt(),
-        "retired_keys": u.key.retired().iter().map(|r| json!({
-            "fingerprint": r.fingerprint.as_str(),
-            "generation": r.generation,
-            "retired_at": rfc3339_string(r.retired_at),
-        })).collect::<Vec<_>>(),
+        "retired_keys": retired_status(u, store),
         "requests": {
             "total": u.metrics.requests_total(),
             "in_flight": u.metrics.in_flight.get(),

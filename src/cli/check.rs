@@ -63,7 +63,13 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
             failed |= f.severity == Severity::Error;
             println!("{mark} {name}: lint {}: {}", f.code, f.message);
         }
-        match expiry::expires_at(&cfg.expiry, true, now) {
+        let fingerprint = Fingerprint::of(secret.expose());
+        let facts = expiry::KeyFacts {
+            fingerprint: fingerprint.as_str(),
+            set_with_rotation: None,
+            the_sources_key: true,
+        };
+        match expiry::expires_at(&cfg.expiry, &facts, now) {
             None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
             Some(at) => {
                 let days = expiry::days_left(at, now);
@@ -98,11 +104,34 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
             }
         }
     }
+    state_line(config.server.state_dir.as_deref());
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Where the state store is, and whether it can be read. keyproxy serves without it, so a problem
+/// is a warning, not a failure.
+fn state_line(dir: Option<&std::path::Path>) {
+    use keyproxy::state::{Store, FILE_NAME};
+    let Some(dir) = dir else {
+        println!("⚠ state: no state directory ($HOME is not set; set [server] state_dir): rotations and retired keys are forgotten at restart");
+        return;
+    };
+    let path = dir.join(FILE_NAME);
+    if !path.exists() {
+        println!(
+            "✓ state: {} will be created at the first run",
+            path.display()
+        );
+        return;
+    }
+    match Store::open_read_only(dir).and_then(|s| s.version().map_err(|source| keyproxy::state::StateError::Sqlite { path: path.clone(), source })) {
+        Ok(version) => println!("✓ state: {} (schema version {version})", path.display()),
+        Err(e) => println!("⚠ state: cannot open the state store: {e}; keyproxy serves without it, and forgets rotations and retired keys at restart"),
+    }
 }
 
 /// The security settings, as checklist lines; true when any is a ✗.

@@ -3,6 +3,7 @@
 pub(crate) mod check;
 pub(crate) mod explain;
 pub(crate) mod health;
+pub(crate) mod history;
 pub(crate) mod rotate;
 pub(crate) mod run;
 

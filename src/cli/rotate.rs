@@ -13,14 +13,42 @@ use keyproxy::key::{KeySource, Secret};
 
 use super::admin_base;
 
+/// The new key's expiry, as given on the command line.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct Expiry {
+    /// When the new key expires: 2027-12-01 or 2027-12-01T09:00:00Z.
+    #[arg(long, conflicts_with = "max_age")]
+    pub expires_at: Option<String>,
+    /// How long the new key lasts from now: 365d, 90d, 12h.
+    #[arg(long)]
+    pub max_age: Option<String>,
+}
+
 /// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
 pub(crate) async fn rotate(
     upstream: String,
     key_file: Option<PathBuf>,
     admin: Option<String>,
     probe: bool,
+    expiry: Expiry,
     config_path: PathBuf,
 ) -> anyhow::Result<ExitCode> {
+    let mut query: Vec<String> = Vec::new();
+    if probe {
+        query.push("probe=true".into());
+    }
+    if let Some(at) = &expiry.expires_at {
+        let at = keyproxy::time::parse_timestamp(at).map_err(|e| {
+            anyhow::anyhow!("--expires-at {at:?}: {e}; write 2027-12-01 or 2027-12-01T09:00:00Z")
+        })?;
+        query.push(format!("expires_at={}", keyproxy::time::rfc3339_string(at)));
+    }
+    if let Some(age) = &expiry.max_age {
+        let age = keyproxy::time::parse_duration(age)
+            .map_err(|e| anyhow::anyhow!("--max-age {age:?}: {e}; write e.g. 365d"))?;
+        let at = std::time::SystemTime::now() + age;
+        query.push(format!("expires_at={}", keyproxy::time::rfc3339_string(at)));
+    }
     let key = match key_file {
         Some(path) => KeySource::File(path).read().await?,
         None => {
@@ -52,12 +80,21 @@ pub(crate) async fn rotate(
         },
     };
     let url = format!(
-        "{}/keys/{upstream}{}",
+        "{}/keys/{upstream}{}{}",
         base.trim_end_matches('/'),
-        if probe { "?probe=true" } else { "" }
+        if query.is_empty() { "" } else { "?" },
+        query.join("&")
     );
     let mut request = http::Request::post(url.as_str())
         .header(http::header::CONTENT_TYPE, "text/plain")
+        .header(
+            http::header::USER_AGENT,
+            format!(
+                "{}{}",
+                keyproxy::admin::ROTATE_USER_AGENT,
+                env!("CARGO_PKG_VERSION")
+            ),
+        )
         .body(Full::new(Bytes::from(key.expose().to_owned())))
         .context("invalid --admin URL")?;
     let mut auth = http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
@@ -83,6 +120,10 @@ pub(crate) async fn rotate(
             v["fingerprint"].as_str().unwrap_or("?"),
             v["generation"]
         );
+        match v["expires_at"].as_str() {
+            Some(at) => println!("  expires {at}"),
+            None => println!("  expiry unknown (give --expires-at or --max-age to be warned before it stops working)"),
+        }
         for w in v["warnings"].as_array().into_iter().flatten() {
             println!("⚠ {upstream}: {}", w["message"].as_str().unwrap_or(""));
         }

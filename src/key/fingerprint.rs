@@ -31,6 +31,11 @@ impl Fingerprint {
         Fingerprint(format!("{prefix}…{tail}:{hash}").into())
     }
 
+    /// A fingerprint read back from the state store (it was made by `of`).
+    pub fn from_stored(text: &str) -> Fingerprint {
+        Fingerprint(text.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

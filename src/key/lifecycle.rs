@@ -8,16 +8,17 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use super::expiry::{self, ExpiryPolicy};
+use super::history::{self, Applied, Forgetful, KeyHistory, Recalled, Refused, Sighting};
 use super::lint::{self, Finding, LintCode, LintMode, Severity};
 use super::rotation::{Attempt, Refusal, RetiredKey, RotationResult, Trigger, RETIRED_KEPT};
-use super::store::{digest, header_value, KeyMeta, Unavailable};
+use super::store::{digest, header_value, salted_digest, KeyMeta, Unavailable};
 use super::{Fingerprint, KeySnapshot, KeySource, KeyState, KeyStore, Secret};
 use crate::metrics::{CredentialMatch, UpstreamMetrics};
 use crate::provider::Provider;
@@ -70,7 +71,67 @@ struct Memory {
     last_source_digest: Option<[u8; 32]>,
     /// (generation, threshold) of the last expiry warning, so each is logged once.
     expiry_warned: Option<(u64, u32)>,
+    /// The key in service as a retired key would be remembered (salted), ready to retire.
+    in_service: Option<RetiredKey>,
+    /// Expiries set with a rotation, by fingerprint (from the state store, and this run's).
+    expiries: Vec<(String, SystemTime)>,
 }
+
+/// How an explicit rotation (admin API, `keyproxy rotate`) was asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RotateOptions {
+    /// Ask the provider first (`?probe=true`), besides `validate_on_rotate`.
+    pub ask_provider: bool,
+    /// Sent by `keyproxy rotate` rather than another admin API client.
+    pub from_cli: bool,
+    /// The new key's expiry (`--expires-at`, `--max-age`, `?expires_at=`).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Where a candidate came from and what may be done with it.
+struct Why<'a> {
+    trigger: Trigger,
+    who: &'static str,
+    source: &'a str,
+    /// An explicit rotation: it may reinstate a retired key, and it is written back to the source.
+    explicit: bool,
+    /// The key came from the configured source (so the config's simple `expires_at` may describe it).
+    from_source: bool,
+    expires_at: Option<SystemTime>,
+    /// Keep the key itself in the state store (see `history::InService::stored`).
+    keep: bool,
+}
+
+/// The app behind a request, for naming it when it sends a retired key: its `[[clients]]` token
+/// name, else its `User-Agent`, else its address. Built from references: free unless used.
+#[derive(Debug, Clone, Copy)]
+pub struct App<'a> {
+    pub client: Option<&'a str>,
+    pub user_agent: Option<&'a HeaderValue>,
+    pub peer: SocketAddr,
+}
+
+impl App<'_> {
+    pub fn name(&self) -> String {
+        if let Some(client) = self.client {
+            return format!("client {client}");
+        }
+        let agent = self
+            .user_agent
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|ua| !ua.is_empty());
+        match agent {
+            Some(ua) => {
+                let ua: String = ua.chars().take(120).collect();
+                format!("user-agent {}", crate::redact::mask(&ua))
+            }
+            None => format!("address {}", self.peer.ip()),
+        }
+    }
+}
+
+static FORGETFUL: Forgetful = Forgetful;
 
 /// A rotation that went through (or found nothing to do).
 #[derive(Debug, Clone)]
@@ -92,6 +153,8 @@ pub struct KeyLifecycle {
     /// One rotation at a time (a probe may be in flight).
     rotating: tokio::sync::Mutex<()>,
     metrics: Arc<UpstreamMetrics>,
+    /// The durable memory, attached once before the first load (none: `Forgetful`).
+    history: OnceLock<Arc<dyn KeyHistory>>,
 }
 
 impl KeyLifecycle {
@@ -103,7 +166,34 @@ impl KeyLifecycle {
             memory: Mutex::new(Memory::default()),
             rotating: tokio::sync::Mutex::new(()),
             metrics,
+            history: OnceLock::new(),
         }
+    }
+
+    /// Attach the state store before `load_initial`; later calls are ignored.
+    pub fn attach_history(&self, history: Arc<dyn KeyHistory>) {
+        let _ = self.history.set(history);
+    }
+
+    fn history(&self) -> &dyn KeyHistory {
+        match self.history.get() {
+            Some(h) => h.as_ref(),
+            None => &FORGETFUL,
+        }
+    }
+
+    fn salted(&self, key: &str) -> [u8; 32] {
+        salted_digest(&self.history().salt(), key)
+    }
+
+    /// The retired key `key` is, if it is one.
+    fn retired_match(&self, key: &str) -> Option<RetiredKey> {
+        let retired = self.retired.load();
+        if !retired.iter().any(|r| r.len == key.len()) {
+            return None;
+        }
+        let hash = self.salted(key);
+        retired.iter().find(|r| r.digest == hash).cloned()
     }
 
     /// The key in service (or why there is none): one lock-free load.
@@ -125,16 +215,32 @@ impl KeyLifecycle {
         self.retired.load()
     }
 
-    /// Startup: read the source, lint, and install, or record why there is no usable key.
+    /// Startup: recall what the state store knows, read the source, lint, and install — or record
+    /// why there is no usable key. A source still holding a retired key is refused; a key rotated
+    /// in through the admin API and kept in the store is used instead when there is one.
     pub async fn load_initial(&self) -> Result<Rotated, Refusal> {
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.settings.source.to_string();
         if let Some(warning) = self.settings.source.permission_warning() {
             tracing::warn!(upstream = %self.settings.upstream, "{warning}");
         }
+        let stored = self.remember(self.history().recall(&self.settings.upstream));
+        let startup = |from_source: bool, keep: bool| Why {
+            trigger: Trigger::Startup,
+            who: history::who(Trigger::Startup, false),
+            source: &source,
+            explicit: false,
+            from_source,
+            expires_at: None,
+            keep,
+        };
         let secret = match self.settings.source.read().await {
             Ok(secret) => secret,
             Err(e) => {
+                if let Some(stored) = stored {
+                    tracing::warn!(upstream = %self.settings.upstream, "{e}; using the key rotated in through the admin API and kept in the state store ({})", Fingerprint::of(stored.expose()));
+                    return self.admit(&stored, &startup(false, true), None).await;
+                }
                 let refusal = Refusal::Source(e.to_string());
                 self.unusable(Reason::MissingKey, refusal.to_string());
                 self.record_rejection(Trigger::Startup, None, &refusal);
@@ -142,16 +248,52 @@ impl KeyLifecycle {
             }
         };
         self.memory().last_source_digest = Some(digest(secret.expose()));
-        let fingerprint = Fingerprint::of(secret.expose());
-        let warnings = match self.validate(&secret, &source) {
-            Ok(warnings) => warnings,
-            Err((reason, refusal)) => {
-                self.unusable(reason, refusal.to_string());
-                self.record_rejection(Trigger::Startup, Some(&fingerprint), &refusal);
-                return Err(refusal);
+        if let Some(old) = self.retired_match(secret.expose()) {
+            let refusal = self.retired_refusal(&source, &old);
+            if let Some(stored) = stored.filter(|k| self.retired_match(k.expose()).is_none()) {
+                tracing::warn!(
+                    upstream = %self.settings.upstream,
+                    "{refusal}; until then the key rotated in through the admin API and kept in the state store ({}) is used",
+                    Fingerprint::of(stored.expose())
+                );
+                return self.admit(&stored, &startup(false, true), None).await;
             }
-        };
-        self.install(&secret, Trigger::Startup, &source, warnings)
+            return Err(self.refuse(Trigger::Startup, Some(&old.fingerprint), refusal));
+        }
+        self.admit(&secret, &startup(true, false), None).await
+    }
+
+    /// Take in what the store recalled; the key kept in it, if any.
+    fn remember(&self, recalled: Recalled) -> Option<Secret> {
+        let mut retired = recalled.retired;
+        retired.truncate(RETIRED_KEPT);
+        self.retired.store(Arc::new(retired));
+        self.store.resume_after(recalled.last_generation);
+        let mut memory = self.memory();
+        memory.expiries = recalled.expiries;
+        let in_service = recalled.in_service?;
+        memory.in_service = Some(RetiredKey {
+            digest: in_service.hash,
+            len: in_service.len,
+            fingerprint: in_service.fingerprint,
+            generation: in_service.generation,
+            retired_at: SystemTime::now(),
+        });
+        in_service.stored
+    }
+
+    fn retired_refusal(&self, source: &str, old: &RetiredKey) -> Refusal {
+        let mut when = crate::time::rfc3339_string(old.retired_at);
+        // 2026-12-01T10:00:00Z -> 2026-12-01T10:00Z: minutes are enough to find it in the history.
+        if when.len() == 20 {
+            when.replace_range(16..19, "");
+        }
+        Refusal::Retired {
+            message: format!(
+                "{source} still holds the key retired at {when} ({}); update it",
+                old.fingerprint
+            ),
+        }
     }
 
     /// Validate, probe when asked to (or when the upstream has `validate_on_rotate`), then swap in.
@@ -163,10 +305,36 @@ impl KeyLifecycle {
         ask_provider: bool,
         probe: &dyn KeyProbe,
     ) -> Result<Rotated, Refusal> {
+        let options = RotateOptions {
+            ask_provider,
+            ..RotateOptions::default()
+        };
+        self.rotate_with(secret, trigger, options, probe).await
+    }
+
+    /// An explicit rotation: it sticks (a `file` source is rewritten atomically; for `env` and
+    /// `command` the key is kept in the state store and used at the next start), and it may
+    /// reinstate a retired key.
+    pub async fn rotate_with(
+        &self,
+        secret: Secret,
+        trigger: Trigger,
+        options: RotateOptions,
+        probe: &dyn KeyProbe,
+    ) -> Result<Rotated, Refusal> {
         let _one_at_a_time = self.rotating.lock().await;
         let source = format!("POST /keys/{}", self.settings.upstream);
-        let probe = (ask_provider || self.settings.validate_on_rotate).then_some(probe);
-        self.rotate_locked(&secret, trigger, &source, probe).await
+        let why = Why {
+            trigger,
+            who: history::who(trigger, options.from_cli),
+            source: &source,
+            explicit: true,
+            from_source: false,
+            expires_at: options.expires_at,
+            keep: false,
+        };
+        let probe = (options.ask_provider || self.settings.validate_on_rotate).then_some(probe);
+        self.admit(&secret, &why, probe).await
     }
 
     /// Re-read the key source. With `force` (SIGHUP) the source wins whenever it differs from the key
@@ -208,24 +376,33 @@ impl KeyLifecycle {
             }
             lifecycle.last_source_digest = Some(source_digest);
         }
+        let why = Why {
+            trigger,
+            who: history::who(trigger, false),
+            source: &source,
+            explicit: false,
+            from_source: true,
+            expires_at: None,
+            keep: false,
+        };
         Some(
-            self.rotate_locked(
+            self.admit(
                 &secret,
-                trigger,
-                &source,
+                &why,
                 self.settings.validate_on_rotate.then_some(probe),
             )
             .await,
         )
     }
 
-    async fn rotate_locked(
+    /// The one way in: unchanged, or refused (retired, lint, probe), or installed.
+    async fn admit(
         &self,
         secret: &Secret,
-        trigger: Trigger,
-        source: &str,
+        why: &Why<'_>,
         probe: Option<&dyn KeyProbe>,
     ) -> Result<Rotated, Refusal> {
+        let (trigger, source) = (why.trigger, why.source);
         let fingerprint = Fingerprint::of(secret.expose());
         if let Some(current) = self.store.current().snapshot() {
             if current.digest == digest(secret.expose()) {
@@ -237,27 +414,42 @@ impl KeyLifecycle {
                 });
             }
         }
-        let warnings = match self.validate(secret, source) {
-            Ok(warnings) => warnings,
-            Err((_, refusal)) => {
-                self.record_rejection(trigger, Some(&fingerprint), &refusal);
-                return Err(refusal);
+        if !why.explicit {
+            if let Some(old) = self.retired_match(secret.expose()) {
+                let refusal = self.retired_refusal(source, &old);
+                return Err(self.refuse(trigger, Some(&fingerprint), refusal));
             }
-        };
+        }
+        let warnings = self
+            .validate(secret, source)
+            .map_err(|refusal| self.refuse(trigger, Some(&fingerprint), refusal))?;
         if let Some(probe) = probe {
             if let Err(refusal) = self
                 .probe_candidate(probe, secret, &fingerprint, source)
                 .await
             {
-                self.record_rejection(trigger, Some(&fingerprint), &refusal);
-                return Err(refusal);
+                return Err(self.refuse(trigger, Some(&fingerprint), refusal));
             }
         }
-        self.install(secret, trigger, source, warnings)
+        self.install(secret, why, warnings)
     }
 
-    /// Lint the candidate: the warnings to keep, or the reason and refusal.
-    fn validate(&self, secret: &Secret, source: &str) -> Result<Vec<Finding>, (Reason, Refusal)> {
+    /// Record a refusal (and, with no key in service yet, why there is none); hand it back.
+    fn refuse(
+        &self,
+        trigger: Trigger,
+        fingerprint: Option<&Fingerprint>,
+        refusal: Refusal,
+    ) -> Refusal {
+        if self.store.current().snapshot().is_none() {
+            self.unusable(refusal.reason(), refusal.to_string());
+        }
+        self.record_rejection(trigger, fingerprint, &refusal);
+        refusal
+    }
+
+    /// Lint the candidate: the warnings to keep, or the refusal.
+    fn validate(&self, secret: &Secret, source: &str) -> Result<Vec<Finding>, Refusal> {
         let findings = lint::lint(
             secret.expose(),
             self.settings.provider,
@@ -266,16 +458,10 @@ impl KeyLifecycle {
             self.settings.lint,
         );
         if let Some(error) = lint::first_error(&findings) {
-            let reason = match error.code {
-                LintCode::Empty => Reason::MissingKey,
-                LintCode::WrongProvider => Reason::WrongProviderKey,
-                _ => Reason::MalformedKey,
-            };
-            let refusal = Refusal::Lint {
+            return Err(Refusal::Lint {
                 code: error.code,
                 message: error.message.clone(),
-            };
-            return Err((reason, refusal));
+            });
         }
         for warning in findings.iter().filter(|f| f.severity == Severity::Warning) {
             tracing::warn!(upstream = %self.settings.upstream, lint = %warning.code, "{}", warning.message);
@@ -311,13 +497,50 @@ impl KeyLifecycle {
     fn install(
         &self,
         secret: &Secret,
-        trigger: Trigger,
-        source: &str,
+        why: &Why<'_>,
         warnings: Vec<Finding>,
     ) -> Result<Rotated, Refusal> {
-        let previous = self.store.current();
-        let first_key = self.store.generation() == 0;
-        let expires_at = expiry::expires_at(&self.settings.expiry, first_key, SystemTime::now());
+        let (trigger, source) = (why.trigger, why.source);
+        let key = secret.expose();
+        let fingerprint = Fingerprint::of(key);
+        // Checked before anything is written back to the source or the store.
+        header_value(secret, &self.settings.auth_prefix, source).map_err(|e| {
+            let refusal = Refusal::Lint {
+                code: LintCode::BadCharacters,
+                message: e.to_string(),
+            };
+            self.refuse(trigger, Some(&fingerprint), refusal)
+        })?;
+        let now = SystemTime::now();
+        let hash = self.salted(key);
+        let (expires_at, previous) = {
+            let memory = self.memory();
+            let set_with_rotation = why.expires_at.or_else(|| {
+                memory
+                    .expiries
+                    .iter()
+                    .find(|(fp, _)| fp == fingerprint.as_str())
+                    .map(|(_, at)| *at)
+            });
+            let facts = expiry::KeyFacts {
+                fingerprint: fingerprint.as_str(),
+                set_with_rotation,
+                the_sources_key: why.from_source && trigger == Trigger::Startup,
+            };
+            (
+                expiry::expires_at(&self.settings.expiry, &facts, now),
+                memory.in_service.clone(),
+            )
+        };
+        // The same key as before a restart keeps its generation.
+        let same_as_before = previous
+            .as_ref()
+            .filter(|p| p.digest == hash)
+            .map(|p| p.generation);
+        if let Some(generation) = same_as_before {
+            self.store.resume_after(generation.saturating_sub(1));
+        }
+        let keep = self.write_back(secret, why);
         let meta = KeyMeta {
             source: source.to_owned(),
             expires_at,
@@ -331,28 +554,63 @@ impl KeyLifecycle {
                     code: LintCode::BadCharacters,
                     message: e.to_string(),
                 };
-                if previous.snapshot().is_none() {
-                    self.unusable(Reason::MalformedKey, refusal.to_string());
-                }
-                self.record_rejection(trigger, Some(&Fingerprint::of(secret.expose())), &refusal);
-                refusal
+                self.refuse(trigger, Some(&fingerprint), refusal)
             })?;
         let Some(new) = state.snapshot() else {
             return Err(Refusal::Source("the key store did not take the key".into()));
         };
-        if let Some(old) = previous.snapshot() {
-            self.retire(old);
-            tracing::info!(
+        let retired = previous.filter(|p| p.digest != hash).map(|mut p| {
+            p.retired_at = now;
+            p
+        });
+        self.retire(retired.clone(), hash);
+        {
+            let mut memory = self.memory();
+            memory.in_service = Some(RetiredKey {
+                digest: hash,
+                len: key.len(),
+                fingerprint: new.fingerprint.clone(),
+                generation: new.generation,
+                retired_at: now,
+            });
+            if let Some(at) = why.expires_at {
+                memory.expiries.retain(|(fp, _)| fp != fingerprint.as_str());
+                memory.expiries.push((fingerprint.to_string(), at));
+            }
+        }
+        if same_as_before.is_none() || keep {
+            let applied = Applied {
+                upstream: &self.settings.upstream,
+                at: now,
+                trigger,
+                who: why.who,
+                retired: retired.as_ref(),
+                fingerprint: &new.fingerprint,
+                generation: new.generation,
+                hash,
+                len: key.len(),
+                expires_at,
+                explicit_expiry: why.expires_at.is_some(),
+                keep: keep.then_some(secret),
+            };
+            if let Err(e) = self.history().applied(&applied) {
+                tracing::error!(upstream = %self.settings.upstream, "the state store could not record the rotation ({e}); the new key is in service, and after a restart keyproxy may not remember it");
+            }
+        }
+        match &retired {
+            Some(old) => tracing::info!(
                 upstream = %self.settings.upstream,
                 trigger = trigger.as_str(),
+                who = why.who,
                 from = %old.fingerprint,
                 from_generation = old.generation,
                 to = %new.fingerprint,
                 to_generation = new.generation,
                 "key rotated"
-            );
-        } else {
-            tracing::info!(upstream = %self.settings.upstream, trigger = trigger.as_str(), key = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded");
+            ),
+            None => {
+                tracing::info!(upstream = %self.settings.upstream, trigger = trigger.as_str(), key = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded")
+            }
         }
         self.publish(new);
         self.metrics
@@ -375,16 +633,53 @@ impl KeyLifecycle {
         })
     }
 
-    fn retire(&self, old: &KeySnapshot) {
+    /// Make an explicit rotation stick: rewrite a `file` source atomically; otherwise (or when the
+    /// file cannot be written) keep the key in the state store. True when the store should keep it.
+    fn write_back(&self, secret: &Secret, why: &Why<'_>) -> bool {
+        if !why.explicit {
+            return why.keep;
+        }
+        let upstream = &self.settings.upstream;
+        let kept_where = if self.history().durable() {
+            "it is kept in the state store and used at the next start"
+        } else {
+            "there is no state store, so it lasts until keyproxy restarts"
+        };
+        match &self.settings.source {
+            KeySource::File(path) => match super::source::write_atomically(path, secret) {
+                Ok(()) => {
+                    self.memory().last_source_digest = Some(digest(secret.expose()));
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(upstream = %upstream, "cannot rewrite the key file {} ({e}); {kept_where}", path.display());
+                    true
+                }
+            },
+            other => {
+                tracing::warn!(upstream = %upstream, "{other} still holds the key this rotation retired; {kept_where}; update {other}");
+                true
+            }
+        }
+    }
+
+    /// Remember `old` as retired (newest first) and forget `now_in_service` as retired, should an
+    /// explicit rotation have reinstated it.
+    fn retire(&self, old: Option<RetiredKey>, now_in_service: [u8; 32]) {
+        let current = self.retired.load();
+        if old.is_none() && !current.iter().any(|r| r.digest == now_in_service) {
+            return;
+        }
+        let newest = old.as_ref().map(|o| o.digest);
         let mut retired: Vec<RetiredKey> = Vec::with_capacity(RETIRED_KEPT);
-        retired.push(RetiredKey {
-            digest: old.digest,
-            len: old.len,
-            fingerprint: old.fingerprint.clone(),
-            generation: old.generation,
-            retired_at: SystemTime::now(),
-        });
-        retired.extend(self.retired.load().iter().take(RETIRED_KEPT - 1).cloned());
+        retired.extend(old);
+        retired.extend(
+            current
+                .iter()
+                .filter(|r| r.digest != now_in_service && Some(r.digest) != newest)
+                .take(RETIRED_KEPT - 1)
+                .cloned(),
+        );
         self.retired.store(Arc::new(retired));
     }
 
@@ -436,8 +731,19 @@ impl KeyLifecycle {
         }
         self.metrics
             .rotation(trigger.as_str(), RotationResult::Rejected.as_str());
+        let now = SystemTime::now();
+        self.history().refused(&Refused {
+            upstream: &self.settings.upstream,
+            at: now,
+            trigger,
+            who: history::who(trigger, false),
+            fingerprint,
+            kept: kept.map(|k| (&k.fingerprint, k.generation)),
+            code: refusal.code(),
+            sentence: &refusal.to_string(),
+        });
         self.memory().last_attempt = Some(Attempt {
-            at: SystemTime::now(),
+            at: now,
             trigger,
             result: RotationResult::Rejected,
             fingerprint: fingerprint.map(ToString::to_string),
@@ -487,31 +793,44 @@ impl KeyLifecycle {
 
     /// Compare the credential the app sent (before it is stripped) with the keys keyproxy knows.
     /// A hash only when the length matches a known key.
-    pub fn observe_client_credential(&self, sent: &str, peer: SocketAddr, key: &KeySnapshot) {
+    pub fn observe_client_credential(&self, sent: &str, app: App<'_>, key: &KeySnapshot) {
         let retired = self.retired.load();
-        let worth_hashing = sent.len() == key.len || retired.iter().any(|r| r.len == sent.len());
-        let seen = if !worth_hashing {
+        let seen = if sent.len() == key.len && digest(sent) == key.digest {
+            CredentialMatch::Current
+        } else if !retired.iter().any(|r| r.len == sent.len()) {
             CredentialMatch::Unknown
         } else {
-            let d = digest(sent);
-            if d == key.digest {
-                CredentialMatch::Current
-            } else if let Some(old) = retired.iter().find(|r| r.digest == d) {
-                let when = humantime::format_rfc3339_seconds(old.retired_at);
-                tracing::warn!(
-                    client = %peer,
-                    upstream = %self.settings.upstream,
-                    retired_key = %old.fingerprint,
-                    rotated_out_at = %when,
-                    "this app still holds the key that was rotated out at {when} ({}); remove it from the app — keyproxy supplies the key",
-                    old.fingerprint
-                );
-                CredentialMatch::Retired
-            } else {
-                CredentialMatch::Unknown
+            let hash = self.salted(sent);
+            match retired.iter().find(|r| r.digest == hash) {
+                Some(old) => {
+                    self.sighted(old, app);
+                    CredentialMatch::Retired
+                }
+                None => CredentialMatch::Unknown,
             }
         };
         self.metrics.credential(seen);
+    }
+
+    /// An app sent a retired key: say so, naming the app, and have the store count it.
+    fn sighted(&self, old: &RetiredKey, app: App<'_>) {
+        let when = humantime::format_rfc3339_seconds(old.retired_at);
+        let name = app.name();
+        tracing::warn!(
+            client = %app.peer,
+            app = %name,
+            upstream = %self.settings.upstream,
+            retired_key = %old.fingerprint,
+            rotated_out_at = %when,
+            "this app ({name}) still holds the key that was rotated out at {when} ({}); remove it from the app — keyproxy supplies the key",
+            old.fingerprint
+        );
+        self.history().sighted(Sighting {
+            upstream: Arc::clone(&self.settings.upstream),
+            fingerprint: old.fingerprint.clone(),
+            app: name,
+            at: SystemTime::now(),
+        });
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {

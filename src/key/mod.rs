@@ -3,6 +3,7 @@
 
 pub mod expiry;
 pub mod fingerprint;
+pub mod history;
 pub mod lifecycle;
 pub mod lint;
 pub mod rotation;

@@ -67,6 +67,7 @@ pub struct Attempt {
 /// A key that was rotated out: enough to recognise it, nothing to reuse it.
 #[derive(Debug, Clone)]
 pub struct RetiredKey {
+    /// Salted with the install's salt (`store::salted_digest`), as the state store keeps it.
     pub digest: [u8; 32],
     pub len: usize,
     pub fingerprint: Fingerprint,
@@ -75,7 +76,7 @@ pub struct RetiredKey {
 }
 
 /// How many rotated-out keys each upstream remembers.
-pub const RETIRED_KEPT: usize = 5;
+pub const RETIRED_KEPT: usize = 16;
 
 /// Why a candidate key was not swapped in. The old key stays in service.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,9 +93,30 @@ pub enum Refusal {
     /// The source could not be read.
     #[error("{0}")]
     Source(String),
+    /// The source holds a key that was rotated out; only an explicit rotation may reinstate it.
+    #[error("{message}")]
+    Retired { message: String },
 }
 
 impl Refusal {
+    /// The reason a request gets when this refusal leaves the upstream without a key.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::Lint {
+                code: LintCode::Empty,
+                ..
+            } => Reason::MissingKey,
+            Refusal::Lint {
+                code: LintCode::WrongProvider,
+                ..
+            } => Reason::WrongProviderKey,
+            Refusal::Lint { .. } => Reason::MalformedKey,
+            Refusal::Probe { reason, .. } => *reason,
+            Refusal::ProbeFailed { .. } | Refusal::Source(_) => Reason::MissingKey,
+            Refusal::Retired { .. } => Reason::RevokedKey,
+        }
+    }
+
     /// The code shown in /status, the admin API's answer and the log: a lint code, the provider's
     /// reason, `probe_failed` or `source_unreadable`.
     pub fn code(&self) -> &'static str {
@@ -103,6 +125,7 @@ impl Refusal {
             Refusal::Probe { reason, .. } => reason.as_str(),
             Refusal::ProbeFailed { .. } => "probe_failed",
             Refusal::Source(_) => "source_unreadable",
+            Refusal::Retired { .. } => "retired_key",
         }
     }
 }

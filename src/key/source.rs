@@ -115,6 +115,52 @@ impl KeySource {
     }
 }
 
+/// Replace a key file so that a crash at any moment leaves the old key or the new one, never a mix
+/// or an empty file: a temporary file in the same directory, fsync, rename over, fsync the
+/// directory. The file keeps its mode and (when permitted) its owner.
+pub fn write_atomically(path: &Path, secret: &Secret) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.keyproxy-tmp"));
+    let before = std::fs::metadata(path).ok();
+    // Left over from a crash mid-write: it never held the only copy of anything.
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = (|| {
+        let mut file = options.open(&tmp)?;
+        let mut text = zeroize::Zeroizing::new(String::with_capacity(secret.expose().len() + 1));
+        text.push_str(secret.expose());
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
+        if let Some(before) = &before {
+            file.set_permissions(before.permissions())?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                // Only root may give a file away; anyone else keeps their own ownership.
+                let _ = std::os::unix::fs::fchown(&file, Some(before.uid()), Some(before.gid()));
+            }
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Remove exactly one trailing `\n` or `\r\n` (what `echo key > file` or a pasted line adds).
 pub fn trim_one_newline(text: &mut String) {
     if text.ends_with("\r\n") {

@@ -122,6 +122,12 @@ impl KeyStore {
         Ok(state)
     }
 
+    /// Continue counting generations after `generation` (what the state store last recorded),
+    /// so a restart does not start over at 1.
+    pub fn resume_after(&self, generation: u64) {
+        self.generations.store(generation, Ordering::Relaxed);
+    }
+
     /// How many keys have been installed so far (0 before the first).
     pub fn generation(&self) -> u64 {
         self.generations.load(Ordering::Relaxed)
@@ -148,6 +154,15 @@ pub fn header_value(
     })?;
     header.set_sensitive(true);
     Ok(header)
+}
+
+/// SHA-256 of the per-install salt and a key: how retired keys are remembered on disk, so the
+/// store holds nothing a dictionary of leaked keys could be matched against without the salt.
+pub fn salted_digest(salt: &[u8; 32], key: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(salt);
+    hasher.update(key.as_bytes());
+    hasher.finalize().into()
 }
 
 /// SHA-256 of a key or token.

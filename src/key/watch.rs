@@ -1,11 +1,15 @@
 //! Rotation by file: a notify watch on each key file's directory — so editors' rename-over,
 //! `echo > file` rewrites and the Kubernetes Secret volume's `..data` symlink swap are all seen —
 //! with bursts coalesced, plus a periodic re-read in case an event is lost.
+//!
+//! A file replaced by rename (the atomic way, and Kubernetes' `..data` swap) is whole the moment
+//! it appears, so it is read at once. A file written in place may be half-written: it is read only
+//! once its bytes have stayed the same for `key_settle`, so a truncated key is never installed.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -19,11 +23,91 @@ pub trait Watched: Send + Sync + 'static {
     fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)>;
 }
 
-/// Writers touch a file several times in a row (truncate, write, rename); wait for quiet.
+/// Writers touch a file several times in a row (truncate, write, rename): events this close
+/// together are one change.
 const SETTLE: Duration = Duration::from_millis(100);
 
+/// What a file event says about a key file: replaced whole (created, renamed over), or written in
+/// place (and maybe not finished). Writes to other files in the directory (a temporary file about
+/// to be renamed over the key file) do not count.
+fn written_in_place(event: &notify::Event, files: &[PathBuf]) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    if !event.paths.iter().any(|p| files.contains(p)) {
+        return false;
+    }
+    match event.kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+            false
+        }
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Access(_) => false,
+    }
+}
+
+/// The bytes of every watched key file (as digests), to tell when they stop changing.
+fn contents(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read(f).ok().map(|mut bytes| {
+                let d = super::store::digest(&String::from_utf8_lossy(&bytes));
+                zeroize::Zeroize::zeroize(&mut bytes);
+                d
+            })
+        })
+        .collect()
+}
+
+/// Changed less than `key_settle` ago: maybe still being written; the file event will come.
+fn recently_written(path: &Path, key_settle: Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .is_some_and(|age| age < key_settle)
+}
+
+/// Wait until the key files' bytes have stayed the same, with no event, for `key_settle`.
+async fn settle(
+    events: &mut mpsc::UnboundedReceiver<bool>,
+    files: &[PathBuf],
+    key_settle: Duration,
+) {
+    loop {
+        let before = contents(files);
+        let quiet = tokio::time::sleep(key_settle);
+        tokio::pin!(quiet);
+        let mut touched = false;
+        loop {
+            tokio::select! {
+                _ = &mut quiet => break,
+                more = events.recv() => match more {
+                    Some(_) => touched = true,
+                    None => return,
+                },
+            }
+        }
+        if !touched && contents(files) == before {
+            return;
+        }
+    }
+}
+
 /// Watch every file key source until the returned task is aborted.
-pub fn spawn<W: Watched>(watched: Arc<W>, reread_every: Duration) -> tokio::task::JoinHandle<()> {
+pub fn spawn<W: Watched>(
+    watched: Arc<W>,
+    reread_every: Duration,
+    key_settle: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let files: Vec<PathBuf> = watched
+        .lifecycles()
+        .into_iter()
+        .filter_map(|(key, _)| match key.source() {
+            KeySource::File(path) => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
     let dirs: BTreeSet<PathBuf> = watched
         .lifecycles()
         .into_iter()
@@ -36,13 +120,37 @@ pub fn spawn<W: Watched>(watched: Arc<W>, reread_every: Duration) -> tokio::task
             _ => None,
         })
         .collect();
-    let (tx, mut events) = mpsc::unbounded_channel::<()>();
+    let (tx, mut events) = mpsc::unbounded_channel::<bool>();
     let watcher = if dirs.is_empty() {
         None
     } else {
+        // Events name files by their absolute, resolved directory.
+        let files: Vec<PathBuf> = files
+            .iter()
+            .map(|f| {
+                match (
+                    f.parent().and_then(|d| {
+                        std::fs::canonicalize(if d.as_os_str().is_empty() {
+                            Path::new(".")
+                        } else {
+                            d
+                        })
+                        .ok()
+                    }),
+                    f.file_name(),
+                ) {
+                    (Some(dir), Some(name)) => dir.join(name),
+                    _ => f.clone(),
+                }
+            })
+            .collect();
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.send(());
+            // Reads (ours included) change nothing; only a write that closes the file counts.
+            let read_only = |e: &notify::Event| matches!(e.kind, notify::EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write));
+            if let Ok(event) = event {
+                if !read_only(&event) {
+                    let _ = tx.send(written_in_place(&event, &files));
+                }
             }
         }) {
             Ok(mut watcher) => {
@@ -72,21 +180,31 @@ pub fn spawn<W: Watched>(watched: Arc<W>, reread_every: Duration) -> tokio::task
         reread.tick().await;
         loop {
             let trigger = tokio::select! {
-                Some(()) = events.recv() => {
-                    let settle = tokio::time::sleep(SETTLE);
-                    tokio::pin!(settle);
+                Some(first) = events.recv() => {
+                    let mut in_place = first;
+                    let burst = tokio::time::sleep(SETTLE);
+                    tokio::pin!(burst);
                     loop {
                         tokio::select! {
-                            _ = &mut settle => break,
-                            more = events.recv() => if more.is_none() { break },
+                            _ = &mut burst => break,
+                            more = events.recv() => match more {
+                                Some(w) => in_place |= w,
+                                None => break,
+                            },
                         }
+                    }
+                    if in_place {
+                        settle(&mut events, &files, key_settle).await;
                     }
                     Trigger::File
                 }
                 _ = reread.tick() => Trigger::Periodic,
             };
             for (key, probe) in watched.lifecycles() {
-                if matches!(key.source(), KeySource::File(_)) {
+                if let KeySource::File(path) = key.source() {
+                    if trigger == Trigger::Periodic && recently_written(path, key_settle) {
+                        continue;
+                    }
                     key.reload(trigger, false, probe).await;
                 }
             }

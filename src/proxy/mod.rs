@@ -24,7 +24,7 @@ pub use error::ProxyError;
 
 use crate::headers::{presented_credential, strip_for_upstream, strip_key_param};
 use crate::http1::drop_hop_by_hop;
-use crate::key::lifecycle::{KeyLifecycle, KeyProbe};
+use crate::key::lifecycle::{App, KeyLifecycle, KeyProbe};
 use crate::key::rotation::Trigger;
 use crate::key::{KeySnapshot, KeyState};
 use crate::metrics::{InFlight, Metrics};
@@ -312,7 +312,12 @@ impl Proxy {
             if let Some(sent) =
                 presented_credential(req.headers(), uri.query(), &self.custom_credentials)
             {
-                upstream.key.observe_client_credential(sent, peer, snapshot);
+                let app = App {
+                    client: None,
+                    user_agent: req.headers().get(http::header::USER_AGENT),
+                    peer,
+                };
+                upstream.key.observe_client_credential(sent, app, snapshot);
             }
         }
         let upgrade = websocket::is_upgrade(req.headers());

@@ -2,7 +2,7 @@
 //! connection pool. Built once from the config; requests only read it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -15,6 +15,7 @@ use crate::config::UpstreamConfig;
 use crate::key::lifecycle::{KeyLifecycle, KeySettings};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::provider::Provider;
+use crate::state::{DiagnosisRow, Store};
 use pool::{UpstreamPool, Versions};
 
 pub struct Upstream {
@@ -38,6 +39,8 @@ pub struct Upstream {
     pub metrics: Arc<UpstreamMetrics>,
     /// The last diagnoses, newest last, for /status.
     pub diagnoses: Mutex<VecDeque<Diagnosis>>,
+    /// Where diagnoses are kept beyond a restart (attached at startup, when there is a store).
+    store: OnceLock<Arc<Store>>,
 }
 
 /// How many diagnoses each upstream keeps for /status.
@@ -59,7 +62,22 @@ pub struct Diagnosis {
 }
 
 impl Upstream {
+    pub fn attach_store(&self, store: Arc<Store>) {
+        let _ = self.store.set(store);
+    }
+
     pub fn record_diagnosis(&self, d: Diagnosis) {
+        if let Some(store) = self.store.get() {
+            store.diagnosis(DiagnosisRow {
+                at: crate::time::rfc3339_string(d.at),
+                upstream: self.name.to_string(),
+                status: d.status,
+                reason: d.reason.to_owned(),
+                sentence: d.message.clone(),
+                fingerprint: d.key_fingerprint.clone(),
+                generation: d.key_generation,
+            });
+        }
         let mut kept = self.diagnoses.lock().unwrap_or_else(|p| p.into_inner());
         if kept.len() == DIAGNOSES_KEPT {
             kept.pop_front();
@@ -131,6 +149,7 @@ impl Upstream {
             probe_path: cfg.probe_path.clone(),
             metrics,
             diagnoses: Mutex::new(VecDeque::with_capacity(DIAGNOSES_KEPT)),
+            store: OnceLock::new(),
         })
     }
 

@@ -153,8 +153,11 @@ pub struct Proxy {
 impl Proxy {
     /// Start keyproxy from config text; `listen`/`admin_listen` are forced to 127.0.0.1:0.
     pub async fn start(config_text: &str, dir: &Path) -> Proxy {
+        // Each test its own state store, never the user's.
+        let state = dir.join("state");
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{config_text}"
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n{config_text}",
+            state.display()
         );
         let path = dir.join("keyproxy.toml");
         std::fs::write(&path, &text).unwrap();
@@ -445,6 +448,11 @@ pub fn run_binary(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
         .args(["--log-format", "json", "run", "--config"])
         .arg(config)
         .env("RUST_LOG", "debug")
+        // Each test its own state store, never the user's (a test's own env may say otherwise).
+        .env(
+            "KEYPROXY_STATE_DIR",
+            config.parent().unwrap_or(Path::new(".")).join("state"),
+        )
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("key", &["key"]),
+    ("state", &["state"]),
     ("config", &["config"]),
     ("http1", &["http1", "headers", "websocket"]),
     ("upstream", &["upstream"]),

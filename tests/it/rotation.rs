@@ -618,7 +618,7 @@ async fn rotation_under_load_fails_nothing_and_never_sends_a_stale_key() {
 }
 
 #[tokio::test]
-async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_lets_the_source_win() {
+async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_keeps_an_explicit_rotation() {
     use keyproxy::config::Config;
     use keyproxy::key::rotation::Trigger;
     use keyproxy::key::Secret;
@@ -659,16 +659,33 @@ async fn rereading_an_unchanged_source_is_not_a_rotation_and_sighup_lets_the_sou
         fp(&b)
     );
 
-    let back = up
+    // Issue 18: the explicit rotation rewrote the file, so SIGHUP finds the new key there...
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap().trim_end(), b);
+    let again = up
         .key
         .reload(Trigger::Sighup, true, &up)
         .await
         .unwrap()
         .unwrap();
-    assert!(back.changed);
+    assert!(!again.changed, "SIGHUP keeps the rotated-in key");
+    assert_eq!(again.fingerprint.to_string(), fp(&b));
+    // ...and a source set back to the retired key is refused with a sentence, never installed.
+    std::fs::write(&key_path, format!("{a}\n")).unwrap();
+    let refused = up
+        .key
+        .reload(Trigger::Sighup, true, &up)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let sentence = refused.to_string();
+    assert_eq!(refused.code(), "retired_key");
+    assert!(
+        sentence.starts_with(&format!("file {key_path} still holds the key retired at "))
+            && sentence.ends_with(&format!("({}); update it", fp(&a))),
+        "{sentence}"
+    );
     assert_eq!(
-        back.fingerprint.to_string(),
-        fp(&a),
-        "SIGHUP: the source wins"
+        up.key.current().snapshot().unwrap().fingerprint.to_string(),
+        fp(&b)
     );
 }

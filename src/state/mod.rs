@@ -1,0 +1,586 @@
+//! The durable store: one SQLite file, `keyproxy.db` in `[server] state_dir` (WAL, created 0700 /
+//! 0600), holding the key lifecycle's history — rotations and refusals, retired keys (as salted
+//! hashes), which app still sends one, the last diagnoses. It implements `key::history::KeyHistory`
+//! for the lifecycle. Nothing here runs per request: sightings and diagnoses go to a writer
+//! thread over a bounded channel and are dropped when it is behind.
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use crate::key::history::{Applied, InService, KeyHistory, Recalled, Refused, Sighting};
+use crate::key::rotation::RetiredKey;
+use crate::key::{Fingerprint, Secret};
+use crate::time::rfc3339_string;
+
+/// The file in `state_dir`.
+pub const FILE_NAME: &str = "keyproxy.db";
+/// Diagnoses kept per upstream.
+pub const DIAGNOSES_KEPT: i64 = 1000;
+/// Sightings and diagnoses waiting for the writer; beyond this they are dropped.
+const WRITER_QUEUE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("{path} has schema version {found}, newer than this keyproxy knows ({known}); use a newer keyproxy or another state_dir")]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
+}
+
+/// Work for the writer thread.
+enum Write {
+    Sighting(Sighting),
+    Diagnosis(DiagnosisRow),
+}
+
+/// An explained refusal as the store keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiagnosisRow {
+    pub at: String,
+    pub upstream: String,
+    pub status: u16,
+    pub reason: String,
+    pub sentence: String,
+    pub fingerprint: Option<String>,
+    pub generation: Option<u64>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    salt: [u8; 32],
+    writer: Option<SyncSender<Write>>,
+}
+
+impl Store {
+    /// Open (creating it and its directory if need be) and migrate the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        create_private_dir(dir)?;
+        let path = dir.join(FILE_NAME);
+        create_private_file(&path)?;
+        let sql = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(sql)?;
+        configure(&conn).map_err(sql)?;
+        migrate(&mut conn, &path)?;
+        let salt = read_salt(&conn).map_err(sql)?;
+        let writer_conn = Connection::open(&path).map_err(sql)?;
+        configure(&writer_conn).map_err(sql)?;
+        let (tx, rx) = sync_channel::<Write>(WRITER_QUEUE);
+        std::thread::Builder::new()
+            .name("keyproxy-state".into())
+            .spawn(move || {
+                while let Ok(write) = rx.recv() {
+                    if let Err(e) = apply(&writer_conn, write) {
+                        tracing::warn!("state store: a write failed: {e}");
+                    }
+                }
+            })
+            .map_err(|source| StateError::File {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+            salt,
+            writer: Some(tx),
+        })
+    }
+
+    /// Open an existing store for reading only (`keyproxy history` while the server runs).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StateError> {
+        let path = dir.join(FILE_NAME);
+        let sql = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        if !path.exists() {
+            return Err(StateError::File {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no store yet (keyproxy run creates it)",
+                ),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        let salt = read_salt(&conn).map_err(sql)?;
+        Ok(Store {
+            path,
+            conn: Mutex::new(conn),
+            salt,
+            writer: None,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the file.
+    pub fn version(&self) -> Result<u32, rusqlite::Error> {
+        self.conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn queue(&self, write: Write) {
+        if let Some(writer) = &self.writer {
+            if let Err(TrySendError::Full(_)) = writer.try_send(write) {
+                tracing::debug!("state store writer is behind; a record was dropped");
+            }
+        }
+    }
+
+    /// Keep an explained refusal (off the request path; dropped when the writer is behind).
+    pub fn diagnosis(&self, row: DiagnosisRow) {
+        self.queue(Write::Diagnosis(row));
+    }
+
+    /// Rotations and refusals, newest first.
+    pub fn rotations(&self, query: &Query) -> Result<Vec<RotationRow>, rusqlite::Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, upstream, trigger, who, result, from_fingerprint, from_generation,
+                    to_fingerprint, to_generation, code, sentence
+             FROM rotations
+             WHERE (?1 IS NULL OR upstream = ?1) AND at >= ?2
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![query.upstream, query.since_text(), query.limit],
+            |r| {
+                Ok(RotationRow {
+                    at: r.get(0)?,
+                    upstream: r.get(1)?,
+                    trigger: r.get(2)?,
+                    who: r.get(3)?,
+                    result: r.get(4)?,
+                    from_fingerprint: r.get(5)?,
+                    from_generation: r.get(6)?,
+                    to_fingerprint: r.get(7)?,
+                    to_generation: r.get(8)?,
+                    code: r.get(9)?,
+                    sentence: r.get(10)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+
+    /// Retired keys, newest first, each with the apps seen sending it.
+    pub fn retired(&self, query: &Query) -> Result<Vec<RetiredRow>, rusqlite::Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT upstream, fingerprint, generation, retired_at FROM retired_keys
+             WHERE (?1 IS NULL OR upstream = ?1)
+             ORDER BY retired_at DESC, generation DESC LIMIT ?2",
+        )?;
+        let mut retired: Vec<RetiredRow> = stmt
+            .query_map(params![query.upstream, query.limit], |r| {
+                Ok(RetiredRow {
+                    upstream: r.get(0)?,
+                    fingerprint: r.get(1)?,
+                    generation: r.get(2)?,
+                    retired_at: r.get(3)?,
+                    sightings: Vec::new(),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut seen = conn.prepare(
+            "SELECT app, first_seen, last_seen, count FROM sightings
+             WHERE upstream = ?1 AND fingerprint = ?2 AND last_seen >= ?3 ORDER BY last_seen DESC",
+        )?;
+        for row in &mut retired {
+            row.sightings = seen
+                .query_map(
+                    params![row.upstream, row.fingerprint, query.since_text()],
+                    |r| {
+                        Ok(SightingRow {
+                            app: r.get(0)?,
+                            first_seen: r.get(1)?,
+                            last_seen: r.get(2)?,
+                            count: r.get(3)?,
+                        })
+                    },
+                )?
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(retired)
+    }
+
+    /// The last explained refusals, newest first.
+    pub fn diagnoses(&self, query: &Query) -> Result<Vec<DiagnosisRow>, rusqlite::Error> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, upstream, status, reason, sentence, fingerprint, generation FROM diagnoses
+             WHERE (?1 IS NULL OR upstream = ?1) AND at >= ?2 ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![query.upstream, query.since_text(), query.limit],
+            |r| {
+                Ok(DiagnosisRow {
+                    at: r.get(0)?,
+                    upstream: r.get(1)?,
+                    status: r.get(2)?,
+                    reason: r.get(3)?,
+                    sentence: r.get(4)?,
+                    fingerprint: r.get(5)?,
+                    generation: r.get(6)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+}
+
+/// Which part of the history to read.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub upstream: Option<String>,
+    pub since: Option<SystemTime>,
+    pub limit: i64,
+}
+
+impl Query {
+    fn since_text(&self) -> String {
+        self.since.map(rfc3339_string).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationRow {
+    pub at: String,
+    pub upstream: String,
+    pub trigger: String,
+    pub who: String,
+    pub result: String,
+    pub from_fingerprint: Option<String>,
+    pub from_generation: Option<u64>,
+    pub to_fingerprint: Option<String>,
+    pub to_generation: Option<u64>,
+    pub code: Option<String>,
+    pub sentence: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetiredRow {
+    pub upstream: String,
+    pub fingerprint: String,
+    pub generation: u64,
+    pub retired_at: String,
+    pub sightings: Vec<SightingRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SightingRow {
+    pub app: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub count: u64,
+}
+
+fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a rotation acknowledged is a rotation on disk, even on power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let sql = |source| StateError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let found: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
+    if found > schema::VERSION {
+        return Err(StateError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: schema::VERSION,
+        });
+    }
+    for (version, migration) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(sql)?;
+        tx.execute_batch(migration).map_err(sql)?;
+        tx.pragma_update(None, "user_version", version as u32 + 1)
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        tracing::info!(path = %path.display(), version = version + 1, "state store migrated");
+    }
+    Ok(())
+}
+
+fn read_salt(conn: &Connection) -> Result<[u8; 32], rusqlite::Error> {
+    let salt: Vec<u8> = conn.query_row("SELECT value FROM meta WHERE name = 'salt'", [], |r| {
+        r.get(0)
+    })?;
+    let mut out = [0u8; 32];
+    for (o, s) in out.iter_mut().zip(salt) {
+        *o = s;
+    }
+    Ok(out)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    let err = |source| StateError::Dir {
+        path: dir.to_owned(),
+        source,
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(err)
+}
+
+/// The file exists 0600 before SQLite opens it (its -wal and -shm files take the same mode).
+fn create_private_file(path: &Path) -> Result<(), StateError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|source| StateError::File {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn apply(conn: &Connection, write: Write) -> Result<(), rusqlite::Error> {
+    match write {
+        Write::Sighting(s) => {
+            let at = rfc3339_string(s.at);
+            conn.execute(
+                "INSERT INTO sightings (upstream, fingerprint, app, first_seen, last_seen, count)
+                 VALUES (?1, ?2, ?3, ?4, ?4, 1)
+                 ON CONFLICT (upstream, fingerprint, app)
+                 DO UPDATE SET last_seen = excluded.last_seen, count = count + 1",
+                params![&*s.upstream, s.fingerprint.as_str(), s.app, at],
+            )?;
+        }
+        Write::Diagnosis(d) => {
+            conn.execute(
+                "INSERT INTO diagnoses (at, upstream, status, reason, sentence, fingerprint, generation)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![d.at, d.upstream, d.status, d.reason, d.sentence, d.fingerprint, d.generation],
+            )?;
+            conn.execute(
+                "DELETE FROM diagnoses WHERE upstream = ?1 AND id <= (
+                    SELECT id FROM diagnoses WHERE upstream = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                params![d.upstream, DIAGNOSES_KEPT],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_time(text: &str) -> SystemTime {
+    humantime::parse_rfc3339(text).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = b;
+    }
+    out
+}
+
+impl Store {
+    fn try_recall(&self, upstream: &str) -> Result<Recalled, rusqlite::Error> {
+        let conn = self.conn();
+        let in_service = conn
+            .query_row(
+                "SELECT fingerprint, key_hash, key_length, generation, key FROM keys_in_service WHERE upstream = ?1",
+                [upstream],
+                |r| {
+                    let fingerprint: String = r.get(0)?;
+                    Ok(InService {
+                        fingerprint: Fingerprint::from_stored(&fingerprint),
+                        hash: hash_of(r.get(1)?),
+                        len: r.get(2)?,
+                        generation: r.get(3)?,
+                        stored: r.get::<_, Option<String>>(4)?.map(Secret::new),
+                    })
+                },
+            )
+            .optional()?;
+        let mut stmt = conn.prepare(
+            "SELECT fingerprint, key_hash, key_length, generation, retired_at FROM retired_keys
+             WHERE upstream = ?1 ORDER BY retired_at DESC, generation DESC",
+        )?;
+        let retired = stmt
+            .query_map([upstream], |r| {
+                let fingerprint: String = r.get(0)?;
+                let at: String = r.get(4)?;
+                Ok(RetiredKey {
+                    fingerprint: Fingerprint::from_stored(&fingerprint),
+                    digest: hash_of(r.get(1)?),
+                    len: r.get(2)?,
+                    generation: r.get(3)?,
+                    retired_at: parse_time(&at),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let last_generation: u64 = conn.query_row(
+            "SELECT MAX(g) FROM (
+                SELECT COALESCE(MAX(to_generation), 0) AS g FROM rotations WHERE upstream = ?1
+                UNION ALL SELECT COALESCE(MAX(generation), 0) FROM retired_keys WHERE upstream = ?1
+                UNION ALL SELECT COALESCE(MAX(generation), 0) FROM keys_in_service WHERE upstream = ?1)",
+            [upstream],
+            |r| r.get(0),
+        )?;
+        let mut stmt =
+            conn.prepare("SELECT fingerprint, expires_at FROM key_expiry WHERE upstream = ?1")?;
+        let expiries = stmt
+            .query_map([upstream], |r| {
+                let at: String = r.get(1)?;
+                Ok((r.get(0)?, parse_time(&at)))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Recalled {
+            in_service,
+            retired,
+            last_generation,
+            expiries,
+        })
+    }
+
+    fn try_applied(&self, a: &Applied<'_>) -> Result<(), rusqlite::Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = rfc3339_string(a.at);
+        tx.execute(
+            "INSERT INTO rotations (at, upstream, trigger, who, result, from_fingerprint, from_generation, to_fingerprint, to_generation)
+             VALUES (?1, ?2, ?3, ?4, 'applied', ?5, ?6, ?7, ?8)",
+            params![
+                at,
+                a.upstream,
+                a.trigger.as_str(),
+                a.who,
+                a.retired.map(|r| r.fingerprint.as_str()),
+                a.retired.map(|r| r.generation),
+                a.fingerprint.as_str(),
+                a.generation
+            ],
+        )?;
+        if let Some(r) = a.retired {
+            tx.execute(
+                "INSERT INTO retired_keys (upstream, fingerprint, key_hash, key_length, generation, retired_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (upstream, key_hash) DO UPDATE SET generation = excluded.generation, retired_at = excluded.retired_at",
+                params![a.upstream, r.fingerprint.as_str(), &r.digest[..], r.len, r.generation, rfc3339_string(r.retired_at)],
+            )?;
+        }
+        // A retired key reinstated by an explicit rotation is in service again, not retired.
+        tx.execute(
+            "DELETE FROM retired_keys WHERE upstream = ?1 AND key_hash = ?2",
+            params![a.upstream, &a.hash[..]],
+        )?;
+        tx.execute(
+            "INSERT INTO keys_in_service (upstream, fingerprint, key_hash, key_length, generation, since, key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (upstream) DO UPDATE SET fingerprint = excluded.fingerprint, key_hash = excluded.key_hash,
+                key_length = excluded.key_length, generation = excluded.generation, since = excluded.since, key = excluded.key",
+            params![a.upstream, a.fingerprint.as_str(), &a.hash[..], a.len, a.generation, at, a.keep.map(Secret::expose)],
+        )?;
+        if let (true, Some(expires)) = (a.explicit_expiry, a.expires_at) {
+            tx.execute(
+                "INSERT INTO key_expiry (upstream, fingerprint, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (upstream, fingerprint) DO UPDATE SET expires_at = excluded.expires_at",
+                params![a.upstream, a.fingerprint.as_str(), rfc3339_string(expires)],
+            )?;
+        }
+        tx.commit()
+    }
+}
+
+impl KeyHistory for Store {
+    fn salt(&self) -> [u8; 32] {
+        self.salt
+    }
+
+    fn recall(&self, upstream: &str) -> Recalled {
+        self.try_recall(upstream).unwrap_or_else(|e| {
+            tracing::warn!(upstream, path = %self.path.display(), "state store: cannot read what was known about this upstream ({e}); starting without it");
+            Recalled::default()
+        })
+    }
+
+    fn applied(&self, rotation: &Applied<'_>) -> Result<(), String> {
+        self.try_applied(rotation).map_err(|e| e.to_string())
+    }
+
+    fn refused(&self, r: &Refused<'_>) {
+        let result = self.conn().execute(
+            "INSERT INTO rotations (at, upstream, trigger, who, result, from_fingerprint, from_generation, to_fingerprint, code, sentence)
+             VALUES (?1, ?2, ?3, ?4, 'rejected', ?5, ?6, ?7, ?8, ?9)",
+            params![
+                rfc3339_string(r.at),
+                r.upstream,
+                r.trigger.as_str(),
+                r.who,
+                r.kept.map(|k| k.0.as_str()),
+                r.kept.map(|k| k.1),
+                r.fingerprint.map(Fingerprint::as_str),
+                r.code,
+                r.sentence
+            ],
+        );
+        if let Err(e) = result {
+            tracing::warn!(
+                upstream = r.upstream,
+                "state store: cannot record the refused rotation: {e}"
+            );
+        }
+    }
+
+    fn sighted(&self, sighting: Sighting) {
+        self.queue(Write::Sighting(sighting));
+    }
+}
