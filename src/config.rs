@@ -1007,6 +1007,28 @@ lint = "warn"
         );
         assert!(up.validate_on_rotate);
         assert_eq!(up.lint, LintMode::Warn);
+        let c = parse(&GOOD.replace(
+                "connect_timeout = \"2s\"",
+                "expires_at = { \"sk-proj-...abcd\" = \"2027-01-01\", \"sk-ant-…wxyz:01020304\" = \"2027-06-01\" }",
+            ),
+        )
+        .unwrap();
+        let by_key = &c.upstreams[1].expiry.expires_at_by_key;
+        assert_eq!(by_key.len(), 2);
+        assert!(
+            by_key.iter().any(|(name, _)| name == "sk-proj-…abcd"),
+            "typed dots become the ellipsis keyproxy shows: {by_key:?}"
+        );
+        assert_eq!(c.upstreams[1].expiry.expires_at, None);
+        let (_, _, field, message) = err(&GOOD.replace(
+            "connect_timeout = \"2s\"",
+            "expires_at = { \"sk-proj-REALKEYREALKEY\" = \"2027-01-01\" }",
+        ));
+        assert_eq!(field, "upstreams[1].expires_at");
+        assert!(
+            message.contains("fingerprint") && !message.contains("REALKEY"),
+            "{message}"
+        );
         let (_, _, field, _) =
             err(&GOOD.replace("connect_timeout = \"2s\"", "expires_at = \"2027-13-01\""));
         assert_eq!(field, "upstreams[1].expires_at");

@@ -25,6 +25,7 @@ pub(crate) async fn run(path: PathBuf) -> anyhow::Result<ExitCode> {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: re-reading every key source");
             proxy.reload_all(Trigger::Sighup, true).await;
+            tracing::info!("SIGHUP: every key source re-read");
         }
     });
     let shutdown = async move {

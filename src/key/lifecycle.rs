@@ -102,20 +102,17 @@ struct Why<'a> {
     keep: bool,
 }
 
-/// The app behind a request, for naming it when it sends a retired key: its `[[clients]]` token
-/// name, else its `User-Agent`, else its address. Built from references: free unless used.
+/// The app behind a request, for naming it when it sends a retired key: its `User-Agent`, else
+/// its address. (An app that sent a retired key sent no client token, so there is no
+/// `[[clients]]` name to give.) Built from references: free unless used.
 #[derive(Debug, Clone, Copy)]
 pub struct App<'a> {
-    pub client: Option<&'a str>,
     pub user_agent: Option<&'a HeaderValue>,
     pub peer: SocketAddr,
 }
 
 impl App<'_> {
     pub fn name(&self) -> String {
-        if let Some(client) = self.client {
-            return format!("client {client}");
-        }
         let agent = self
             .user_agent
             .and_then(|v| v.to_str().ok())

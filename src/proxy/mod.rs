@@ -271,6 +271,27 @@ impl Proxy {
         );
     }
 
+    /// An app refused for want of a client token may be one still configured with a retired
+    /// provider key: count and name it (a refusal, so not the common path).
+    fn observe_unauthorized<B>(&self, req: &Request<B>, peer: SocketAddr) {
+        let uri = req.uri();
+        let (Some(sent), Some((index, _))) = (
+            presented_credential(req.headers(), uri.query(), &self.custom_credentials),
+            self.router.route(uri.path()),
+        ) else {
+            return;
+        };
+        let upstream = &self.upstreams[index];
+        let key = upstream.key.current();
+        if let Some(snapshot) = key.snapshot() {
+            let app = App {
+                user_agent: req.headers().get(http::header::USER_AGENT),
+                peer,
+            };
+            upstream.key.observe_client_credential(sent, app, snapshot);
+        }
+    }
+
     /// The request phase: pick the upstream, take the key snapshot (one load) and rewrite the
     /// request for the upstream; or the refusal to send back. No I/O, so the benchmark calls it too.
     pub fn route<B>(
@@ -282,10 +303,13 @@ impl Proxy {
             return Err(ProxyError::Connect.into());
         }
         let uri = req.uri().clone();
-        let client = self
-            .clients
-            .identify(req.headers(), uri.query(), &self.custom_credentials)
-            .ok_or(ProxyError::ClientUnauthorized)?;
+        let Some(client) =
+            self.clients
+                .identify(req.headers(), uri.query(), &self.custom_credentials)
+        else {
+            self.observe_unauthorized(req, peer);
+            return Err(ProxyError::ClientUnauthorized.into());
+        };
         if !path_is_clean(uri.path()) {
             return Err(ProxyError::UncleanPath.into());
         }
@@ -313,7 +337,6 @@ impl Proxy {
                 presented_credential(req.headers(), uri.query(), &self.custom_credentials)
             {
                 let app = App {
-                    client: None,
                     user_agent: req.headers().get(http::header::USER_AGENT),
                     peer,
                 };

@@ -584,3 +584,105 @@ impl KeyHistory for Store {
         self.queue(Write::Sighting(sighting));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_run_creates_a_private_store_at_the_latest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("nested/state");
+        let store = Store::open(&state).unwrap();
+        assert_eq!(store.version().unwrap(), schema::VERSION);
+        assert_ne!(store.salt(), [0; 32], "a random salt per install");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&state), 0o700);
+            assert_eq!(mode(&state.join(FILE_NAME)), 0o600);
+        }
+        let salt = store.salt();
+        drop(store);
+        assert_eq!(
+            Store::open(&state).unwrap().salt(),
+            salt,
+            "the salt is kept"
+        );
+        assert_eq!(Store::open_read_only(&state).unwrap().salt(), salt);
+    }
+
+    #[test]
+    fn a_store_from_the_previous_version_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO retired_keys VALUES ('openai', 'sk-proj-…abcd:01020304', x'00', 164, 3, '2026-12-01T10:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.version().unwrap(), schema::VERSION);
+        let recalled = store.recall("openai");
+        assert_eq!(recalled.retired.len(), 1);
+        assert_eq!(
+            recalled.retired[0].fingerprint.as_str(),
+            "sk-proj-…abcd:01020304"
+        );
+        assert_eq!(recalled.last_generation, 3);
+        let query = Query {
+            upstream: None,
+            since: None,
+            limit: 10,
+        };
+        assert!(
+            store.diagnoses(&query).unwrap().is_empty(),
+            "the new tables exist"
+        );
+    }
+
+    #[test]
+    fn a_store_from_a_newer_keyproxy_is_not_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+            conn.pragma_update(None, "user_version", schema::VERSION + 1)
+                .unwrap();
+        }
+        let e = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(e, StateError::TooNew { .. }), "{e}");
+        assert!(
+            e.to_string().contains("newer than this keyproxy knows"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn diagnoses_are_bounded_per_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conn = store.conn();
+        for i in 0..(DIAGNOSES_KEPT + 5) {
+            let row = DiagnosisRow {
+                at: format!("2026-12-01T10:00:{:02}Z", i % 60),
+                upstream: "openai".into(),
+                status: 401,
+                reason: "invalid_key".into(),
+                sentence: format!("refusal {i}"),
+                fingerprint: None,
+                generation: None,
+            };
+            apply(&conn, Write::Diagnosis(row)).unwrap();
+        }
+        let kept: i64 = conn
+            .query_row("SELECT COUNT(*) FROM diagnoses", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, DIAGNOSES_KEPT);
+    }
+}

@@ -441,6 +441,10 @@ pub struct Running {
     logs: std::thread::JoinHandle<String>,
     pub proxy: String,
     pub admin: String,
+    /// Log text as it arrives, and how far `wait_log` has read it.
+    lines: std::sync::mpsc::Receiver<String>,
+    text: String,
+    read: usize,
 }
 
 pub fn run_binary(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
@@ -475,6 +479,7 @@ pub fn run_binary(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
     });
     let mut early = String::new();
     let mut addr_of = |message: &str| -> String {
+        let rx = &rx;
         loop {
             for line in early.lines() {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
@@ -493,10 +498,50 @@ pub fn run_binary(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
         logs,
         proxy,
         admin,
+        lines: rx,
+        text: early,
+        read: 0,
     }
 }
 
 impl Running {
+    /// The next JSON log line (after the last one this returned) whose message is `message`.
+    pub async fn wait_log(&mut self, message: &str) -> serde_json::Value {
+        within(&format!("the log line {message:?}"), async {
+            loop {
+                while let Ok(chunk) = self.lines.try_recv() {
+                    self.text.push_str(&chunk);
+                }
+                let mut offset = self.read;
+                for line in self.text[self.read..].split_inclusive('\n') {
+                    offset += line.len();
+                    if !line.ends_with('\n') {
+                        break;
+                    }
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                        if v["message"] == message {
+                            self.read = offset;
+                            return v;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub async fn kill(self) {
+        let mut child = self.child;
+        child.kill().unwrap();
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = self.logs.join();
+    }
+
     /// SIGTERM, a clean exit, and every line it logged.
     pub async fn stop(self) -> String {
         std::process::Command::new("kill")

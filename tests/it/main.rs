@@ -12,6 +12,7 @@ mod canary;
 mod cli;
 mod connection;
 mod diagnosis;
+mod durable;
 mod forwarding;
 mod fuzz;
 mod http1_differential;
