@@ -117,6 +117,7 @@ fn upstream(page: &mut String, up: &Value) {
         "<tr><th>requests</th><td>{} ({} refused by the provider)</td></tr></table>",
         up["requests"]["total"], up["requests"]["auth_failures"]
     );
+    retired_keys(page, up);
     let recent: Vec<&Value> = up["recent_diagnoses"]
         .as_array()
         .into_iter()
@@ -137,6 +138,46 @@ fn upstream(page: &mut String, up: &Value) {
             d["status"],
             esc(str_of(&d["reason"])),
             esc(str_of(&d["message"]))
+        );
+    }
+    page.push_str("</table>");
+}
+
+/// Each retired key and the apps still sending it (app names come from requests: escaped).
+fn retired_keys(page: &mut String, up: &Value) {
+    let retired: Vec<&Value> = up["retired_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    if retired.is_empty() {
+        return;
+    }
+    page.push_str("<table><tr><th>retired key</th><th>retired at</th><th>still sent by</th></tr>");
+    for r in retired {
+        let apps: Vec<String> = r["sightings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} ({}×, last {})",
+                    esc(str_of(&s["app"])),
+                    s["count"],
+                    esc(str_of(&s["last_seen"]))
+                )
+            })
+            .collect();
+        let (class, apps) = if apps.is_empty() {
+            ("ok", "no app seen".to_owned())
+        } else {
+            ("bad", apps.join("<br>"))
+        };
+        let _ = write!(
+            page,
+            "<tr><td><code>{}</code></td><td>{}</td><td class=\"{class}\">{apps}</td></tr>",
+            esc(str_of(&r["fingerprint"])),
+            esc(str_of(&r["retired_at"]))
         );
     }
     page.push_str("</table>");
@@ -187,6 +228,8 @@ mod tests {
                 "last_rotation": {"result": "rejected", "trigger": "file", "at": "2026-11-27T00:00:00Z", "finding": "quotes <b>"},
                 "requests": {"total": 3, "auth_failures": 1},
                 "recent_diagnoses": [{"at": "2026-11-27T00:00:01Z", "status": 401, "reason": "invalid_key", "message": "<script>alert(1)</script>"}],
+                "retired_keys": [{"fingerprint": "sk-proj-…Ab12:0badf00d", "retired_at": "2026-11-26T00:00:00Z",
+                                  "sightings": [{"app": "user-agent <img onerror=x>", "count": 4, "last_seen": "2026-11-27T00:00:02Z"}]}],
             }]
         });
         let page = render(&status);
@@ -194,6 +237,13 @@ mod tests {
         assert!(page.contains("class=\"warn\">in 7 days"));
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
         assert!(page.contains("quotes &lt;b&gt;"));
+        assert!(
+            page.contains("sk-proj-…Ab12:0badf00d")
+                && page
+                    .contains("user-agent &lt;img onerror=x&gt; (4×, last 2026-11-27T00:00:02Z)"),
+            "{page}"
+        );
+        assert!(!page.contains("<img"));
         assert!(
             !page.contains("http://") && !page.contains("src="),
             "no external assets"
