@@ -575,7 +575,8 @@ impl KeyLifecycle {
                 memory.expiries.push((fingerprint.to_string(), at));
             }
         }
-        if same_as_before.is_none() || keep {
+        // The key that was in service before a restart is not a new rotation (and is stored already).
+        if same_as_before.is_none() {
             let applied = Applied {
                 upstream: &self.settings.upstream,
                 at: now,
