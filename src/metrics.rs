@@ -112,6 +112,14 @@ pub struct UpstreamMetrics {
     pub key_loaded: Gauge,
     key_expiry_vec: GaugeVec,
     pub key_usable: IntGauge,
+    /// Where token counts by model go besides the counters (the state store's daily usage).
+    usage: OnceLock<Arc<dyn UsageSink>>,
+}
+
+/// Receives each response's token counts with its client and model. Must not block: it is called
+/// when a response body ends.
+pub trait UsageSink: Send + Sync {
+    fn record(&self, client: Option<&str>, model: &str, input: u64, output: u64);
 }
 
 /// The series one client's traffic to one upstream moves.
@@ -321,6 +329,7 @@ impl Metrics {
             key_loaded: self.key_loaded.with_label_values(&[name]),
             key_expiry_vec: self.key_expiry.clone(),
             key_usable: self.key_usable.with_label_values(&[name]),
+            usage: OnceLock::new(),
         })
     }
 
@@ -405,10 +414,23 @@ impl UpstreamMetrics {
         self.upstream_errors[kind as usize].inc();
     }
 
-    pub fn tokens(&self, client: usize, input: u64, output: u64) {
+    pub fn tokens(&self, client: usize, model: Option<&str>, input: u64, output: u64) {
         let series = self.series(client);
         series.tokens_input.inc_by(input);
         series.tokens_output.inc_by(output);
+        if let Some(sink) = self.usage.get() {
+            sink.record(
+                series.client.as_deref(),
+                model.unwrap_or("unknown"),
+                input,
+                output,
+            );
+        }
+    }
+
+    /// Send token counts by model to `sink` too (once, at startup).
+    pub fn attach_usage(&self, sink: Arc<dyn UsageSink>) {
+        let _ = self.usage.set(sink);
     }
 
     /// Client credentials seen so far, by match (for /status).
@@ -498,7 +520,7 @@ mod tests {
         let m = Metrics::with_clients(&["notebook".into(), "ci".into()]).unwrap();
         let u = m.upstream("openai");
         u.request(1, 200);
-        u.tokens(0, 5, 6);
+        u.tokens(0, None, 5, 6);
         u.auth_failure(1, Reason::InvalidKey);
         let text = m.render();
         for want in [

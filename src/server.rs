@@ -99,6 +99,9 @@ impl Server {
                     .key
                     .attach_history(Arc::clone(store) as Arc<dyn key::history::KeyHistory>);
                 upstream.attach_store(Arc::clone(store));
+                upstream
+                    .metrics
+                    .attach_usage(store.usage_sink(&upstream.name));
             }
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             let _ = upstream.key.load_initial().await;

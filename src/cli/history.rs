@@ -55,6 +55,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let rotations = store.rotations(&query)?;
     let retired = store.retired(&query)?;
+    let usage = store.usage(&query)?;
     let diagnoses = store.diagnoses(&Query { limit: 20, ..query })?;
     if args.json {
         let doc = serde_json::json!({
@@ -62,6 +63,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             "rotations": rotations,
             "retired_keys": retired,
             "diagnoses": diagnoses,
+            "usage_daily": usage,
         });
         println!("{}", keyproxy::redact::mask(&doc.to_string()));
         return Ok(ExitCode::SUCCESS);
@@ -114,6 +116,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!(
                 "      still sent by {}: {} time(s), first {}, last {}",
                 s.app, s.count, s.first_seen, s.last_seen
+            );
+        }
+    }
+    if !usage.is_empty() {
+        println!("\nTokens by day (in / out):");
+        for u in &usage {
+            let client = if u.client.is_empty() { "-" } else { &u.client };
+            println!(
+                "  {}  {}  {}  {}  {} / {}",
+                u.day, u.upstream, client, u.model, u.tokens_in, u.tokens_out
             );
         }
     }

@@ -1,6 +1,7 @@
 //! Watching a response body as it passes, with no byte held back and bounded work per chunk:
 //! the provider's `usage` token counts (JSON bodies and the final streamed events) are counted,
-//! and an in-band stream error (an SSE `event: error` after a 200) is logged.
+//! with the model the response names in its first bytes, and an in-band stream error (an SSE
+//! `event: error` after a 200) is logged.
 
 use std::sync::{Arc, LazyLock};
 
@@ -12,6 +13,7 @@ use crate::metrics::UpstreamMetrics;
 /// done or dropped (the body holds the upstream's metrics; one reference per request is enough).
 pub struct Tap {
     usage: UsageTap,
+    model: ModelTap,
     errors: Option<SseTap>,
     client: usize,
 }
@@ -20,6 +22,7 @@ impl Tap {
     pub fn new(client: usize, errors: Option<SseTap>) -> Tap {
         Tap {
             usage: UsageTap::default(),
+            model: ModelTap::default(),
             errors,
             client,
         }
@@ -29,15 +32,67 @@ impl Tap {
     pub fn finish(&self, metrics: &UpstreamMetrics) {
         let (input, output) = self.usage.totals();
         if input + output > 0 {
-            metrics.tokens(self.client, input, output);
+            metrics.tokens(self.client, self.model.model(), input, output);
         }
     }
 
     pub fn observe(&mut self, chunk: &[u8]) {
         self.usage.observe(chunk);
+        self.model.observe(chunk);
         if let Some(errors) = &mut self.errors {
             errors.observe(chunk);
         }
+    }
+}
+
+/// The model a response names (`"model": "gpt-4o-mini-2024-07-18"`: OpenAI's JSON and first
+/// stream event, Anthropic's message and `message_start`), looked for in its first bytes only and
+/// kept only when it looks like a model name, so the daily usage table stays small.
+#[derive(Debug, Default)]
+pub struct ModelTap {
+    looked_at: usize,
+    model: Option<Box<str>>,
+}
+
+/// How far into a response the model is looked for.
+const MODEL_WINDOW: usize = 2048;
+/// Longer than any model name; a longer value is not counted by name.
+const MODEL_MAX: usize = 64;
+
+impl ModelTap {
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if self.model.is_some() || self.looked_at >= MODEL_WINDOW {
+            return;
+        }
+        let look = &chunk[..chunk.len().min(MODEL_WINDOW - self.looked_at)];
+        self.looked_at += look.len();
+        let Some(at) = MODEL.find(look) else { return };
+        let rest = &look[at + b"\"model\"".len()..];
+        let Some(open) = rest
+            .iter()
+            .position(|b| !b.is_ascii_whitespace() && *b != b':')
+        else {
+            return;
+        };
+        let Some(value) = rest[open..].strip_prefix(b"\"") else {
+            return;
+        };
+        let Some(end) = value.iter().position(|b| *b == b'"') else {
+            return;
+        };
+        let name = &value[..end];
+        let plausible = !name.is_empty()
+            && name.len() <= MODEL_MAX
+            && name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:/@".contains(b));
+        if plausible {
+            self.model = std::str::from_utf8(name).ok().map(Into::into);
+        }
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 }
 
@@ -149,6 +204,7 @@ fn object_end(object: &[u8]) -> Option<usize> {
 /// The searchers for the markers looked for in every chunk, built once (building one costs more
 /// than searching a short chunk with it).
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
 static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -254,6 +310,43 @@ fn find_error(bytes: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_is_read_from_the_first_bytes_only_and_only_when_it_looks_like_one() {
+        let model = |chunks: &[&[u8]]| {
+            let mut tap = ModelTap::default();
+            for c in chunks {
+                tap.observe(c);
+            }
+            tap.model().map(str::to_owned)
+        };
+        assert_eq!(
+            model(&[br#"{"id":"x","object":"chat.completion","model": "gpt-4o-mini-2024-07-18","choices":[]}"#]),
+            Some("gpt-4o-mini-2024-07-18".into())
+        );
+        assert_eq!(
+            model(&[
+                b"event: message_start\ndata: {\"message\":{\"model\":\"claude-sonnet-4-5\"}}"
+            ]),
+            Some("claude-sonnet-4-5".into())
+        );
+        assert_eq!(
+            model(&[br#"{"model":"<script>"}"#]),
+            None,
+            "not a model name"
+        );
+        assert_eq!(model(&[br#"{"model":""}"#]), None);
+        let late = format!(
+            "{{\"pad\":\"{}\",\"model\":\"gpt-4o\"}}",
+            "x".repeat(MODEL_WINDOW)
+        );
+        assert_eq!(model(&[late.as_bytes()]), None, "past the window");
+        assert_eq!(
+            model(&[br#"{"model":"gpt-4o"}"#, br#"{"model":"other"}"#]),
+            Some("gpt-4o".into()),
+            "the first one counts"
+        );
+    }
 
     fn usage_of(chunks: &[&[u8]]) -> (u64, u64) {
         let mut u = UsageTap::default();

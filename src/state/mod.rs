@@ -8,7 +8,7 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::key::history::{Applied, InService, KeyHistory, Recalled, Refused, Sighting};
 use crate::key::rotation::RetiredKey;
 use crate::key::{Fingerprint, Secret};
+use crate::metrics::UsageSink;
 use crate::time::rfc3339_string;
 
 /// The file in `state_dir`.
@@ -51,10 +52,45 @@ pub enum StateError {
     },
 }
 
+/// Distinct models kept per upstream and day; beyond this, tokens are counted under `other`.
+pub const MODELS_PER_DAY: i64 = 50;
+
 /// Work for the writer thread.
 enum Write {
     Sighting(Sighting),
     Diagnosis(DiagnosisRow),
+    Usage(UsageRow),
+}
+
+/// Tokens by day, upstream, client and model.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub day: String,
+    pub upstream: String,
+    pub client: String,
+    pub model: String,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+}
+
+/// One upstream's token counts, into `usage_daily` (through the writer thread).
+struct DailyUsage {
+    store: Arc<Store>,
+    upstream: Arc<str>,
+}
+
+impl UsageSink for DailyUsage {
+    fn record(&self, client: Option<&str>, model: &str, input: u64, output: u64) {
+        let today = rfc3339_string(SystemTime::now());
+        self.store.queue(Write::Usage(UsageRow {
+            day: today.get(..10).unwrap_or(&today).to_owned(),
+            upstream: self.upstream.to_string(),
+            client: client.unwrap_or("").to_owned(),
+            model: model.to_owned(),
+            tokens_in: input,
+            tokens_out: output,
+        }));
+    }
 }
 
 /// An explained refusal as the store keeps it.
@@ -166,6 +202,36 @@ impl Store {
                 tracing::debug!("state store writer is behind; a record was dropped");
             }
         }
+    }
+
+    /// Where `upstream`'s token counts go (`metrics::UsageSink`).
+    pub fn usage_sink(self: &Arc<Self>, upstream: &str) -> Arc<dyn UsageSink> {
+        Arc::new(DailyUsage {
+            store: Arc::clone(self),
+            upstream: upstream.into(),
+        })
+    }
+
+    /// Tokens by day, newest day first.
+    pub fn usage(&self, query: &Query) -> Result<Vec<UsageRow>, rusqlite::Error> {
+        let conn = self.conn();
+        let since_day: String = query.since_text().chars().take(10).collect();
+        let mut stmt = conn.prepare(
+            "SELECT day, upstream, client, model, tokens_in, tokens_out FROM usage_daily
+             WHERE (?1 IS NULL OR upstream = ?1) AND day >= ?2
+             ORDER BY day DESC, upstream, client, model LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![query.upstream, since_day, query.limit], |r| {
+            Ok(UsageRow {
+                day: r.get(0)?,
+                upstream: r.get(1)?,
+                client: r.get(2)?,
+                model: r.get(3)?,
+                tokens_in: r.get(4)?,
+                tokens_out: r.get(5)?,
+            })
+        })?;
+        rows.collect()
     }
 
     /// Keep an explained refusal (off the request path; dropped when the writer is behind).
@@ -415,6 +481,30 @@ fn apply(conn: &Connection, write: Write) -> Result<(), rusqlite::Error> {
                 params![d.upstream, DIAGNOSES_KEPT],
             )?;
         }
+        Write::Usage(mut u) => {
+            let known: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM usage_daily WHERE day = ?1 AND upstream = ?2 AND model = ?3)",
+                params![u.day, u.upstream, u.model],
+                |r| r.get(0),
+            )?;
+            if !known {
+                let models: i64 = conn.query_row(
+                    "SELECT COUNT(DISTINCT model) FROM usage_daily WHERE day = ?1 AND upstream = ?2",
+                    params![u.day, u.upstream],
+                    |r| r.get(0),
+                )?;
+                if models >= MODELS_PER_DAY {
+                    u.model = "other".into();
+                }
+            }
+            conn.execute(
+                "INSERT INTO usage_daily (day, upstream, client, model, tokens_in, tokens_out)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (day, upstream, client, model) DO UPDATE SET
+                    tokens_in = tokens_in + excluded.tokens_in, tokens_out = tokens_out + excluded.tokens_out",
+                params![u.day, u.upstream, u.client, u.model, u.tokens_in, u.tokens_out],
+            )?;
+        }
     }
     Ok(())
 }
@@ -661,6 +751,43 @@ mod tests {
             e.to_string().contains("newer than this keyproxy knows"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn daily_usage_adds_up_and_keeps_the_models_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conn = store.conn();
+        let row = |model: String, n: u64| UsageRow {
+            day: "2026-12-01".into(),
+            upstream: "openai".into(),
+            client: "notebook".into(),
+            model,
+            tokens_in: n,
+            tokens_out: 2 * n,
+        };
+        apply(&conn, Write::Usage(row("gpt-4o".into(), 10))).unwrap();
+        apply(&conn, Write::Usage(row("gpt-4o".into(), 5))).unwrap();
+        for i in 0..MODELS_PER_DAY + 3 {
+            apply(&conn, Write::Usage(row(format!("m{i}"), 1))).unwrap();
+        }
+        drop(conn);
+        let all = store
+            .usage(&Query {
+                upstream: Some("openai".into()),
+                since: None,
+                limit: 1000,
+            })
+            .unwrap();
+        let gpt = all.iter().find(|u| u.model == "gpt-4o").unwrap();
+        assert_eq!((gpt.tokens_in, gpt.tokens_out), (15, 30));
+        assert_eq!(
+            all.len() as i64,
+            MODELS_PER_DAY + 1,
+            "the rest counted as other"
+        );
+        let other = all.iter().find(|u| u.model == "other").unwrap();
+        assert_eq!(other.tokens_in, 4);
     }
 
     #[test]

@@ -488,3 +488,50 @@ async fn a_configured_expiry_belongs_to_the_key_it_was_written_for() {
     }
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn tokens_are_kept_by_day_client_and_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = StandIn::recording(|_| {
+        (
+            200,
+            r#"{"id":"c1","model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":11,"completion_tokens":7}}"#.into(),
+        )
+    })
+    .await;
+    let key_path = key_file(dir.path(), "key", &openai_key("USAGE"));
+    let text = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{key_path}\" }}\n",
+        provider.url()
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    for _ in 0..2 {
+        let req = Request::post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(full(r#"{"model":"gpt-4o-mini"}"#))
+            .unwrap();
+        assert_eq!(send(req).await.0.status, 200);
+    }
+    let read = || {
+        keyproxy::state::Store::open_read_only(&dir.path().join("state"))
+            .unwrap()
+            .usage(&keyproxy::state::Query {
+                upstream: None,
+                since: None,
+                limit: 10,
+            })
+            .unwrap()
+    };
+    eventually("both responses' tokens in usage_daily", || async {
+        read()
+            .iter()
+            .any(|u| u.model == "gpt-4o-mini-2024-07-18" && u.tokens_in == 22 && u.tokens_out == 14)
+    })
+    .await;
+    proxy.stop().await;
+    let (ok, text) = history(dir.path(), &[]);
+    assert!(
+        ok && text.contains("gpt-4o-mini-2024-07-18  22 / 14"),
+        "{text}"
+    );
+}
