@@ -240,7 +240,7 @@ impl KeyLifecycle {
                 }
                 let refusal = Refusal::Source(e.to_string());
                 self.unusable(Reason::MissingKey, refusal.to_string());
-                self.record_rejection(Trigger::Startup, None, &refusal);
+                self.record_rejection(Trigger::Startup, "startup", None, &refusal);
                 return Err(refusal);
             }
         };
@@ -255,7 +255,7 @@ impl KeyLifecycle {
                 );
                 return self.admit(&stored, &startup(false, true), None).await;
             }
-            return Err(self.refuse(Trigger::Startup, Some(&old.fingerprint), refusal));
+            return Err(self.refuse(Trigger::Startup, "startup", Some(&old.fingerprint), refusal));
         }
         self.admit(&secret, &startup(true, false), None).await
     }
@@ -361,7 +361,7 @@ impl KeyLifecycle {
                 if self.store.current().snapshot().is_none() {
                     self.unusable(Reason::MissingKey, refusal.to_string());
                 }
-                self.record_rejection(trigger, None, &refusal);
+                self.record_rejection(trigger, history::who(trigger, false), None, &refusal);
                 return Some(Err(refusal));
             }
         };
@@ -414,18 +414,18 @@ impl KeyLifecycle {
         if !why.explicit {
             if let Some(old) = self.retired_match(secret.expose()) {
                 let refusal = self.retired_refusal(source, &old);
-                return Err(self.refuse(trigger, Some(&fingerprint), refusal));
+                return Err(self.refuse(trigger, why.who, Some(&fingerprint), refusal));
             }
         }
         let warnings = self
             .validate(secret, source)
-            .map_err(|refusal| self.refuse(trigger, Some(&fingerprint), refusal))?;
+            .map_err(|refusal| self.refuse(trigger, why.who, Some(&fingerprint), refusal))?;
         if let Some(probe) = probe {
             if let Err(refusal) = self
                 .probe_candidate(probe, secret, &fingerprint, source)
                 .await
             {
-                return Err(self.refuse(trigger, Some(&fingerprint), refusal));
+                return Err(self.refuse(trigger, why.who, Some(&fingerprint), refusal));
             }
         }
         self.install(secret, why, warnings)
@@ -435,13 +435,14 @@ impl KeyLifecycle {
     fn refuse(
         &self,
         trigger: Trigger,
+        who: &str,
         fingerprint: Option<&Fingerprint>,
         refusal: Refusal,
     ) -> Refusal {
         if self.store.current().snapshot().is_none() {
             self.unusable(refusal.reason(), refusal.to_string());
         }
-        self.record_rejection(trigger, fingerprint, &refusal);
+        self.record_rejection(trigger, who, fingerprint, &refusal);
         refusal
     }
 
@@ -506,7 +507,7 @@ impl KeyLifecycle {
                 code: LintCode::BadCharacters,
                 message: e.to_string(),
             };
-            self.refuse(trigger, Some(&fingerprint), refusal)
+            self.refuse(trigger, why.who, Some(&fingerprint), refusal)
         })?;
         let now = SystemTime::now();
         let hash = self.salted(key);
@@ -551,7 +552,7 @@ impl KeyLifecycle {
                     code: LintCode::BadCharacters,
                     message: e.to_string(),
                 };
-                self.refuse(trigger, Some(&fingerprint), refusal)
+                self.refuse(trigger, why.who, Some(&fingerprint), refusal)
             })?;
         let Some(new) = state.snapshot() else {
             return Err(Refusal::Source("the key store did not take the key".into()));
@@ -708,6 +709,7 @@ impl KeyLifecycle {
     fn record_rejection(
         &self,
         trigger: Trigger,
+        who: &str,
         fingerprint: Option<&Fingerprint>,
         refusal: &Refusal,
     ) {
@@ -734,7 +736,7 @@ impl KeyLifecycle {
             upstream: &self.settings.upstream,
             at: now,
             trigger,
-            who: history::who(trigger, false),
+            who,
             fingerprint,
             kept: kept.map(|k| (&k.fingerprint, k.generation)),
             code: refusal.code(),

@@ -188,6 +188,21 @@ async fn a_rotation_survives_sighup_and_restart_and_the_retired_key_stays_known(
         })
     })
     .await;
+    // A refused CLI rotation is recorded as the CLI's, with its code.
+    let masked = key_file(dir.path(), "masked-key", "sk-proj-…abcd");
+    let out = Command::new(BIN)
+        .args(["rotate", "--upstream", "openai", "--key-file", &masked])
+        .args(["--admin", &format!("http://{}", running.admin), "--config"])
+        .arg(&config)
+        .env("KEYPROXY_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let s = status_of(&running).await;
+    assert_eq!(s["history"][0]["result"], "rejected");
+    assert_eq!(s["history"][0]["who"], "CLI");
+    assert_eq!(s["history"][0]["code"], "masked");
+    assert_eq!(s["upstreams"][0]["key"]["fingerprint"], fp(&b));
     let logs = running.stop().await;
     assert!(
         logs.contains(
@@ -218,7 +233,9 @@ async fn a_rotation_survives_sighup_and_restart_and_the_retired_key_stays_known(
     );
     assert!(ok, "{doc}");
     let doc = json(doc.as_bytes());
-    assert_eq!(doc["rotations"][0]["result"], "applied");
+    assert_eq!(doc["rotations"][0]["result"], "rejected");
+    assert_eq!(doc["rotations"][1]["result"], "applied");
+    assert_eq!(doc["rotations"][1]["who"], "CLI");
     assert_eq!(doc["retired_keys"][0]["fingerprint"], fp(&a));
     let (_, none) = history(dir.path(), &["--json", "--upstream", "anthropic"]);
     assert_eq!(json(none.as_bytes())["rotations"], serde_json::json!([]));
