@@ -1,9 +1,12 @@
 //! A key's whole life at one upstream: where it comes from, the key in service (`KeyStore`), the
 //! keys rotated out, and the one way a key gets in. Every trigger (startup, file watch, periodic
 //! re-read, SIGHUP, admin API) ends in the same validate-then-`store()`; a refused key never
-//! replaces the one in service. Rotated-out keys are remembered by hash, so an app still sending
-//! one can be told. Asking the provider about a candidate is someone else's job: it comes in as a
-//! `KeyProbe`, so this module sends nothing itself.
+//! replaces the one in service. Rotated-out keys are remembered by salted hash, so an app still
+//! sending one can be told, and a source still holding one is refused rather than reinstalled; an
+//! explicit rotation is written back (the key file, or the state store) so it outlives SIGHUP and
+//! restarts. What outlives the process goes through `KeyHistory` and asking the provider about a
+//! candidate through `KeyProbe`: both are passed in, so this module does no I/O of its own besides
+//! reading the source and rewriting a key file.
 
 use std::future::Future;
 use std::net::SocketAddr;

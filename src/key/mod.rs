@@ -1,5 +1,6 @@
 //! The key's whole life: where it comes from (`source`), how it is shown (`fingerprint`),
-//! how it is held in memory (`secret`) and how requests read it lock-free (`store`).
+//! how it is held in memory (`secret`), how requests read it lock-free (`store`), how it is
+//! rotated (`lifecycle`, `watch`) and what of that must outlive a restart (`history`).
 
 pub mod expiry;
 pub mod fingerprint;
