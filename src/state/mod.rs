@@ -110,6 +110,17 @@ pub struct Store {
     conn: Mutex<Connection>,
     salt: [u8; 32],
     writer: Option<SyncSender<Write>>,
+    /// The writer thread, joined on drop so what is queued at shutdown is written.
+    written: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(thread) = self.written.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -129,7 +140,7 @@ impl Store {
         let writer_conn = Connection::open(&path).map_err(sql)?;
         configure(&writer_conn).map_err(sql)?;
         let (tx, rx) = sync_channel::<Write>(WRITER_QUEUE);
-        std::thread::Builder::new()
+        let written = std::thread::Builder::new()
             .name("keyproxy-state".into())
             .spawn(move || {
                 while let Ok(write) = rx.recv() {
@@ -147,6 +158,7 @@ impl Store {
             conn: Mutex::new(conn),
             salt,
             writer: Some(tx),
+            written: Some(written),
         })
     }
 
@@ -179,6 +191,7 @@ impl Store {
             conn: Mutex::new(conn),
             salt,
             writer: None,
+            written: None,
         })
     }
 
@@ -788,6 +801,27 @@ mod tests {
         );
         let other = all.iter().find(|u| u.model == "other").unwrap();
         assert_eq!(other.tokens_in, 4);
+    }
+
+    #[test]
+    fn what_is_queued_when_the_store_closes_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            store.sighted(Sighting {
+                upstream: "openai".into(),
+                fingerprint: Fingerprint::from_stored("sk-proj-…abcd:01020304"),
+                app: "user-agent app/1".into(),
+                at: SystemTime::now(),
+            });
+        }
+        drop(store);
+        let store = Store::open_read_only(dir.path()).unwrap();
+        let count: u64 = store
+            .conn()
+            .query_row("SELECT count FROM sightings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 3);
     }
 
     #[test]
