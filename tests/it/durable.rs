@@ -33,6 +33,13 @@ fn write_config(dir: &Path, base: &str, source: &str) -> std::path::PathBuf {
     path
 }
 
+/// A key file holding `key` and a config reading it: (config path, key file path).
+fn with_key_file(dir: &Path, base: &str, key: &str) -> (std::path::PathBuf, String) {
+    let key_path = key_file(dir, "key", key);
+    let config = write_config(dir, base, &format!("{{ file = \"{key_path}\" }}"));
+    (config, key_path)
+}
+
 async fn admin_get(running: &Running, path: &str) -> (u16, String) {
     let (parts, body) = get(&format!("http://{}{path}", running.admin)).await;
     (
@@ -114,12 +121,7 @@ async fn a_rotation_survives_sighup_and_restart_and_the_retired_key_stays_known(
     let dir = tempfile::tempdir().unwrap();
     let provider = StandIn::ok().await;
     let (a, b) = (openai_key("DURABLEa"), openai_key("DURABLEb"));
-    let key_path = key_file(dir.path(), "key", &a);
-    let config = write_config(
-        dir.path(),
-        &provider.url(),
-        &format!("{{ file = \"{key_path}\" }}"),
-    );
+    let (config, key_path) = with_key_file(dir.path(), &provider.url(), &a);
     let mut running = run_binary(&config, &[]);
 
     // `keyproxy rotate` with an expiry, as a person would.
@@ -318,12 +320,7 @@ async fn a_key_file_written_in_two_steps_is_installed_only_whole() {
     let dir = tempfile::tempdir().unwrap();
     let provider = StandIn::ok().await;
     let (a, b) = (openai_key("TWOSTEPa"), openai_key("TWOSTEPb"));
-    let key_path = key_file(dir.path(), "key", &a);
-    let config = write_config(
-        dir.path(),
-        &provider.url(),
-        &format!("{{ file = \"{key_path}\" }}"),
-    );
+    let (config, key_path) = with_key_file(dir.path(), &provider.url(), &a);
     let running = run_binary(&config, &[]);
     {
         use std::io::Write;
@@ -362,12 +359,7 @@ async fn kill_9_at_any_moment_of_a_rotation_leaves_the_old_key_or_the_new_one() 
     let dir = tempfile::tempdir().unwrap();
     let provider = StandIn::ok().await;
     let mut current = openai_key("KILLNINE0");
-    let key_path = key_file(dir.path(), "key", &current);
-    let config = write_config(
-        dir.path(),
-        &provider.url(),
-        &format!("{{ file = \"{key_path}\" }}"),
-    );
+    let (config, key_path) = with_key_file(dir.path(), &provider.url(), &current);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -435,12 +427,7 @@ async fn kill_9_at_any_moment_of_a_rotation_leaves_the_old_key_or_the_new_one() 
 async fn without_a_usable_state_store_keyproxy_serves_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let provider = StandIn::ok().await;
-    let key_path = key_file(dir.path(), "key", &openai_key("NOSTORE"));
-    let config = write_config(
-        dir.path(),
-        &provider.url(),
-        &format!("{{ file = \"{key_path}\" }}"),
-    );
+    let (config, key_path) = with_key_file(dir.path(), &provider.url(), &openai_key("NOSTORE"));
     // A state directory that cannot exist: its parent is a file.
     let blocked = format!("{key_path}/state");
     let running = run_binary(&config, &[("KEYPROXY_STATE_DIR", blocked.as_str())]);
