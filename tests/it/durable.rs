@@ -539,3 +539,44 @@ async fn tokens_are_kept_by_day_client_and_model() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn with_client_tokens_an_app_sending_a_retired_key_instead_is_still_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = StandIn::ok().await;
+    let (a, b) = (openai_key("TOKENSa"), openai_key("TOKENSb"));
+    let key_path = dir.path().join("key");
+    std::fs::write(&key_path, format!("{a}\n")).unwrap();
+    let token = key_file(dir.path(), "notebook-token", "notebook-token-0123456789");
+    let text = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ file = \"{}\" }}\n\
+         [[clients]]\nname = \"notebook\"\ntoken = {{ file = \"{token}\" }}\n",
+        provider.url(),
+        key_path.display()
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    let tmp = dir.path().join(".key.new");
+    std::fs::write(&tmp, format!("{b}\n")).unwrap();
+    std::fs::rename(&tmp, &key_path).unwrap();
+    eventually("the rotation", || async {
+        status(&proxy).await["upstreams"][0]["key"]["fingerprint"] == fp(&b)
+    })
+    .await;
+    let req = Request::get(proxy.url("/v1/models"))
+        .header("authorization", format!("Bearer {a}"))
+        .header("user-agent", "old-notebook/0.9")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(req).await.0.status, 401, "no client token: refused");
+    eventually("the sighting", || async {
+        let s = status(&proxy).await;
+        s["upstreams"][0]["retired_keys"][0]["sightings"][0]["app"] == "user-agent old-notebook/0.9"
+    })
+    .await;
+    let m = metrics(&proxy).await;
+    assert!(
+        m.contains("keyproxy_client_credentials_total{match=\"retired\",upstream=\"openai\"} 1"),
+        "{m}"
+    );
+    proxy.stop().await;
+}
