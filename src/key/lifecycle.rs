@@ -107,17 +107,19 @@ struct Why<'a> {
 
 /// The app behind a request, for naming it when it sends a retired key: its `User-Agent`, else
 /// its address. (An app that sent a retired key sent no client token, so there is no
-/// `[[clients]]` name to give.) Built from references: free unless used.
+/// `[[clients]]` name to give.) Holds references and looks nothing up until a name is needed, so
+/// the common request pays nothing for it.
 #[derive(Debug, Clone, Copy)]
 pub struct App<'a> {
-    pub user_agent: Option<&'a HeaderValue>,
+    pub headers: &'a http::HeaderMap,
     pub peer: SocketAddr,
 }
 
 impl App<'_> {
     pub fn name(&self) -> String {
         let agent = self
-            .user_agent
+            .headers
+            .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|ua| !ua.is_empty());

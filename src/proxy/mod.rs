@@ -285,7 +285,7 @@ impl Proxy {
         let key = upstream.key.current();
         if let Some(snapshot) = key.snapshot() {
             let app = App {
-                user_agent: req.headers().get(http::header::USER_AGENT),
+                headers: req.headers(),
                 peer,
             };
             upstream.key.observe_client_credential(sent, app, snapshot);
@@ -337,7 +337,7 @@ impl Proxy {
                 presented_credential(req.headers(), uri.query(), &self.custom_credentials)
             {
                 let app = App {
-                    user_agent: req.headers().get(http::header::USER_AGENT),
+                    headers: req.headers(),
                     peer,
                 };
                 upstream.key.observe_client_credential(sent, app, snapshot);
