@@ -240,11 +240,6 @@ pub fn preflight(headers: http::HeaderMap) -> Response<Body> {
     resp
 }
 
-/// A request keyproxy will not forward as it is; not an auth problem, so no reason header.
-pub fn bad_request(message: &str) -> Response<Body> {
-    status(StatusCode::BAD_REQUEST, message)
-}
-
 /// Any other refusal of keyproxy's own that is not an auth problem.
 pub fn status(status: StatusCode, message: &str) -> Response<Body> {
     let code = status
