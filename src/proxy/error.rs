@@ -11,7 +11,7 @@ use http::{Response, StatusCode};
 use crate::key::store::Unavailable;
 use crate::metrics::UpstreamError;
 use crate::proxy::guard;
-use crate::proxy::reply::{self, Body};
+use crate::proxy::reply::{self, ReplyBody};
 use crate::reason::Reason;
 use crate::upstream::pool::SendError;
 
@@ -127,7 +127,7 @@ impl ProxyError {
     }
 
     /// The answer the app gets: the status, `x-keyproxy-reason` and the JSON error body.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn into_response(self) -> Response<ReplyBody> {
         let status = self.status();
         let message = self.message();
         match self.reason() {

@@ -16,7 +16,7 @@ use crate::diagnose::message::{self, Context};
 use crate::diagnose::{self, Knowledge};
 use crate::key::rotation::RotationResult;
 use crate::key::KeyState;
-use crate::proxy::reply::{Body, REASON_HEADER};
+use crate::proxy::reply::{ReplyBody, REASON_HEADER};
 use crate::reason::Reason;
 use crate::upstream::{Diagnosis, Upstream};
 
@@ -51,7 +51,7 @@ pub async fn explain(
     key: &KeyState,
     request: RequestFacts<'_>,
     response: Response<PooledBody>,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let (mut parts, body) = response.into_parts();
     let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
         .is_some_and(|t| t.starts_with("text/event-stream"));
@@ -124,7 +124,7 @@ pub async fn explain(
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            Response::from_parts(parts, Body::full(rewritten))
+            Response::from_parts(parts, ReplyBody::full(rewritten))
         }
         None => reassemble(parts, peeked),
     }
@@ -236,10 +236,10 @@ fn redact_echoes(
     Some(decoded)
 }
 
-fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {
+fn reassemble(parts: Parts, peeked: Peeked) -> Response<ReplyBody> {
     let body = match peeked {
-        Peeked::Complete(b) => Body::full(b),
-        Peeked::Partial(head, rest) => Body::peeked(head, rest),
+        Peeked::Complete(b) => ReplyBody::full(b),
+        Peeked::Partial(head, rest) => ReplyBody::peeked(head, rest),
     };
     Response::from_parts(parts, body)
 }

@@ -37,7 +37,7 @@ use crate::websocket::{self, Sockets};
 use client_tokens::ClientTokens;
 use explain::RequestFacts;
 use guard::{Guard, Verdict};
-use reply::Body;
+use reply::ReplyBody;
 use route::{path_is_clean, Router};
 use tap::{SseTap, Tap};
 
@@ -108,14 +108,19 @@ impl Proxy {
     /// upstream -> response -> log. Never fails: every problem becomes a response, and every
     /// response carries the request id. (One async fn, not nested ones: each level of nesting
     /// doubles the size of the future that is copied around per request.)
-    pub async fn handle(&self, mut req: Request<UpstreamBody>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut req: Request<UpstreamBody>,
+        peer: SocketAddr,
+    ) -> Response<ReplyBody> {
         let started = Instant::now();
         let request_id = request_id::of(req.headers());
         let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
         // Everything that ends before the upstream is an answer of keyproxy's own.
-        let (cors, routed): (_, Result<Routed, Response<Body>>) = match self.guard.check(&req) {
+        let (cors, routed): (_, Result<Routed, Response<ReplyBody>>) = match self.guard.check(&req)
+        {
             Verdict::Pass { cors } => (
                 cors,
                 self.route(&mut req, peer).map_err(|e| e.into_response()),
@@ -201,7 +206,7 @@ impl Proxy {
         facts: RequestFacts<'_>,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         mut response: Response<PooledBody>,
-    ) -> Response<Body> {
+    ) -> Response<ReplyBody> {
         if !response.body().is_h1() || response.headers().contains_key(http::header::CONNECTION) {
             drop_hop_by_hop(response.headers_mut());
         }
@@ -217,7 +222,7 @@ impl Proxy {
                 client_side,
                 upstream_side,
             );
-            return response.map(Body::upstream);
+            return response.map(ReplyBody::upstream);
         }
         if response.status().is_client_error() || response.status().is_server_error() {
             // Boxed: the rare path, and a large future (see `explaining`).
@@ -232,7 +237,7 @@ impl Proxy {
         );
         let idle = upstream.stream_idle_timeout;
         response.map(|body| {
-            let body = Body::upstream(body).idle_timeout(idle);
+            let body = ReplyBody::upstream(body).idle_timeout(idle);
             match tap {
                 Some(tap) => body.tapped(tap),
                 None => body,
@@ -247,7 +252,7 @@ impl Proxy {
         key: &KeyState,
         facts: RequestFacts<'_>,
         elapsed: Duration,
-        response: &Response<Body>,
+        response: &Response<ReplyBody>,
     ) {
         let status = response.status().as_u16();
         upstream.metrics.request(facts.client, status);
@@ -397,7 +402,7 @@ fn explaining<'a>(
     key: &'a KeyState,
     facts: RequestFacts<'a>,
     response: Response<PooledBody>,
-) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Response<ReplyBody>> + Send + 'a>> {
     Box::pin(explain::explain(upstream, key, facts, response))
 }
 
@@ -424,7 +429,11 @@ fn tap_for(
 }
 
 /// Count and log an upstream failure once, then answer with it.
-fn upstream_failure(upstream: &Upstream, request_id: &str, failure: ProxyError) -> Response<Body> {
+fn upstream_failure(
+    upstream: &Upstream,
+    request_id: &str,
+    failure: ProxyError,
+) -> Response<ReplyBody> {
     if let Some(kind) = failure.upstream_error() {
         upstream.metrics.upstream_error(kind);
         tracing::warn!(request_id, upstream = %upstream.name, reason = failure.reason().map_or("", Reason::as_str), kind = kind.as_str(), "{}", failure.message());

@@ -19,7 +19,7 @@ use crate::proxy::tap::Tap;
 use crate::reason::Reason;
 
 /// The body of every response the proxy sends back: what it carries, plus what watches it.
-pub struct Body {
+pub struct ReplyBody {
     kind: Kind,
     tap: Option<Box<Tap>>,
     /// Keeps the request counted in flight until the body is done.
@@ -53,22 +53,22 @@ enum Kind {
     },
 }
 
-impl Body {
-    pub fn upstream(body: PooledBody) -> Body {
-        Body::of(Kind::Upstream(body))
+impl ReplyBody {
+    pub fn upstream(body: PooledBody) -> ReplyBody {
+        ReplyBody::of(Kind::Upstream(body))
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> Body {
-        Body::of(Kind::Full(Some(bytes.into())))
+    pub fn full(bytes: impl Into<Bytes>) -> ReplyBody {
+        ReplyBody::of(Kind::Full(Some(bytes.into())))
     }
 
-    pub fn peeked(head: Bytes, rest: PooledBody) -> Body {
+    pub fn peeked(head: Bytes, rest: PooledBody) -> ReplyBody {
         let head = (!head.is_empty()).then_some(head);
-        Body::of(Kind::Peeked { head, rest })
+        ReplyBody::of(Kind::Peeked { head, rest })
     }
 
-    fn of(kind: Kind) -> Body {
-        Body {
+    fn of(kind: Kind) -> ReplyBody {
+        ReplyBody {
             kind,
             tap: None,
             in_flight: None,
@@ -77,7 +77,7 @@ impl Body {
     }
 
     /// Cut the stream if the upstream sends nothing for `after`.
-    pub fn idle_timeout(mut self, after: Duration) -> Body {
+    pub fn idle_timeout(mut self, after: Duration) -> ReplyBody {
         self.idle = Some(Idle {
             after,
             deadline: None,
@@ -87,20 +87,20 @@ impl Body {
     }
 
     /// Watch the upstream's bytes as they pass (usage, in-band errors).
-    pub fn tapped(mut self, tap: Tap) -> Body {
+    pub fn tapped(mut self, tap: Tap) -> ReplyBody {
         self.tap = Some(Box::new(tap));
         self
     }
 
-    pub fn in_flight(mut self, guard: InFlight) -> Body {
+    pub fn in_flight(mut self, guard: InFlight) -> ReplyBody {
         self.in_flight = Some(guard);
         self
     }
 }
 
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http1::BodyError;
 
-impl Body {
+impl ReplyBody {
     /// Count the tapped tokens and leave "in flight" (at the end, or when dropped before it).
     fn finish(&mut self) {
         if let (Some(tap), Some(guard)) = (self.tap.take(), &self.in_flight) {
@@ -110,13 +110,13 @@ impl Body {
     }
 }
 
-impl Drop for Body {
+impl Drop for ReplyBody {
     fn drop(&mut self) {
         self.finish();
     }
 }
 
-impl hyper::body::Body for Body {
+impl hyper::body::Body for ReplyBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -210,14 +210,14 @@ impl hyper::body::Body for Body {
 pub const REASON_HEADER: &str = "x-keyproxy-reason";
 
 /// An error response in the OpenAI shape, tagged with a reason code.
-pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<Body> {
+pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<ReplyBody> {
     let mut resp = json_error(status, reason.as_str(), message);
     resp.headers_mut()
         .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     resp
 }
 
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ReplyBody> {
     let body = serde_json::json!({
         "error": {
             "message": crate::redact::mask(message),
@@ -225,7 +225,7 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
             "code": code,
         }
     });
-    let mut resp = Response::new(Body::full(body.to_string()));
+    let mut resp = Response::new(ReplyBody::full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -233,15 +233,15 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 /// keyproxy's own answer to an allowed origin's CORS preflight (never forwarded).
-pub fn preflight(headers: http::HeaderMap) -> Response<Body> {
-    let mut resp = Response::new(Body::full(Bytes::new()));
+pub fn preflight(headers: http::HeaderMap) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     *resp.headers_mut() = headers;
     resp
 }
 
 /// Any other refusal of keyproxy's own that is not an auth problem.
-pub fn status(status: StatusCode, message: &str) -> Response<Body> {
+pub fn status(status: StatusCode, message: &str) -> Response<ReplyBody> {
     let code = status
         .canonical_reason()
         .unwrap_or("error")
