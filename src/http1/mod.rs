@@ -20,6 +20,42 @@ pub mod server;
 /// What a body's producer may fail with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The app failed to deliver its request: its fault, never the upstream's. Carried as a
+/// [`BodyError`] by the request body (found again by [`ClientFault::find`]) and answered by the
+/// proxy with 400, 408 or (nobody left to answer) 499.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientFault {
+    /// The body's framing is broken: a bad chunk, or the connection ended inside the body.
+    #[error("the request body is malformed: {0}")]
+    Malformed(&'static str),
+    /// Nothing more of the body arrived for `client_body_timeout`.
+    #[error("the request body stopped arriving: nothing came for {} (client_body_timeout)", crate::time::human_duration(*.0))]
+    BodyTimeout(std::time::Duration),
+    /// The app closed its connection before the response.
+    #[error("the app closed the connection before the response")]
+    Disconnected,
+    /// A request head that did not arrive whole within `client_header_timeout`.
+    #[error("the request headers did not arrive within client_header_timeout")]
+    HeaderTimeout,
+}
+
+/// The sentence for a body cut short by the app's connection ending, on both server paths.
+pub const BODY_CUT: &str = "the connection ended before the end of the body";
+
+impl ClientFault {
+    /// The fault somewhere in `e`'s chain of sources, if the error is one.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(fault) = err.downcast_ref::<ClientFault>() {
+                return Some(*fault);
+            }
+            next = err.source();
+        }
+        None
+    }
+}
+
 // Limits.
 
 /// The most header lines in a head (hyper's limit too).

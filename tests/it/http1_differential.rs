@@ -175,6 +175,13 @@ impl From<Bytes> for Whole {
     }
 }
 
+/// The app never half-closes here and the body timeout outlasts the conversation: no body is cut.
+impl server::AppBody for Whole {
+    fn faulted(_: Bytes, _: u64, fault: http1::ClientFault) -> Whole {
+        panic!("a body cut short by {fault}")
+    }
+}
+
 /// hyper's server as the proxy and admin ports configure it (`server::hyper_builder`).
 fn hyper_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -224,8 +231,13 @@ async fn ours_serves(io: DuplexStream, seen: Arc<Mutex<Vec<Seen>>>) {
             .push(Seen::new(parts, Ok(Raw(body))));
         async move { response }
     };
-    match server::serve(io, answer, HEADER_TIMEOUT, &shutdown).await {
-        server::Ended::Closed => {}
+    // hyper's server alone has no body timeout: ours outlasts the conversation too.
+    let timeouts = server::Timeouts {
+        header: HEADER_TIMEOUT,
+        body: 20 * HEADER_TIMEOUT,
+    };
+    match server::serve(io, answer, timeouts, &shutdown).await {
+        server::Ended::Closed | server::Ended::HeaderTimeout => {}
         server::Ended::HandOff(rewound) => hyper_serves(rewound, seen).await,
     }
 }
