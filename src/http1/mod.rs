@@ -101,6 +101,16 @@ pub fn is_bodiless(head_request: bool, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// Statuses whose responses go out without a `Content-Length`: 1xx and 204 must not have one
+/// (RFC 9110 §8.6); a 304's may only repeat the length of a 200, which nobody needs, and hyper
+/// leaves it out, so both server paths do.
+#[inline]
+pub fn no_length(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Write the framing header of a body we send: its length when known, else chunked.
 #[inline]
 pub fn put_framing(out: &mut BytesMut, exact: Option<u64>) -> Delimit {
@@ -122,6 +132,8 @@ pub fn put_framing(out: &mut BytesMut, exact: Option<u64>) -> Delimit {
 #[derive(Default)]
 pub struct FramingHeaders {
     length: Option<u64>,
+    /// More than one length was stated (a list, or several headers): restated once (see `decide`).
+    repeated: bool,
     /// `Some(true)`: a Transfer-Encoding whose last coding is chunked.
     transfer_chunked: Option<bool>,
     connection: ConnectionOptions,
@@ -143,7 +155,8 @@ impl FramingHeaders {
                 let n = decimal(part).ok_or("bad Content-Length")?;
                 match self.length {
                     Some(seen) if seen != n => return Err("conflicting Content-Length values"),
-                    _ => self.length = Some(n),
+                    Some(_) => self.repeated = true,
+                    None => self.length = Some(n),
                 }
             }
         } else if name == TRANSFER_ENCODING {
@@ -160,8 +173,10 @@ impl FramingHeaders {
     }
 
     /// The body's framing: no body (§6.3 rule 1), Transfer-Encoding over Content-Length, else
-    /// until the connection closes. `headers` loses a Content-Length that Transfer-Encoding
-    /// overrides.
+    /// until the connection closes. `headers` is left with one framing for the app to get: a
+    /// Content-Length that Transfer-Encoding overrides goes, a list of identical lengths becomes
+    /// one, and a 1xx, 204 or 304 keeps none (see [`no_length`]; an answer to HEAD keeps its
+    /// length, which describes the body it does not carry).
     pub fn decide(
         self,
         method: &Method,
@@ -171,6 +186,13 @@ impl FramingHeaders {
     ) -> ResponseFraming {
         use body::{Chunk, Framing};
         let mut reusable = !self.connection.close && (!http10 || self.connection.keep_alive);
+        if let Some(n) = self.length {
+            if no_length(status) {
+                headers.remove(CONTENT_LENGTH);
+            } else if self.repeated {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
         let framing = if is_bodiless(*method == Method::HEAD, status) {
             Framing::Length(0)
         } else if let Some(chunked) = self.transfer_chunked {

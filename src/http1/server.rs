@@ -29,9 +29,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{write_body, Stop};
 use super::{
-    decimal, is_bodiless, ClientFault, put_date, put_framing, put_header, put_status_line, BodyError,
-    ConnectionOptions, Delimit, KEEP_OUT, MAX_HEAD, MAX_HEADERS, MAX_URI, MAX_WHOLE_BODY,
-    READ_SMALL,
+    decimal, is_bodiless, no_length, put_date, put_framing, put_header, put_number,
+    put_status_line, BodyError, ClientFault, ConnectionOptions, Delimit, KEEP_OUT, MAX_HEAD,
+    MAX_HEADERS, MAX_URI, MAX_WHOLE_BODY, READ_SMALL,
 };
 
 /// How a connection's time here ended.
@@ -500,8 +500,8 @@ fn encode_head<B: HttpBody>(
         if name == CONTENT_LENGTH {
             let length = decimal(value.as_bytes());
             declared = Some(length);
-            if length.is_none() {
-                // Not a length: left out, the body goes chunked (never both).
+            if length.is_none() || no_length(parts.status) {
+                // Not a length (the body goes chunked: never both), or a status without one.
                 continue;
             }
         }
@@ -515,6 +515,15 @@ fn encode_head<B: HttpBody>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     let delimit = match (is_bodiless(head_only, parts.status), declared) {
+        (true, None) if head_only && !no_length(parts.status) => {
+            // The length the body would have had, as hyper states it (RFC 9110 §9.3.2).
+            if let Some(n @ 1..) = body.size_hint().exact() {
+                out.extend_from_slice(b"content-length: ");
+                put_number(out, n, 10);
+                out.extend_from_slice(b"\r\n");
+            }
+            Delimit::Nothing
+        }
         (true, _) => Delimit::Nothing,
         (false, Some(Some(n))) => Delimit::Length(n),
         (false, None) => put_framing(out, body.size_hint().exact()),

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 
-use crate::key::store::Unavailable;
 use crate::http1::ClientFault;
+use crate::key::store::Unavailable;
 use crate::metrics::{ClientError, UpstreamError};
 use crate::proxy::guard;
 use crate::proxy::reply::{self, Body};

@@ -221,9 +221,9 @@ fn fault_of(e: &hyper::Error) -> ClientFault {
     while let Some(err) = next {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return match io.kind() {
-                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe => {
-                    ClientFault::Disconnected
-                }
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => ClientFault::Disconnected,
                 ErrorKind::UnexpectedEof => ClientFault::Malformed(crate::http1::BODY_CUT),
                 _ => ClientFault::Malformed("invalid chunked encoding"),
             };
