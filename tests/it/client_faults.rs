@@ -32,8 +32,15 @@ pub struct RawUpstream {
     pub events: mpsc::UnboundedReceiver<Event>,
 }
 
+/// What the raw upstream answers a whole request with (its head as text), if anything.
+pub type Answerer = Arc<dyn Fn(&str) -> Option<&'static [u8]> + Send + Sync>;
+
 impl RawUpstream {
     pub async fn start(response: Option<&'static [u8]>) -> RawUpstream {
+        RawUpstream::start_with(Arc::new(move |_: &str| response)).await
+    }
+
+    pub async fn start_with(answer: Answerer) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -46,7 +53,7 @@ impl RawUpstream {
                     all.push(Vec::new());
                     all.len() - 1
                 };
-                let (conns, tx) = (Arc::clone(&conns), tx.clone());
+                let (conns, tx, answer) = (Arc::clone(&conns), tx.clone(), Arc::clone(&answer));
                 tokio::spawn(async move {
                     let mut buf = [0u8; 16 * 1024];
                     let mut pending = Vec::new();
@@ -62,9 +69,10 @@ impl RawUpstream {
                             }
                         }
                         while let Some(len) = whole_request(&pending) {
+                            let head = String::from_utf8_lossy(&pending[..len]).into_owned();
                             pending.drain(..len);
                             let _ = tx.send(Event::Request(n));
-                            if let Some(response) = response {
+                            if let Some(response) = answer(&head) {
                                 let _ = stream.write_all(response).await;
                             }
                         }
@@ -147,7 +155,7 @@ async fn until_closed(stream: &mut TcpStream) -> (u16, String) {
     final_response(&out)
 }
 
-fn final_response(bytes: &[u8]) -> (u16, String) {
+pub fn final_response(bytes: &[u8]) -> (u16, String) {
     let mut text = String::from_utf8_lossy(bytes).into_owned();
     while text.starts_with("HTTP/1.1 1") {
         let end = text.find("\r\n\r\n").unwrap() + 4;
@@ -175,7 +183,7 @@ pub fn family_sum(metrics: &str, family: &str) -> f64 {
         .sum()
 }
 
-const CHAT: &str = "/v1/chat/completions";
+pub const CHAT: &str = "/v1/chat/completions";
 
 fn post_head(length: usize, extra: &str) -> Vec<u8> {
     format!(
