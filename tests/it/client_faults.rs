@@ -405,9 +405,7 @@ async fn an_app_that_leaves_cancels_its_upstream_request() {
         dir.path(),
     )
     .await;
-    let ws = format!(
-        "GET /v1/realtime HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
+    let ws = "GET /v1/realtime HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let mut chunked =
         format!("POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n")
             .into_bytes();
@@ -419,7 +417,7 @@ async fn an_app_that_leaves_cancels_its_upstream_request() {
         raw.push((path, bytes));
     }
     raw.push(("chunked", chunked));
-    raw.push(("websocket handshake", ws.into_bytes()));
+    raw.push(("websocket handshake", ws.as_bytes().to_vec()));
     for (path, bytes) in &raw {
         let mut app = TcpStream::connect(proxy.addr).await.unwrap();
         app.write_all(bytes).await.unwrap();
@@ -483,7 +481,15 @@ async fn an_app_that_leaves_cancels_its_upstream_request() {
 /// Transfer-Encoding; a conflicting length is a 502 naming it.
 #[tokio::test]
 async fn one_framing_goes_back_on_every_path() {
-    let cases: [(&str, &'static [u8], u16, &str, &[&str]); 4] = [
+    // Name, the upstream's answer, the status, words of the body, framing lines the app gets.
+    type Case = (
+        &'static str,
+        &'static [u8],
+        u16,
+        &'static str,
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
         (
             "a list of identical lengths",
             b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\nconnection: close\r\n\r\nhello",

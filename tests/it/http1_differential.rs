@@ -1477,7 +1477,7 @@ impl Bench {
                     .iter()
                     .find(|(s, _)| *s == series)
                     .map_or(0.0, |(_, v)| *v);
-                (v != was).then(|| (series, v - was))
+                (v != was).then_some((series, v - was))
             })
             .collect();
         Outcome {
