@@ -726,6 +726,8 @@ connect_timeout = "2s"
         assert_eq!(c.server.admin_listen.port(), 8788);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.server.workers, 0, "one event loop per core by default");
+        assert_eq!(c.server.client_header_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.client_body_timeout, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].prefix, "/");
         assert_eq!(c.upstreams[1].prefix, "/anthropic");
         assert_eq!(c.upstreams[1].connect_timeout, Duration::from_secs(2));

@@ -147,6 +147,24 @@ pub async fn proxy_to(
     Proxy::start(&config, dir).await
 }
 
+/// keyproxy in front of a raw upstream answering with `response`, with the two timeouts.
+async fn set_up(
+    response: Option<&'static [u8]>,
+    client_body_timeout: &str,
+    response_header_timeout: &str,
+) -> (tempfile::TempDir, RawUpstream, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(response).await;
+    let proxy = proxy_to(
+        upstream.addr,
+        &format!("client_body_timeout = \"{client_body_timeout}\""),
+        &format!("response_header_timeout = \"{response_header_timeout}\""),
+        dir.path(),
+    )
+    .await;
+    (dir, upstream, proxy)
+}
+
 /// Everything the app got until keyproxy closed the connection: the final response's status and
 /// its text (interim 1xx responses skipped).
 async fn until_closed(stream: &mut TcpStream) -> (u16, String) {
@@ -183,6 +201,16 @@ pub fn family_sum(metrics: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// `n` requests counted as the app's: the client-error kind, the status, no upstream error.
+async fn counted_as_the_apps(proxy: &Proxy, kind: &str, status: u16, n: f64) {
+    let m = metrics(proxy).await;
+    let kind = format!("keyproxy_client_errors_total{{kind=\"{kind}\"}}");
+    assert_eq!(value(&m, &kind), n, "{m}");
+    let status = format!("keyproxy_requests_total{{status=\"{status}\",upstream=\"openai\"}}");
+    assert_eq!(value(&m, &status), n, "{m}");
+    assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
+}
+
 pub const CHAT: &str = "/v1/chat/completions";
 
 fn post_head(length: usize, extra: &str) -> Vec<u8> {
@@ -200,15 +228,7 @@ const OK: &[u8] =
 /// too long for the fast path, each piece arriving well within `client_body_timeout`).
 #[tokio::test]
 async fn a_slow_upload_is_not_an_upstream_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut upstream = RawUpstream::start(Some(OK)).await;
-    let proxy = proxy_to(
-        upstream.addr,
-        "client_body_timeout = \"10s\"",
-        "response_header_timeout = \"1s\"",
-        dir.path(),
-    )
-    .await;
+    let (_dir, mut upstream, proxy) = set_up(Some(OK), "10s", "1s").await;
     let pace = Duration::from_millis(250);
     // Chunked: 6 pieces, 1.5 s in all.
     let mut app = TcpStream::connect(proxy.addr).await.unwrap();
@@ -251,15 +271,7 @@ const PATHS: [(&str, &str); 2] = [("fast", ""), ("hyper", "expect: 100-continue\
 /// connection is closed. Counted as the app's, never as an upstream error.
 #[tokio::test]
 async fn a_stalled_body_is_408_on_both_paths() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut upstream = RawUpstream::start(Some(OK)).await;
-    let proxy = proxy_to(
-        upstream.addr,
-        "client_body_timeout = \"300ms\"",
-        "response_header_timeout = \"30s\"",
-        dir.path(),
-    )
-    .await;
+    let (_dir, mut upstream, proxy) = set_up(Some(OK), "300ms", "30s").await;
     let mut seen = Vec::new();
     for (path, extra) in PATHS {
         let mut app = TcpStream::connect(proxy.addr).await.unwrap();
@@ -289,21 +301,7 @@ async fn a_stalled_body_is_408_on_both_paths() {
     }
     assert_eq!(seen[0], seen[1], "the upstream saw different bytes");
     assert!(seen[0].ends_with(&"{".repeat(50)), "{}", seen[0]);
-    let m = metrics(&proxy).await;
-    assert_eq!(
-        value(&m, "keyproxy_client_errors_total{kind=\"body_timeout\"}"),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        value(
-            &m,
-            "keyproxy_requests_total{status=\"408\",upstream=\"openai\"}"
-        ),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
+    counted_as_the_apps(&proxy, "body_timeout", 408, 2.0).await;
     proxy.stop().await;
 }
 
@@ -312,15 +310,7 @@ async fn a_stalled_body_is_408_on_both_paths() {
 /// (on both paths). The timeouts are long, so an answer that waited for one would fail.
 #[tokio::test]
 async fn a_malformed_body_is_400_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut upstream = RawUpstream::start(Some(OK)).await;
-    let proxy = proxy_to(
-        upstream.addr,
-        "client_body_timeout = \"60s\"",
-        "response_header_timeout = \"60s\"",
-        dir.path(),
-    )
-    .await;
+    let (_dir, mut upstream, proxy) = set_up(Some(OK), "60s", "60s").await;
     let chunked =
         format!("POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n");
     let mut cases: Vec<(String, Vec<u8>, bool)> = [
@@ -371,22 +361,7 @@ async fn a_malformed_body_is_400_at_once() {
             "a broken request was answered upstream"
         );
     }
-    let m = metrics(&proxy).await;
-    let n = cases.len() as f64;
-    assert_eq!(
-        value(&m, "keyproxy_client_errors_total{kind=\"malformed_body\"}"),
-        n,
-        "{m}"
-    );
-    assert_eq!(
-        value(
-            &m,
-            "keyproxy_requests_total{status=\"400\",upstream=\"openai\"}"
-        ),
-        n,
-        "{m}"
-    );
-    assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
+    counted_as_the_apps(&proxy, "malformed_body", 400, cases.len() as f64).await;
     proxy.stop().await;
 }
 
@@ -396,15 +371,7 @@ async fn a_malformed_body_is_400_at_once() {
 /// 499, and as a `disconnected` client error, never as an upstream error.
 #[tokio::test]
 async fn an_app_that_leaves_cancels_its_upstream_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut upstream = RawUpstream::start(None).await;
-    let proxy = proxy_to(
-        upstream.addr,
-        "client_body_timeout = \"60s\"",
-        "response_header_timeout = \"60s\"",
-        dir.path(),
-    )
-    .await;
+    let (_dir, mut upstream, proxy) = set_up(None, "60s", "60s").await;
     let ws = "GET /v1/realtime HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let mut chunked =
         format!("POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -458,21 +425,7 @@ async fn an_app_that_leaves_cancels_its_upstream_request() {
         }
     })
     .await;
-    let m = metrics(&proxy).await;
-    assert_eq!(
-        value(
-            &m,
-            "keyproxy_requests_total{status=\"499\",upstream=\"openai\"}"
-        ),
-        n,
-        "{m}"
-    );
-    assert_eq!(
-        value(&m, "keyproxy_client_errors_total{kind=\"disconnected\"}"),
-        n,
-        "{m}"
-    );
-    assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
+    counted_as_the_apps(&proxy, "disconnected", 499, n).await;
     proxy.stop().await;
 }
 
