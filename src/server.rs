@@ -163,8 +163,9 @@ impl Server {
                 let answer = |req| proxy.handle(req, peer);
                 let io = match http1::server::serve(stream, answer, timeouts, &closing).await {
                     http1::server::Ended::Closed => return,
-                    http1::server::Ended::HeaderTimeout => {
+                    http1::server::Ended::HeaderTimeout(io) => {
                         proxy.metrics.client_error(ClientError::HeaderTimeout);
+                        drop(io);
                         return;
                     }
                     http1::server::Ended::HandOff(io) => io,

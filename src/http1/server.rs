@@ -38,8 +38,9 @@ use super::{
 pub enum Ended<T> {
     /// Closed: by the app, after `Connection: close`, at shutdown, on a timeout or an error.
     Closed,
-    /// Closed because a request head, begun, did not arrive whole within the header timeout.
-    HeaderTimeout,
+    /// A request head, begun, did not arrive whole within the header timeout. The connection is
+    /// handed back to be closed once the fault is counted (so the app never sees the close first).
+    HeaderTimeout(T),
     /// For hyper to serve from here on, starting with the bytes already read.
     HandOff(Rewound<T>),
 }
@@ -124,7 +125,7 @@ where
                 return Ended::Closed;
             }
             Received::Closed => return Ended::Closed,
-            Received::HeaderTimeout => return Ended::HeaderTimeout,
+            Received::HeaderTimeout => return Ended::HeaderTimeout(conn.io),
         }
     }
 }

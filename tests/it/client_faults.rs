@@ -523,3 +523,39 @@ async fn one_framing_goes_back_on_every_path() {
         proxy.stop().await;
     }
 }
+
+/// A request head begun and not finished within `client_header_timeout` is counted as the
+/// app's `header_timeout`; an idle keep-alive connection closed by the same timer is not a fault.
+#[tokio::test]
+async fn a_head_that_stops_arriving_is_counted_idle_connections_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = RawUpstream::start(Some(OK)).await;
+    let proxy = proxy_to(
+        upstream.addr,
+        "client_header_timeout = \"300ms\"",
+        "",
+        dir.path(),
+    )
+    .await;
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut partial = TcpStream::connect(proxy.addr).await.unwrap();
+    partial
+        .write_all(format!("POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-ty").as_bytes())
+        .await
+        .unwrap();
+    for stream in [&mut idle, &mut partial] {
+        let mut out = Vec::new();
+        within("the timeout to close it", stream.read_to_end(&mut out))
+            .await
+            .unwrap();
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    }
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        value(&m, "keyproxy_client_errors_total{kind=\"header_timeout\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
+    proxy.stop().await;
+}

@@ -237,7 +237,7 @@ async fn ours_serves(io: DuplexStream, seen: Arc<Mutex<Vec<Seen>>>) {
         body: 20 * HEADER_TIMEOUT,
     };
     match server::serve(io, answer, timeouts, &shutdown).await {
-        server::Ended::Closed | server::Ended::HeaderTimeout => {}
+        server::Ended::Closed | server::Ended::HeaderTimeout(_) => {}
         server::Ended::HandOff(rewound) => hyper_serves(rewound, seen).await,
     }
 }
