@@ -9,6 +9,11 @@
 //! `Content-Length`s, and any head `httparse` refuses or that is over 64 KiB (hyper answers those
 //! with its 400 or 431). Nothing unusual is interpreted here, so nothing unusual can be
 //! misread here.
+//!
+//! The app's faults get the answers hyper's side gives them (see `proxy`): a short body that
+//! stops arriving for the body timeout, or whose connection ends inside it, becomes a request
+//! whose body fails that way ([`AppBody::faulted`]), and while a request is answered the
+//! connection is watched, so an app that closes it drops the answer (and its upstream request).
 
 use std::future::{poll_fn, Future};
 use std::io;

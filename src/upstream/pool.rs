@@ -7,6 +7,10 @@
 //! An HTTP/1.1 connection goes back to the pool when its response body ends, from inside that body.
 //! A connection the upstream closed while idle is noticed at checkout and skipped; a request that
 //! can safely go again (nothing of it or of the response was lost) is retried on another.
+//!
+//! `response_header_timeout` is counted from the end of the request body; the app's streamed
+//! body ([`AppBody`]) has its own gap timer (`client_body_timeout`), and its failures are
+//! [`ClientFault`]s (`SendError::Client`), never the upstream's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -175,7 +179,7 @@ impl UpstreamBody {
 
 /// The app's request body as hyper reads it, streamed on: its failures become [`ClientFault`]s
 /// (never the upstream's), a gap of `client_body_timeout` between two reads is one, and its end or
-/// fault is told to the sender waiting for the response (see [`watched`]).
+/// fault is told to the sender waiting for the response (see `watched`).
 pub struct AppBody {
     incoming: Incoming,
     gap: Duration,
