@@ -145,7 +145,6 @@ impl ProxyError {
                 match self.upstream_error() {
                     Some(UpstreamError::Tls) => format!("the TLS handshake with upstream {upstream} at {authority} failed: {chain}"),
                     Some(UpstreamError::Connect) => format!("keyproxy could not connect to upstream {upstream} at {authority}: {chain}"),
-                    _ if error.is_invalid_response() => format!("upstream {upstream} at {authority} sent a response keyproxy will not pass on: {chain}"),
                     _ => format!("keyproxy lost the connection to upstream {upstream} at {authority} before the response headers: {chain}"),
                 }
             }

@@ -310,15 +310,6 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// True when the upstream answered with a head that is not valid HTTP/1.1 for a proxy to
-    /// pass on (a conflicting or invalid `Content-Length`, a malformed line, one over 64 KiB).
-    pub fn is_invalid_response(&self) -> bool {
-        matches!(
-            self,
-            SendError::H1(h1::Error::Head(_) | h1::Error::HeadTooLarge)
-        )
-    }
-
     /// True when the failure was the TLS handshake (unknown issuer, wrong name, protocol), told by
     /// the error's type: rustls' own error, raw or carried inside `io::Error`s.
     pub fn is_tls(&self) -> bool {
