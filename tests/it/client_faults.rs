@@ -559,3 +559,67 @@ async fn a_head_that_stops_arriving_is_counted_idle_connections_are_not() {
     assert_eq!(family_sum(&m, "keyproxy_upstream_errors_total"), 0.0, "{m}");
     proxy.stop().await;
 }
+
+/// The same over an HTTP/2 upstream (TLS, ALPN h2), where hyper sends the body beside waiting for
+/// the head: a slow upload is not a 504, and a stalled body is a 408 on both app paths, never an
+/// upstream error.
+#[tokio::test]
+async fn over_an_http2_upstream_the_timers_measure_what_they_name() {
+    let versions: Arc<Mutex<Vec<http::Version>>> = Arc::default();
+    let seen = Arc::clone(&versions);
+    let handler: Handler = Arc::new(move |req: http::Request<hyper::body::Incoming>| {
+        let seen = Arc::clone(&seen);
+        Box::pin(async move {
+            seen.lock().unwrap().push(req.version());
+            let body = http_body_util::BodyExt::collect(req.into_body()).await;
+            let status = if body.is_ok() { 200 } else { 400 };
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(full(r#"{"ok":true}"#))
+                .unwrap()
+        })
+    });
+    let (ca_pem, tls) = test_pki();
+    let port = serve_tls(handler, tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = format!(
+        "client_body_timeout = \"300ms\"\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://localhost:{port}\"\nkey = {{ file = \"{}\" }}\nca_file = \"{}\"\nresponse_header_timeout = \"1s\"\n",
+        key_file(dir.path(), "key", &openai_key("HTTP2")),
+        ca_file.display()
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+
+    // Chunked, 6 pieces 200 ms apart: longer than response_header_timeout, each gap shorter
+    // than client_body_timeout.
+    let mut app = TcpStream::connect(proxy.addr).await.unwrap();
+    app.write_all(format!("POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        // Pacing the upload is what is under test.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.write_all(b"2\r\n{}\r\n").await.unwrap();
+    }
+    app.write_all(b"0\r\n\r\n").await.unwrap();
+    let (status, text) = until_closed(&mut app).await;
+    assert_eq!(status, 200, "{text}");
+
+    for (path, extra) in PATHS {
+        let mut app = TcpStream::connect(proxy.addr).await.unwrap();
+        app.write_all(&post_head(100, extra)).await.unwrap();
+        app.write_all(&[b'{'; 50]).await.unwrap();
+        let (status, text) = until_closed(&mut app).await;
+        assert_eq!(status, 408, "{path}: {text}");
+    }
+    // Over HTTP/2 each time; the fast path's stalled body is known broken before it is sent, so
+    // nothing of it goes onto the shared connection (the handed-over one streamed its head).
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [http::Version::HTTP_2, http::Version::HTTP_2]
+    );
+    counted_as_the_apps(&proxy, "body_timeout", 408, 2.0).await;
+    proxy.stop().await;
+}
