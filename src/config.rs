@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub key_reload_interval: Duration,
     /// A client must send its request headers within this long.
     pub client_header_timeout: Duration,
+    /// The longest wait between two reads of a request body (an upload that keeps moving is
+    /// never cut).
+    pub client_body_timeout: Duration,
     /// Listen beyond loopback without client tokens (something else restricts who connects).
     pub allow_unauthenticated: bool,
     /// Event-loop threads serving the proxy port: 0 (the default) one per core, or N.
@@ -126,6 +129,7 @@ struct RawServer {
     admin_token: Option<Spanned<KeySource>>,
     key_reload_interval: Spanned<HumanDuration>,
     client_header_timeout: Spanned<HumanDuration>,
+    client_body_timeout: Spanned<HumanDuration>,
     allow_unauthenticated: Spanned<bool>,
     workers: Spanned<usize>,
     allowed_hosts: Vec<Spanned<String>>,
@@ -141,6 +145,7 @@ impl Default for RawServer {
             admin_token: None,
             key_reload_interval: unset(HumanDuration(Duration::from_secs(30))),
             client_header_timeout: unset(HumanDuration(Duration::from_secs(30))),
+            client_body_timeout: unset(HumanDuration(Duration::from_secs(60))),
             allow_unauthenticated: unset(false),
             workers: unset(0),
             allowed_hosts: Vec::new(),
@@ -336,6 +341,7 @@ impl Config {
                     .map(|t| t.into_inner().resolved(path)),
                 key_reload_interval: raw.server.key_reload_interval.get_ref().0,
                 client_header_timeout: raw.server.client_header_timeout.get_ref().0,
+                client_body_timeout: raw.server.client_body_timeout.get_ref().0,
                 allow_unauthenticated,
                 workers: *raw.server.workers.get_ref(),
                 allowed_hosts,
@@ -720,6 +726,8 @@ connect_timeout = "2s"
         assert_eq!(c.server.admin_listen.port(), 8788);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.server.workers, 0, "one event loop per core by default");
+        assert_eq!(c.server.client_header_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.client_body_timeout, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].prefix, "/");
         assert_eq!(c.upstreams[1].prefix, "/anthropic");
         assert_eq!(c.upstreams[1].connect_timeout, Duration::from_secs(2));
@@ -976,6 +984,7 @@ shutdown_grace = "30s"
 admin_token = { env = "T" }
 key_reload_interval = "30s"
 client_header_timeout = "30s"
+client_body_timeout = "60s"
 allow_unauthenticated = false
 workers = 1
 

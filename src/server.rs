@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminToken};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ClientError, Metrics};
 use crate::proxy::client_tokens::ClientTokens;
 use crate::proxy::guard::Guard;
 use crate::proxy::Proxy;
@@ -53,6 +53,7 @@ pub struct Server {
     admin_listener: TcpListener,
     shutdown_grace: Duration,
     client_header_timeout: Duration,
+    client_body_timeout: Duration,
     /// Key-file watching starts at bind, so a change right after startup is not missed.
     watcher: AbortOnDrop,
     /// The event-loop threads that serve proxy connections besides this runtime.
@@ -111,6 +112,7 @@ impl Server {
             admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
             client_header_timeout: config.server.client_header_timeout,
+            client_body_timeout: config.server.client_body_timeout,
             watcher: AbortOnDrop(key::watch::spawn(
                 Arc::clone(&proxy_for_watch),
                 config.server.key_reload_interval,
@@ -144,6 +146,10 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = self.shutdown_grace;
         let header_timeout = self.client_header_timeout;
+        let timeouts = http1::server::Timeouts {
+            header: header_timeout,
+            body: self.client_body_timeout,
+        };
         let builder = hyper_builder(header_timeout);
         let proxy = Arc::clone(&self.proxy);
         let closing = Arc::new(http1::server::Shutdown::default());
@@ -155,15 +161,19 @@ impl Server {
             let closing = Arc::clone(&proxy_closing);
             async move {
                 let answer = |req| proxy.handle(req, peer);
-                let io = match http1::server::serve(stream, answer, header_timeout, &closing).await
-                {
+                let io = match http1::server::serve(stream, answer, timeouts, &closing).await {
                     http1::server::Ended::Closed => return,
+                    http1::server::Ended::HeaderTimeout(io) => {
+                        proxy.metrics.client_error(ClientError::HeaderTimeout);
+                        drop(io);
+                        return;
+                    }
                     http1::server::Ended::HandOff(io) => io,
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
                     async move {
-                        let req = req.map(UpstreamBody::App);
+                        let req = req.map(|body| UpstreamBody::app(body, timeouts.body));
                         Ok::<_, Infallible>(proxy.handle(req, peer).await)
                     }
                 });

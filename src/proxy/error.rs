@@ -8,8 +8,9 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 
+use crate::http1::ClientFault;
 use crate::key::store::Unavailable;
-use crate::metrics::UpstreamError;
+use crate::metrics::{ClientError, UpstreamError};
 use crate::proxy::guard;
 use crate::proxy::reply::{self, ReplyBody};
 use crate::reason::Reason;
@@ -46,7 +47,14 @@ pub enum ProxyError {
         upstream: Arc<str>,
         after: Duration,
     },
+    /// The app failed to deliver its request, or left before the answer: its fault, not the
+    /// upstream's (no reason code: nothing about keys or upstreams to explain).
+    Client(ClientFault),
 }
+
+/// nginx's "client closed request": logged and counted for a request whose app left before the
+/// response (nobody receives it).
+pub const CLIENT_CLOSED: u16 = 499;
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
@@ -59,6 +67,13 @@ impl ProxyError {
             ProxyError::NoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Client(ClientFault::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Client(ClientFault::BodyTimeout(_) | ClientFault::HeaderTimeout) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ProxyError::Client(ClientFault::Disconnected) => {
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -71,9 +86,10 @@ impl ProxyError {
             ProxyError::NoKey { why, .. } => Some(why.reason),
             ProxyError::Unreachable { .. } => Some(Reason::UpstreamUnreachable),
             ProxyError::Timeout { .. } => Some(Reason::UpstreamTimeout),
-            ProxyError::Connect | ProxyError::UncleanPath | ProxyError::BadUpstreamRequest(_) => {
-                None
-            }
+            ProxyError::Connect
+            | ProxyError::UncleanPath
+            | ProxyError::BadUpstreamRequest(_)
+            | ProxyError::Client(_) => None,
         }
     }
 
@@ -87,6 +103,19 @@ impl ProxyError {
             } => Some(UpstreamError::Connect),
             ProxyError::Unreachable { .. } => Some(UpstreamError::Reset),
             ProxyError::Timeout { .. } => Some(UpstreamError::Timeout),
+            _ => None,
+        }
+    }
+
+    /// Which `keyproxy_client_errors_total{kind}` series an app's failure counts in.
+    pub fn client_error(&self) -> Option<ClientError> {
+        match self {
+            ProxyError::Client(fault) => Some(match fault {
+                ClientFault::Malformed(_) => ClientError::MalformedBody,
+                ClientFault::BodyTimeout(_) => ClientError::BodyTimeout,
+                ClientFault::Disconnected => ClientError::Disconnected,
+                ClientFault::HeaderTimeout => ClientError::HeaderTimeout,
+            }),
             _ => None,
         }
     }
@@ -123,6 +152,7 @@ impl ProxyError {
                 "upstream {upstream} sent no response headers within {} (response_header_timeout)",
                 crate::time::human_duration(*after)
             ),
+            ProxyError::Client(fault) => fault.to_string(),
         }
     }
 

@@ -146,10 +146,6 @@ impl Proxy {
                     Some(_) => &upstream.upgrade_pool,
                     None => &upstream.pool,
                 };
-                let sent = Instant::now();
-                let timeout = upstream.response_header_timeout;
-                let deadline = tokio::time::Instant::from_std(sent) + timeout;
-                let answer = via.send(req, deadline).await;
                 let facts = RequestFacts {
                     request_id: rid,
                     client: routed.client,
@@ -158,6 +154,18 @@ impl Proxy {
                     organization: routed.organization.as_ref(),
                     project: routed.project.as_ref(),
                 };
+                let mut abandoned = Abandoned {
+                    proxy: self,
+                    upstream,
+                    key: &routed.key,
+                    facts,
+                    started,
+                    armed: true,
+                };
+                let sent = Instant::now();
+                let timeout = upstream.response_header_timeout;
+                let deadline = tokio::time::Instant::from_std(sent) + timeout;
+                let answer = via.send(req, deadline).await;
                 let answered = Instant::now();
                 let response = match answer {
                     Ok(response) => {
@@ -165,6 +173,13 @@ impl Proxy {
                         upstream.metrics.upstream_duration.observe(upstream_time);
                         self.response_phase(upstream, &routed.key, facts, upgrade, response)
                             .await
+                    }
+                    Err(SendError::Client(fault)) => {
+                        let failure = ProxyError::Client(fault);
+                        if let Some(kind) = failure.client_error() {
+                            self.metrics.client_error(kind);
+                        }
+                        failure.into_response()
                     }
                     Err(SendError::Timeout) => upstream_failure(
                         upstream,
@@ -185,7 +200,9 @@ impl Proxy {
                     ),
                 };
                 let elapsed = answered.duration_since(started);
-                self.log_phase(upstream, &routed.key, facts, elapsed, &response);
+                abandoned.armed = false;
+                let status = response.status().as_u16();
+                self.log_phase(upstream, &routed.key, facts, elapsed, status);
                 response.map(|body| body.in_flight(in_flight))
             }
         };
@@ -252,9 +269,8 @@ impl Proxy {
         key: &KeyState,
         facts: RequestFacts<'_>,
         elapsed: Duration,
-        response: &Response<ReplyBody>,
+        status: u16,
     ) {
-        let status = response.status().as_u16();
         upstream.metrics.request(facts.client, status);
         upstream
             .metrics
@@ -340,6 +356,35 @@ impl Proxy {
             upstream,
             key,
         })
+    }
+}
+
+/// A forwarded request whose handling is dropped before its answer was logged: the app left (its
+/// connection closed, its HTTP/2 stream was reset) and the server let the request go, which
+/// cancels the upstream exchange with it (the upstream connection closes, or the HTTP/2 stream is
+/// reset). Logged once with status 499 and counted, like any other answer.
+struct Abandoned<'a> {
+    proxy: &'a Proxy,
+    upstream: &'a Upstream,
+    key: &'a KeyState,
+    facts: RequestFacts<'a>,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let left = ProxyError::Client(crate::http1::ClientFault::Disconnected);
+        if let Some(kind) = left.client_error() {
+            self.proxy.metrics.client_error(kind);
+        }
+        let status = left.status().as_u16();
+        let elapsed = self.started.elapsed();
+        self.proxy
+            .log_phase(self.upstream, self.key, self.facts, elapsed, status);
     }
 }
 

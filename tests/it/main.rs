@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod canary;
 mod cli;
+mod client_faults;
 mod connection;
 mod diagnosis;
 mod forwarding;
