@@ -166,6 +166,7 @@ impl Proxy {
                         rid,
                         ProxyError::Timeout {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             after: timeout,
                         },
                     ),
@@ -174,6 +175,7 @@ impl Proxy {
                         rid,
                         ProxyError::Unreachable {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             authority: upstream.authority().clone(),
                             error,
                         },
@@ -292,6 +294,7 @@ impl Proxy {
         let Some((index, rest)) = self.router.route(uri.path()) else {
             return Err(ProxyError::NoRoute {
                 path: uri.path().to_owned(),
+                prefixes: self.upstreams.iter().map(|u| u.prefix.clone()).collect(),
             }
             .into());
         };
@@ -302,6 +305,7 @@ impl Proxy {
             KeyState::Unavailable(why) => {
                 let refusal = ProxyError::NoKey {
                     upstream: Arc::clone(&upstream.name),
+                    provider: upstream.provider,
                     why: why.clone(),
                 };
                 tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{}", refusal.message());
