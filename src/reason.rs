@@ -105,7 +105,9 @@ impl Reason {
     pub const fn should_retry(self) -> Option<bool> {
         match self {
             Reason::RateLimited => Some(true),
-            Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::UnknownAuthError => None,
+            Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::UnknownAuthError => {
+                None
+            }
             _ => Some(false),
         }
     }

@@ -10,8 +10,8 @@ use http::{Response, StatusCode};
 
 use crate::key::store::Unavailable;
 use crate::metrics::UpstreamError;
-use crate::proxy::guard;
 use crate::provider::Provider;
+use crate::proxy::guard;
 use crate::proxy::reply::{self, Body};
 use crate::reason::Reason;
 use crate::upstream::pool::SendError;

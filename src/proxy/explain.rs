@@ -357,7 +357,11 @@ mod tests {
         assert_eq!(v["error"]["message"], "invalid x-api-key — keyproxy: y");
         assert_eq!(v["error"]["type"], "authentication_error");
         // No string message: nothing to join, the body stays as it was.
-        for body in [&br#"{"error":"bad key"}"#[..], br#"{"message":"x"}"#, br#"{"error":{"message":1}}"#] {
+        for body in [
+            &br#"{"error":"bad key"}"#[..],
+            br#"{"message":"x"}"#,
+            br#"{"error":{"message":1}}"#,
+        ] {
             assert_eq!(&*with_sentence(body, "k").unwrap(), body);
         }
         assert!(with_sentence(b"[1]", "k").is_none());

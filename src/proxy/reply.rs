@@ -215,7 +215,13 @@ pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
 
 /// An error response in the OpenAI shape, tagged with a reason code.
 pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<Body> {
-    refusal(Provider::Openai, status, Some(reason), message, reason.should_retry())
+    refusal(
+        Provider::Openai,
+        status,
+        Some(reason),
+        message,
+        reason.should_retry(),
+    )
 }
 
 /// One of keyproxy's own refusals, in the error shape the app's SDK parses for `provider`, so the
@@ -367,14 +373,26 @@ mod tests {
     #[tokio::test]
     async fn refusals_take_the_providers_shape() {
         let unavailable = StatusCode::SERVICE_UNAVAILABLE;
-        let resp = refusal(Provider::Anthropic, unavailable, Some(Reason::MissingKey), "no key", Some(false));
+        let resp = refusal(
+            Provider::Anthropic,
+            unavailable,
+            Some(Reason::MissingKey),
+            "no key",
+            Some(false),
+        );
         assert_eq!(resp.headers()[SHOULD_RETRY_HEADER], "false");
         let v = body_of(resp).await;
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "api_error");
         assert_eq!(v["error"]["message"], "no key (reason: missing_key)");
 
-        let resp = refusal(Provider::Gemini, StatusCode::UNAUTHORIZED, Some(Reason::ClientUnauthorized), "token", Some(false));
+        let resp = refusal(
+            Provider::Gemini,
+            StatusCode::UNAUTHORIZED,
+            Some(Reason::ClientUnauthorized),
+            "token",
+            Some(false),
+        );
         let v = body_of(resp).await;
         assert_eq!(v["error"]["code"], 401);
         assert_eq!(v["error"]["status"], "UNAUTHENTICATED");

@@ -12,6 +12,7 @@ mod canary;
 mod cli;
 mod connection;
 mod diagnosis;
+mod first_run;
 mod forwarding;
 mod fuzz;
 mod http1_differential;

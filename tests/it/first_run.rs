@@ -1,0 +1,137 @@
+//! The first mistakes a new user makes, through the real binary: each config slip is named at its
+//! table, field and line with the fix; `check` warns about the silent traps (a `/v1` base_url, plain
+//! http:// beyond this machine, a port already taken); `run` says once that a port is in use.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyproxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env(
+            "KEYPROXY_FIRST_RUN_KEY",
+            format!("sk-proj-{}", "FirstRun1".repeat(16)),
+        )
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const UPSTREAM: &str = "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"KEYPROXY_FIRST_RUN_KEY\" }\n";
+
+#[test]
+fn each_config_slip_names_its_place_and_the_fix() {
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "missing base_url",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nkey = { env = \"K\" }\n".into(),
+            ":5:8: upstreams[0].base_url: upstream \"openai\" has no base_url: write base_url under [[upstreams]] (e.g. base_url = \"https://api.openai.com\")",
+        ),
+        (
+            "single brackets",
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{}", UPSTREAM.replace("[[upstreams]]", "[upstreams]")),
+            ":4:1: upstreams: [upstreams] is a single table: use [[upstreams]] (an array of tables",
+        ),
+        (
+            "unquoted date",
+            format!("{UPSTREAM}expires_at = 2027-11-27\n"),
+            ":6:14: upstreams[0].expires_at: dates are strings here: write \"2027-11-27\"",
+        ),
+        (
+            "the env var's name as the key",
+            UPSTREAM.replace("{ env = \"KEYPROXY_FIRST_RUN_KEY\" }", "\"OPENAI_API_KEY\""),
+            ":5:7: upstreams[0].key: a key source is a table: did you mean { env = \"OPENAI_API_KEY\" }?",
+        ),
+        (
+            "a bare number of seconds",
+            format!("{UPSTREAM}connect_timeout = 5\n"),
+            ":6:19: upstreams[0].connect_timeout: durations are strings with a unit: write \"5s\"",
+        ),
+        (
+            "two upstreams on one prefix",
+            format!("{UPSTREAM}\n{}", UPSTREAM.replace("name = \"openai\"", "name = \"second\"")),
+            ":8:8: upstreams[1].prefix: prefix \"/\" is already used by upstream \"openai\" (line 2)",
+        ),
+    ];
+    for (what, config, want) in cases {
+        let (ok, out) = check(config);
+        assert!(!ok, "{what}: {out}");
+        assert!(out.contains(want), "{what}: want {want:?} in\n{out}");
+    }
+}
+
+#[test]
+fn check_warns_about_a_version_in_base_url_and_plain_http_beyond_this_machine() {
+    let versioned = UPSTREAM.replace("https://api.openai.com", "https://api.openai.com/v1");
+    let (_, out) = check(&versioned);
+    assert!(
+        out.contains("⚠ openai: base_url: base_url https://api.openai.com/v1 ends in /v1")
+            && out.contains("/v1/v1/")
+            && out.contains("Write base_url = \"https://api.openai.com\""),
+        "{out}"
+    );
+    let gemini = "[[upstreams]]\nname = \"g\"\nprovider = \"gemini\"\nbase_url = \"https://generativelanguage.googleapis.com/v1beta/\"\nkey = { env = \"KEYPROXY_FIRST_RUN_KEY\" }\n";
+    assert!(check(gemini).1.contains("ends in /v1beta"));
+
+    let plain = UPSTREAM.replace("https://api.openai.com", "http://gateway.internal:8080");
+    let (_, out) = check(&plain);
+    assert!(
+        out.contains("⚠ openai: base_url: base_url http://gateway.internal:8080/ is plain http:// to gateway.internal")
+            && out.contains("unencrypted"),
+        "{out}"
+    );
+    // Neither warning for the ordinary cases: https, or http to this machine, without a version.
+    for fine in [
+        UPSTREAM.to_owned(),
+        UPSTREAM.replace("https://api.openai.com", "http://127.0.0.1:9000/openai"),
+        UPSTREAM.replace("https://api.openai.com", "http://localhost:9000"),
+    ] {
+        let (_, out) = check(&fine);
+        assert!(!out.contains("base_url:"), "{out}");
+    }
+}
+
+#[test]
+fn a_taken_port_is_named_once_with_the_likely_cause() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n\n{UPSTREAM}"
+    );
+    let (_, out) = check(&config);
+    let said = format!("port {port} is in use (is another keyproxy running? `keyproxy health`)");
+    assert!(
+        out.contains(&format!(
+            "⚠ server.listen: cannot listen on 127.0.0.1:{port} (server.listen): {said}"
+        )),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyproxy.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env(
+            "KEYPROXY_FIRST_RUN_KEY",
+            format!("sk-proj-{}", "FirstRun1".repeat(16)),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+    drop(taken);
+}
