@@ -79,11 +79,14 @@ impl Server {
         let clients = ClientTokens::load(&config.clients).await?;
         let metrics = Arc::new(Metrics::with_clients(clients.names())?);
         let loops = workers::count(config.server.workers);
-        let upstreams = config
+        let mut upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, &metrics, loops + 1))
             .collect::<Result<Vec<_>, _>>()?;
+        for upstream in &mut upstreams {
+            upstream.rotate_command = config.server.admin_token.is_some();
+        }
         let server = &config.server;
         let proxy = Arc::new(
             Proxy::new(upstreams, metrics, clients).with_guard(Guard::new(

@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub base_url: &'a str,
     /// The header keyproxy put the key in (`authorization`, `x-api-key`, ...).
     pub auth_header: &'a str,
+    /// `keyproxy rotate` works here (an admin token is configured).
+    pub rotate_command: bool,
     pub now: SystemTime,
 }
 
@@ -223,17 +225,26 @@ fn mask_if_key(run: &str) -> String {
     )
 }
 
+/// The way in for a new key that works with this setup: `keyproxy rotate` only where an admin
+/// token is configured; otherwise the file, the command or the env var (with the restart it needs).
 fn how_to_rotate(c: &Context<'_>) -> String {
     let name = c.upstream;
     let source = c.key.map_or("", |k| &*k.source);
+    let rotate = c.rotate_command;
     if let Some(path) = source.strip_prefix("file ") {
         format!("write it to {path}: keyproxy picks it up without a restart")
     } else if let Some(var) = source.strip_prefix("env ") {
-        format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin` (a running process cannot see a changed {var}; update it too for the next start)")
+        if rotate {
+            format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin` (a running process cannot see a changed {var}; update it too for the next start)")
+        } else {
+            format!("set {var} to it and restart keyproxy (a running process cannot see a changed variable; key = {{ file = \"…\" }} instead is picked up without a restart)")
+        }
     } else if let Some(cmd) = source.strip_prefix("command ") {
-        format!("make `{cmd}` return it and send keyproxy SIGHUP (or use `keyproxy rotate --upstream {name}`)")
+        format!("make `{cmd}` return it and send keyproxy SIGHUP")
+    } else if rotate {
+        format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin`")
     } else {
-        format!("rotate it in with `keyproxy rotate --upstream {name}`")
+        "put it where this upstream's key = setting reads it (a key file is picked up without a restart; an env var needs one)".to_owned()
     }
 }
 

@@ -101,6 +101,7 @@ pub async fn explain(
             last_attempt: last_attempt.as_ref(),
             base_url: &base_url,
             auth_header: upstream.auth_header.as_str(),
+            rotate_command: upstream.rotate_command,
             now,
         },
     );

@@ -35,6 +35,9 @@ pub struct Upstream {
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub probe_path: Option<String>,
+    /// `keyproxy rotate` can reach this upstream's key (an admin token is configured): advice
+    /// names it only then.
+    pub rotate_command: bool,
     pub metrics: Arc<UpstreamMetrics>,
     /// The last diagnoses, newest last, for /status.
     pub diagnoses: Mutex<VecDeque<Diagnosis>>,
@@ -128,6 +131,7 @@ impl Upstream {
             key,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
+            rotate_command: false,
             probe_path: cfg.probe_path.clone(),
             metrics,
             diagnoses: Mutex::new(VecDeque::with_capacity(DIAGNOSES_KEPT)),

@@ -135,3 +135,129 @@ fn a_taken_port_is_named_once_with_the_likely_cause() {
     assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
     drop(taken);
 }
+
+const INVALID: &str = r#"{"error":{"message":"Incorrect API key provided: sk-proj-****abcd.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+
+/// A keyproxy (the real binary) whose key comes from an env var, in front of a provider that
+/// refuses it; with or without an admin token.
+async fn refused_env_key(
+    admin_token: bool,
+) -> (
+    crate::common::Running,
+    String,
+    tempfile::TempDir,
+    crate::common::StandIn,
+) {
+    use crate::common::*;
+    let provider = StandIn::recording(|_| (401, INVALID.to_owned())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = if admin_token {
+        "admin_token = { env = \"KEYPROXY_HINT_ADMIN\" }\n"
+    } else {
+        ""
+    };
+    let config = dir.path().join("keyproxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{token}\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\nkey = {{ env = \"KEYPROXY_HINT_KEY\" }}\n",
+            provider.url()
+        ),
+    )
+    .unwrap();
+    let key = openai_key("HINTkey");
+    let running = run_binary(
+        &config,
+        &[
+            ("KEYPROXY_HINT_KEY", &key),
+            ("KEYPROXY_HINT_ADMIN", "hint-admin-token-0123456789abcdef"),
+        ],
+    );
+    let (resp, body) = get(&format!("http://{}/v1/models", running.proxy)).await;
+    assert_eq!(resp.status, 401);
+    let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+    (running, message, dir, provider)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_401_hint_names_only_what_works_with_this_setup() {
+    let (running, message, _dir, _provider) = refused_env_key(false).await;
+    assert!(
+        message.contains("set KEYPROXY_HINT_KEY to it and restart keyproxy")
+            && !message.contains("keyproxy rotate"),
+        "without an admin token, rotate cannot work: {message}"
+    );
+    running.stop().await;
+
+    let (running, message, _dir, _provider) = refused_env_key(true).await;
+    assert!(
+        message.contains("`keyproxy rotate --upstream openai --key-stdin`"),
+        "{message}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_with_admin_needs_no_config_file() {
+    let (running, _, dir, _provider) = refused_env_key(true).await;
+    let admin = format!("http://{}", running.admin);
+    let missing = dir.path().join("no-such-config.toml");
+    let rotate = move |token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "rotate",
+            "--upstream",
+            "openai",
+            "--key-stdin",
+            "--admin",
+            &admin,
+            "--config",
+        ])
+        .arg(&missing)
+        .env_remove("KEYPROXY_ADMIN_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        if let Some(t) = token {
+            cmd.env("KEYPROXY_ADMIN_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        // Piped input: the key and a newline; it may be refused before it is read.
+        let _ = std::io::Write::write_all(
+            &mut input,
+            format!("{}\n", crate::common::openai_key("HINTnew")).as_bytes(),
+        );
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = tokio::task::spawn_blocking({
+        let rotate = rotate.clone();
+        move || rotate(None)
+    })
+    .await
+    .unwrap();
+    assert!(!ok);
+    assert!(
+        out.contains("no admin token: set KEYPROXY_ADMIN_TOKEN"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("cannot read config"),
+        "--admin needs no config file: {out}"
+    );
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || rotate(Some("hint-admin-token-0123456789abcdef")))
+            .await
+            .unwrap();
+    assert!(ok && out.contains("✓ openai: applied"), "{out}");
+    running.stop().await;
+}

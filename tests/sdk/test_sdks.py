@@ -56,6 +56,7 @@ def proxy(tmp_path_factory):
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+admin_token = {{ env = "KEYPROXY_SDK_ADMIN" }}
 
 [[upstreams]]
 name = "openai"
@@ -121,21 +122,23 @@ key = {{ file = "{keys['anthropic']}" }}
 """)
     log = d / "log"
     with open(log, "w") as log_file:
-        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file)
+        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
+                              env={**os.environ, "KEYPROXY_SDK_ADMIN": ADMIN_TOKEN})
 
-    def listening():
+    def listening(what):
         for line in log.read_text().splitlines():
             try:
                 v = json.loads(line)
             except ValueError:
                 continue
-            if v.get("message") == "proxy listening":
+            if v.get("message") == what:
                 return v["addr"]
         return None
 
-    addr = wait_for(listening, "keyproxy to listen")
-    global STAND_IN
+    addr = wait_for(lambda: listening("proxy listening"), "keyproxy to listen")
+    global STAND_IN, ADMIN
     STAND_IN = base
+    ADMIN = "http://" + wait_for(lambda: listening("admin listening"), "the admin listener")
     yield f"http://{addr}"
     kp.terminate()
     assert kp.wait(timeout=20) == 0
@@ -146,6 +149,8 @@ key = {{ file = "{keys['anthropic']}" }}
 
 
 STAND_IN = None
+ADMIN = None
+ADMIN_TOKEN = "sdk-admin-token-0123456789abcdef"
 
 
 def attempts_seen(key):
@@ -289,6 +294,34 @@ def test_anthropic_unreachable_upstream_comes_in_anthropics_shape(proxy):
     text = str(err)
     assert "could not connect to upstream down_anthropic" in text and "(reason: upstream_unreachable)" in text, text
     assert "refused" in text.lower(), "the cause the OS gave is kept: " + text
+
+
+def test_rotate_on_a_terminal_prompts_reads_one_line_and_does_not_echo(proxy):
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(BIN, [BIN, "rotate", "--upstream", "openai", "--key-stdin", "--admin", ADMIN,
+                        "--config", "/nonexistent/keyproxy.toml"], {**os.environ, "KEYPROXY_ADMIN_TOKEN": ADMIN_TOKEN})
+    seen = b""
+    deadline = time.time() + 20
+    while b"then Enter: " not in seen:
+        assert time.time() < deadline, seen
+        seen += os.read(fd, 1024)
+    assert b"Paste the new key for openai, then Enter: " in seen, seen
+    os.write(fd, (OPENAI_KEY + "\n").encode())  # Enter, and no Ctrl-D: one line is the key
+    while True:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "✓ openai:" in text, text
+    assert OPENAI_KEY[8:40] not in text, "the pasted key was echoed"
 
 
 NODE_MODULES = pathlib.Path(os.environ.get("KEYPROXY_NODE_MODULES", ROOT / "target" / "node-sdk" / "node_modules"))
