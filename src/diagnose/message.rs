@@ -137,7 +137,16 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             format!("{name} answered {}{said}.", c.status)
         }
     };
-    if let Some(note) = refused_rotation(c) {
+    // A refused new key explains a refusal of the key in use, and nothing else.
+    let about_the_key = matches!(
+        reason,
+        Reason::InvalidKey
+            | Reason::ExpiredKey
+            | Reason::RevokedKey
+            | Reason::WrongProviderKey
+            | Reason::MalformedKey
+    );
+    if let Some(note) = refused_rotation(c).filter(|_| about_the_key) {
         text.push(' ');
         text.push_str(&note);
     }
@@ -296,6 +305,44 @@ mod tests {
         let plain = "Authentication Fails, Your api key: ****d569 is invalid (request id: abc123)";
         assert_eq!(quote(plain), plain);
         assert_eq!(quote("User not found."), "User not found.");
+    }
+
+    #[test]
+    fn a_refused_rotation_is_mentioned_only_next_to_a_key_refusal() {
+        let now = SystemTime::now();
+        let attempt = Attempt {
+            at: now - Duration::from_secs(120),
+            trigger: crate::key::rotation::Trigger::Admin,
+            result: RotationResult::Rejected,
+            fingerprint: Some("sk-…abcd:12345678".into()),
+            generation: Some(1),
+            code: Some("too_short".into()),
+            finding: Some("too short".into()),
+        };
+        let c = Context {
+            upstream: "openai",
+            provider: Provider::Openai,
+            status: 401,
+            key: None,
+            provider_message: "",
+            client_org: None,
+            client_project: None,
+            retry_after: None,
+            last_attempt: Some(&attempt),
+            base_url: "https://api.openai.com",
+            auth_header: "authorization",
+            rotate_command: false,
+            now,
+        };
+        assert!(explain(Reason::InvalidKey, &c).contains("was refused 2 minutes ago"));
+        for unrelated in [
+            Reason::RateLimited,
+            Reason::QuotaExhausted,
+            Reason::OrgMismatch,
+        ] {
+            let text = explain(unrelated, &c);
+            assert!(!text.contains("was refused"), "{text}");
+        }
     }
 
     #[test]

@@ -154,6 +154,21 @@ impl ProxyError {
         }
     }
 
+    /// Log the refusal (one line per request: a warning when an upstream is unusable, the rest
+    /// at info) and answer with it.
+    pub fn refuse(self, request_id: &str, method: &http::Method, path: &str) -> Response<Body> {
+        let status = self.status().as_u16();
+        let reason = self.reason().map_or("", Reason::as_str);
+        let path = crate::redact::mask(path);
+        match &self {
+            ProxyError::NoKey { upstream, .. } => {
+                tracing::warn!(request_id, %method, %path, %upstream, status, reason, "{}", self.message())
+            }
+            _ => tracing::info!(request_id, %method, %path, status, reason, "{}", self.message()),
+        }
+        self.into_response()
+    }
+
     /// The answer the app gets: the status, `x-keyproxy-reason`, `x-should-retry` and the error
     /// body in the shape of the upstream's provider.
     pub fn into_response(self) -> Response<Body> {

@@ -118,21 +118,18 @@ impl Proxy {
         let (cors, routed): (_, Result<Routed, Response<Body>>) = match self.guard.check(&req) {
             Verdict::Pass { cors } => (
                 cors,
-                self.route(&mut req, peer).map_err(|e| e.into_response()),
+                self.route(&mut req, peer)
+                    .map_err(|e| e.refuse(rid, &method, uri.path())),
             ),
             Verdict::Preflight(headers) => (None, Err(reply::preflight(headers))),
             Verdict::Refused(refusal) => {
                 self.metrics.refused(false, refusal.reason);
-                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status.as_u16(), reason = %refusal.reason, "{}", refusal.message);
-                (None, Err(ProxyError::Guard(refusal).into_response()))
+                let refused = ProxyError::Guard(refusal).refuse(rid, &method, uri.path());
+                (None, Err(refused))
             }
         };
         let mut response = match routed {
-            Err(answer) => {
-                let status = answer.status().as_u16();
-                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
-                answer
-            }
+            Err(answer) => answer,
             Ok(routed) => {
                 let upstream = routed.upstream;
                 let in_flight = InFlight::start(&upstream.metrics);
@@ -308,7 +305,8 @@ impl Proxy {
                     provider: upstream.provider,
                     why: why.clone(),
                 };
-                tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{}", refusal.message());
+                // Counted for the upstream the app asked (its status page shows the 503s).
+                upstream.metrics.request(client, refusal.status().as_u16());
                 return Err(refusal.into());
             }
         };

@@ -261,3 +261,33 @@ async fn rotate_with_admin_needs_no_config_file() {
     assert!(ok && out.contains("✓ openai: applied"), "{out}");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_a_usable_key_is_one_log_line_and_counted_on_the_status_page() {
+    use crate::common::*;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyproxy.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"KEYPROXY_FIRST_RUN_UNSET\" }\n",
+    )
+    .unwrap();
+    let running = run_binary(&config, &[]);
+    let (resp, _) = get(&format!("http://{}/v1/models", running.proxy)).await;
+    assert_eq!(resp.status, 503);
+    let id = resp.headers["x-keyproxy-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (_, body) = get(&format!("http://{}/status", running.admin)).await;
+    let up = &json(&body)["upstreams"][0];
+    assert_eq!(up["requests"]["total"], 1, "{up}");
+    let logs = running.stop().await;
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("\"WARN\"") && lines[0].contains("missing_key"),
+        "{}",
+        lines[0]
+    );
+}
