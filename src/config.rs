@@ -696,7 +696,7 @@ impl UpstreamConfig {
 }
 
 /// `v1`, `v2`, `v1beta`, `v1alpha2`: an API version segment that SDKs put in their own paths.
-fn is_version_segment(segment: &str) -> bool {
+pub fn is_version_segment(segment: &str) -> bool {
     let Some(rest) = segment.strip_prefix('v') else {
         return false;
     };

@@ -64,6 +64,9 @@ pub async fn explain(
         header_str(&parts.headers, CONTENT_ENCODING.as_str()).map(str::to_ascii_lowercase);
     // From here on nothing of the upstream's carries a secret it echoed.
     let decoded = redact_echoes(&mut parts, &mut peeked, encoding.as_deref());
+    if parts.status == http::StatusCode::NOT_FOUND {
+        return not_found(upstream, request, parts, peeked, decoded);
+    }
     if !diagnose::worth_reading(parts.status) {
         return reassemble(parts, peeked);
     }
@@ -134,6 +137,43 @@ pub async fn explain(
             Response::from_parts(parts, Body::full(rewritten))
         }
         None => reassemble(parts, peeked),
+    }
+}
+
+/// A 404 is the provider's business, except the one keyproxy's config caused: a base_url ending
+/// in the version the app's path starts with again (`/v1/v1/…`). That one gets the sentence.
+fn not_found(
+    upstream: &Upstream,
+    request: RequestFacts<'_>,
+    mut parts: Parts,
+    peeked: Peeked,
+    decoded: Option<Vec<u8>>,
+) -> Response<Body> {
+    let rest = match upstream.prefix.as_str() {
+        "/" => request.path,
+        prefix => request.path.strip_prefix(prefix).unwrap_or(request.path),
+    };
+    let Some(version) = upstream.doubled_version(rest) else {
+        return reassemble(parts, peeked);
+    };
+    let told = format!(
+        "keyproxy: this went to {}{rest} because base_url {} already ends in /{version}: remove /{version} from base_url in the keyproxy config (the apps' paths carry it)",
+        upstream.base_url.path().trim_end_matches('/'),
+        upstream.base_url,
+    );
+    tracing::warn!(request_id = request.request_id, upstream = %upstream.name, path = %crate::redact::mask(request.path), "{told}");
+    match decoded
+        .as_deref()
+        .and_then(|body| with_sentence(body, &told))
+    {
+        Some(rewritten) if matches!(rewritten, std::borrow::Cow::Owned(_)) => {
+            parts.headers.remove(CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            Response::from_parts(parts, Body::full(rewritten.into_owned()))
+        }
+        _ => reassemble(parts, peeked),
     }
 }
 

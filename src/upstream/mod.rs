@@ -147,6 +147,15 @@ impl Upstream {
         &self.authority
     }
 
+    /// The API version segment (`v1`) when the base URL ends in it and the client's path (after
+    /// the prefix) starts with it again: the request went to `/v1/v1/…`.
+    pub fn doubled_version(&self, rest: &str) -> Option<&str> {
+        let last = self.base_path.rsplit('/').next()?;
+        let again = rest.strip_prefix('/')?.strip_prefix(last)?;
+        (crate::config::is_version_segment(last) && (again.is_empty() || again.starts_with('/')))
+            .then_some(last)
+    }
+
     /// True when the upstream path is the client's path as it is (the base URL has no path).
     pub fn passes_paths_through(&self) -> bool {
         self.base_path.is_empty()

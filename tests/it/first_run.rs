@@ -291,3 +291,35 @@ async fn a_request_without_a_usable_key_is_one_log_line_and_counted_on_the_statu
         lines[0]
     );
 }
+
+#[tokio::test]
+async fn a_404_caused_by_a_version_in_base_url_says_so() {
+    use crate::common::*;
+    let provider = StandIn::recording(|_| {
+        (404, r#"{"error":{"message":"Invalid URL (GET /v1/v1/models)","type":"invalid_request_error","param":null,"code":null}}"#.to_owned())
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |base: &str| {
+        format!(
+            "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{base}\"\nkey = {{ file = \"{}\" }}\n",
+            key_file(dir.path(), "key", &openai_key("VERSIONED"))
+        )
+    };
+    let proxy = Proxy::start(&config(&format!("{}/v1", provider.url())), dir.path()).await;
+    let (resp, body) = get(&proxy.url("/v1/models")).await;
+    assert_eq!(resp.status, 404);
+    let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message
+            .starts_with("Invalid URL (GET /v1/v1/models) — keyproxy: this went to /v1/v1/models")
+            && message.contains("remove /v1 from base_url"),
+        "{message}"
+    );
+    proxy.stop().await;
+    // Without the version in base_url, a 404 is the provider's alone.
+    let proxy = Proxy::start(&config(&provider.url()), dir.path()).await;
+    let (_, body) = get(&proxy.url("/v1/models")).await;
+    assert!(!String::from_utf8_lossy(&body).contains("keyproxy"));
+    proxy.stop().await;
+}

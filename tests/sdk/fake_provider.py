@@ -79,7 +79,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
             return
-        if self.path.endswith("/chat/completions"):
+        if self.path.startswith("/v1/v1/"):
+            self._send(404, json.dumps({"error": {"message": f"Invalid URL (POST {self.path})",
+                                                  "type": "invalid_request_error", "param": None, "code": None}}))
+        elif self.path.endswith("/chat/completions"):
             self.openai(body)
         elif self.path.endswith("/messages"):
             self.anthropic(body)

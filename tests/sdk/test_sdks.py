@@ -100,6 +100,13 @@ prefix = "/rated"
 key = {{ file = "{keys['rated']}" }}
 
 [[upstreams]]
+name = "versioned"
+provider = "openai"
+base_url = "{base}/v1"
+prefix = "/versioned"
+key = {{ file = "{keys['openai']}" }}
+
+[[upstreams]]
 name = "nokey"
 provider = "openai"
 base_url = "{base}"
@@ -254,6 +261,16 @@ def test_openai_rate_limit_is_retried_as_the_provider_asks(proxy):
     assert err.response.headers["x-should-retry"] == "true"
     assert err.response.headers["retry-after-ms"] == "10", "the provider's own advice passes"
     assert attempts_seen(RATE_OPENAI) - before == 3
+
+
+def test_a_base_url_ending_in_v1_is_named_in_the_404(proxy):
+    client = openai.OpenAI(base_url=f"{proxy}/versioned/v1", api_key="unused-dummy")
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    text = str(raised.value)
+    assert text.startswith("Error code: 404 - Invalid URL (POST /v1/v1/chat/completions)"), text
+    assert "keyproxy: this went to /v1/v1/chat/completions because base_url" in text, text
+    assert "remove /v1 from base_url" in text, text
 
 
 def test_openai_no_usable_key_is_one_round_trip(proxy):
