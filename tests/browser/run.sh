@@ -264,7 +264,42 @@ else
 fi
 echo "   $why"
 
-# 7: the key is nowhere a page, a browser or a log could show it.
+# 7: the status page, rendered by Chromium: the banner, the upstream, its key's fingerprint and the
+# last hour's requests (the allowed page's 200 above), and a screenshot of it.
+profile=$(mktemp -d "$work/profile.XXXXXX")
+timeout -k 5 20 chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$profile" \
+  --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" --window-size=1280,900 \
+  --screenshot="$work/status.png" "http://127.0.0.1:$admin_port/" > "$work/status-shot.err" 2>&1 || true
+browse status_page "http://127.0.0.1:$admin_port/"
+if why=$(python3 - "$work/status_page.html" "$work/status.png" <<'PY'
+import html, re, sys
+dom = html.unescape(open(sys.argv[1]).read())
+text = re.sub(r"<[^>]+>", " ", dom)
+facts = {
+    "banner": "Ready: every upstream has a usable key." in text,
+    "upstream": re.search(r"<h2>openai ", dom) is not None,
+    "fingerprint": re.search(r"sk-proj-…\w{4}:[0-9a-f]{8}", text) is not None,
+    "last hour": re.search(r"requests, last hour\s+200 × [1-9]", text) is not None,
+    "tokens": "tokens, last hour" in text,
+}
+missing = [k for k, ok in facts.items() if not ok]
+with open(sys.argv[2], "rb") as f:
+    png = f.read()
+shot = png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+print(f"facts {sorted(k for k, ok in facts.items() if ok)}; screenshot {len(png)} bytes")
+sys.exit(0 if not missing and shot else 1)
+PY
+); then
+  echo "ok status_page_renders_its_key_facts"
+  passed=$((passed + 1))
+else
+  echo "FAIL status_page_renders_its_key_facts"
+  failed=$((failed + 1))
+fi
+echo "   $why"
+
+# 8: the key is nowhere a page, a browser or a log could show it.
 leak=0
 grep -qF -f "$work/key" "$work"/*.html "$work"/*.err "$work"/*.log "$work/counts.json" || leak=$?
 if [ "$leak" -eq 1 ]; then # 1: no match in any of them (0 is a match, 2 an unreadable file)
