@@ -157,8 +157,9 @@ fn not_found(
         return reassemble(parts, peeked);
     };
     let told = format!(
-        "keyproxy: this went to {}{rest} because base_url {} already ends in /{version}: remove /{version} from base_url in the keyproxy config (the apps' paths carry it)",
+        "keyproxy: this went to {}{} because base_url {} already ends in /{version}: remove /{version} from base_url in the keyproxy config (the apps' paths carry it)",
         upstream.base_url.path().trim_end_matches('/'),
+        crate::redact::mask(rest),
         upstream.base_url,
     );
     tracing::warn!(request_id = request.request_id, upstream = %upstream.name, path = %crate::redact::mask(request.path), "{told}");

@@ -7,11 +7,16 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_keyproxy");
 
 fn check(config: &str) -> (bool, String) {
+    keyproxy("check", config)
+}
+
+/// `keyproxy COMMAND --config FILE` with `config` in the file: did it succeed, and all it printed.
+fn keyproxy(command: &str, config: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyproxy.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(BIN)
-        .args(["check", "--config"])
+        .args([command, "--config"])
         .arg(&path)
         .env(
             "KEYPROXY_FIRST_RUN_KEY",
@@ -117,20 +122,8 @@ fn a_taken_port_is_named_once_with_the_likely_cause() {
         "{out}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyproxy.toml");
-    std::fs::write(&path, &config).unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .env(
-            "KEYPROXY_FIRST_RUN_KEY",
-            format!("sk-proj-{}", "FirstRun1".repeat(16)),
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (ok, stderr) = keyproxy("run", &config);
+    assert!(!ok);
     assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
     assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
     drop(taken);
