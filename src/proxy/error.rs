@@ -12,7 +12,7 @@ use crate::key::store::Unavailable;
 use crate::metrics::UpstreamError;
 use crate::provider::Provider;
 use crate::proxy::guard;
-use crate::proxy::reply::{self, Body};
+use crate::proxy::reply::{self, ReplyBody};
 use crate::reason::Reason;
 use crate::upstream::pool::SendError;
 
@@ -156,7 +156,12 @@ impl ProxyError {
 
     /// Log the refusal (one line per request: a warning when an upstream is unusable, the rest
     /// at info) and answer with it.
-    pub fn refuse(self, request_id: &str, method: &http::Method, path: &str) -> Response<Body> {
+    pub fn refuse(
+        self,
+        request_id: &str,
+        method: &http::Method,
+        path: &str,
+    ) -> Response<ReplyBody> {
         let status = self.status().as_u16();
         let reason = self.reason().map_or("", Reason::as_str);
         let path = crate::redact::mask(path);
@@ -171,7 +176,7 @@ impl ProxyError {
 
     /// The answer the app gets: the status, `x-keyproxy-reason`, `x-should-retry` and the error
     /// body in the shape of the upstream's provider.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn into_response(self) -> Response<ReplyBody> {
         let message = self.message();
         reply::refusal(
             self.provider(),

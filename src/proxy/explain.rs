@@ -16,7 +16,7 @@ use crate::diagnose::message::{self, Context};
 use crate::diagnose::{self, Knowledge};
 use crate::key::rotation::RotationResult;
 use crate::key::KeyState;
-use crate::proxy::reply::{self, Body, REASON_HEADER, SHOULD_RETRY_HEADER};
+use crate::proxy::reply::{self, ReplyBody, REASON_HEADER, SHOULD_RETRY_HEADER};
 use crate::reason::Reason;
 use crate::upstream::{Diagnosis, Upstream};
 
@@ -51,7 +51,7 @@ pub async fn explain(
     key: &KeyState,
     request: RequestFacts<'_>,
     response: Response<PooledBody>,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let (mut parts, body) = response.into_parts();
     let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
         .is_some_and(|t| t.starts_with("text/event-stream"));
@@ -134,7 +134,7 @@ pub async fn explain(
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            Response::from_parts(parts, Body::full(rewritten))
+            Response::from_parts(parts, ReplyBody::full(rewritten))
         }
         None => reassemble(parts, peeked),
     }
@@ -148,7 +148,7 @@ fn not_found(
     mut parts: Parts,
     peeked: Peeked,
     decoded: Option<Vec<u8>>,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let rest = match upstream.prefix.as_str() {
         "/" => request.path,
         prefix => request.path.strip_prefix(prefix).unwrap_or(request.path),
@@ -172,7 +172,7 @@ fn not_found(
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            Response::from_parts(parts, Body::full(rewritten.into_owned()))
+            Response::from_parts(parts, ReplyBody::full(rewritten.into_owned()))
         }
         _ => reassemble(parts, peeked),
     }
@@ -284,10 +284,10 @@ fn redact_echoes(
     Some(decoded)
 }
 
-fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {
+fn reassemble(parts: Parts, peeked: Peeked) -> Response<ReplyBody> {
     let body = match peeked {
-        Peeked::Complete(b) => Body::full(b),
-        Peeked::Partial(head, rest) => Body::peeked(head, rest),
+        Peeked::Complete(b) => ReplyBody::full(b),
+        Peeked::Partial(head, rest) => ReplyBody::peeked(head, rest),
     };
     Response::from_parts(parts, body)
 }

@@ -21,7 +21,7 @@ use crate::proxy::tap::Tap;
 use crate::reason::Reason;
 
 /// The body of every response the proxy sends back: what it carries, plus what watches it.
-pub struct Body {
+pub struct ReplyBody {
     kind: Kind,
     tap: Option<Box<Tap>>,
     /// Keeps the request counted in flight until the body is done.
@@ -55,22 +55,22 @@ enum Kind {
     },
 }
 
-impl Body {
-    pub fn upstream(body: PooledBody) -> Body {
-        Body::of(Kind::Upstream(body))
+impl ReplyBody {
+    pub fn upstream(body: PooledBody) -> ReplyBody {
+        ReplyBody::of(Kind::Upstream(body))
     }
 
-    pub fn full(bytes: impl Into<Bytes>) -> Body {
-        Body::of(Kind::Full(Some(bytes.into())))
+    pub fn full(bytes: impl Into<Bytes>) -> ReplyBody {
+        ReplyBody::of(Kind::Full(Some(bytes.into())))
     }
 
-    pub fn peeked(head: Bytes, rest: PooledBody) -> Body {
+    pub fn peeked(head: Bytes, rest: PooledBody) -> ReplyBody {
         let head = (!head.is_empty()).then_some(head);
-        Body::of(Kind::Peeked { head, rest })
+        ReplyBody::of(Kind::Peeked { head, rest })
     }
 
-    fn of(kind: Kind) -> Body {
-        Body {
+    fn of(kind: Kind) -> ReplyBody {
+        ReplyBody {
             kind,
             tap: None,
             in_flight: None,
@@ -79,7 +79,7 @@ impl Body {
     }
 
     /// Cut the stream if the upstream sends nothing for `after`.
-    pub fn idle_timeout(mut self, after: Duration) -> Body {
+    pub fn idle_timeout(mut self, after: Duration) -> ReplyBody {
         self.idle = Some(Idle {
             after,
             deadline: None,
@@ -89,20 +89,20 @@ impl Body {
     }
 
     /// Watch the upstream's bytes as they pass (usage, in-band errors).
-    pub fn tapped(mut self, tap: Tap) -> Body {
+    pub fn tapped(mut self, tap: Tap) -> ReplyBody {
         self.tap = Some(Box::new(tap));
         self
     }
 
-    pub fn in_flight(mut self, guard: InFlight) -> Body {
+    pub fn in_flight(mut self, guard: InFlight) -> ReplyBody {
         self.in_flight = Some(guard);
         self
     }
 }
 
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http1::BodyError;
 
-impl Body {
+impl ReplyBody {
     /// Count the tapped tokens and leave "in flight" (at the end, or when dropped before it).
     fn finish(&mut self) {
         if let (Some(tap), Some(guard)) = (self.tap.take(), &self.in_flight) {
@@ -112,13 +112,13 @@ impl Body {
     }
 }
 
-impl Drop for Body {
+impl Drop for ReplyBody {
     fn drop(&mut self) {
         self.finish();
     }
 }
 
-impl hyper::body::Body for Body {
+impl hyper::body::Body for ReplyBody {
     type Data = Bytes;
     type Error = BodyError;
 
@@ -214,7 +214,7 @@ pub const REASON_HEADER: &str = "x-keyproxy-reason";
 pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
 
 /// An error response in the OpenAI shape, tagged with a reason code.
-pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<Body> {
+pub fn error(status: StatusCode, reason: Reason, message: &str) -> Response<ReplyBody> {
     refusal(
         Provider::Openai,
         status,
@@ -235,7 +235,7 @@ pub fn refusal(
     reason: Option<Reason>,
     message: &str,
     should_retry: Option<bool>,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let message = crate::redact::mask(message);
     let code = reason.map_or_else(|| status_word(status), |r| r.as_str().to_owned());
     let text = match reason {
@@ -258,7 +258,7 @@ pub fn refusal(
             "keyproxy": keyproxy,
         }),
     };
-    let mut resp = Response::new(Body::full(body.to_string()));
+    let mut resp = Response::new(ReplyBody::full(body.to_string()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -313,20 +313,15 @@ fn google_status(status: StatusCode) -> &'static str {
 }
 
 /// keyproxy's own answer to an allowed origin's CORS preflight (never forwarded).
-pub fn preflight(headers: http::HeaderMap) -> Response<Body> {
-    let mut resp = Response::new(Body::full(Bytes::new()));
+pub fn preflight(headers: http::HeaderMap) -> Response<ReplyBody> {
+    let mut resp = Response::new(ReplyBody::full(Bytes::new()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
     *resp.headers_mut() = headers;
     resp
 }
 
-/// A request keyproxy will not forward as it is; not an auth problem, so no reason header.
-pub fn bad_request(message: &str) -> Response<Body> {
-    status(StatusCode::BAD_REQUEST, message)
-}
-
 /// Any other refusal of keyproxy's own that is not an auth problem.
-pub fn status(status: StatusCode, message: &str) -> Response<Body> {
+pub fn status(status: StatusCode, message: &str) -> Response<ReplyBody> {
     refusal(Provider::Openai, status, None, message, None)
 }
 
@@ -352,7 +347,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    async fn body_of(resp: Response<Body>) -> serde_json::Value {
+    async fn body_of(resp: Response<ReplyBody>) -> serde_json::Value {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
     }

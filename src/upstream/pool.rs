@@ -216,8 +216,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Slot {
-    /// Idle HTTP/1.1 connections, most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// Idle HTTP/1.1 connections.
+    idle: Mutex<IdleList<H1Conn>>,
     /// Woken when the upstream closes an idle connection, so it is let go at once (see `watch`).
     watcher: Mutex<Option<Waker>>,
     watching: AtomicBool,
@@ -225,9 +225,56 @@ struct Slot {
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
-struct Idle {
-    conn: H1Conn,
+/// The checkout policy, apart from the sockets: the most recently returned connection goes out
+/// first (it is the likeliest still open, and the others can age out); one idle longer than
+/// `IDLE_TIMEOUT` is never handed out; at most `MAX_IDLE` are kept.
+struct IdleList<C> {
+    /// Oldest first.
+    entries: Vec<Idle<C>>,
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        IdleList {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<C> IdleList<C> {
+    /// Keep a connection that came back at `now`; one expired connection is let go per return.
+    fn put(&mut self, conn: C, now: Instant) {
+        if self
+            .entries
+            .first()
+            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
+        {
+            self.entries.remove(0);
+        }
+        if self.entries.len() < MAX_IDLE {
+            self.entries.push(Idle { conn, since: now });
+        }
+    }
+
+    /// The most recently returned connection not yet expired at `now`; expired ones met on the
+    /// way are dropped.
+    fn take(&mut self, now: Instant) -> Option<C> {
+        while let Some(entry) = self.entries.pop() {
+            if now.duration_since(entry.since) < IDLE_TIMEOUT {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&mut C) -> bool) {
+        self.entries.retain_mut(|e| keep(&mut e.conn));
+    }
 }
 
 enum Conn {
@@ -324,9 +371,9 @@ impl UpstreamPool {
             }
         }
         loop {
-            let mut entry = lock(&slot.idle).pop()?;
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_usable().await {
-                return Some(Conn::H1(entry.conn));
+            let mut conn = lock(&slot.idle).take(Instant::now())?;
+            if conn.is_usable().await {
+                return Some(Conn::H1(conn));
             }
         }
     }
@@ -418,18 +465,7 @@ impl Shared {
             }
             None => {}
         }
-        let now = Instant::now();
-        let mut idle = lock(&slot.idle);
-        // The oldest sits first; let one expired connection go per return.
-        if idle
-            .first()
-            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
-        {
-            idle.remove(0);
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: now });
-        }
+        lock(&slot.idle).put(conn, Instant::now());
     }
 }
 
@@ -443,7 +479,7 @@ async fn watch(pool: Weak<Shared>, index: usize) {
         };
         let slot = &shared.slots[index];
         *lock(&slot.watcher) = Some(cx.waker().clone());
-        lock(&slot.idle).retain_mut(|e| e.conn.is_idle(cx));
+        lock(&slot.idle).retain(|conn| conn.is_idle(cx));
         Poll::Pending
     })
     .await
@@ -573,4 +609,43 @@ fn connector(cfg: &UpstreamConfig, versions: Versions) -> Result<Connector, Pool
         Versions::Negotiated => https.enable_http2().wrap_connector(http),
         Versions::Upgrades => https.wrap_connector(http),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_takes_the_most_recent_fresh_connection_and_drops_expired_ones() {
+        let start = Instant::now();
+        let mut idle = IdleList::default();
+        idle.put(1, start);
+        idle.put(2, start + Duration::from_secs(10));
+        idle.put(3, start + Duration::from_secs(20));
+        let now = start + Duration::from_secs(30);
+        assert_eq!(idle.take(now), Some(3), "last in, first out");
+        assert_eq!(idle.take(now), Some(2));
+        // 1 is 95 s old at this point: expired, dropped, nothing handed out.
+        assert_eq!(
+            idle.take(start + IDLE_TIMEOUT + Duration::from_secs(5)),
+            None
+        );
+        assert!(idle.entries.is_empty());
+    }
+
+    #[test]
+    fn a_return_lets_one_expired_connection_go_and_the_list_is_bounded() {
+        let start = Instant::now();
+        let mut idle = IdleList::default();
+        idle.put(1, start);
+        idle.put(2, start);
+        idle.put(3, start + IDLE_TIMEOUT);
+        assert_eq!(idle.entries.len(), 2, "the oldest expired one went");
+        for n in 0..MAX_IDLE * 2 {
+            idle.put(n, start + IDLE_TIMEOUT);
+        }
+        assert_eq!(idle.entries.len(), MAX_IDLE);
+        idle.retain(|c| *c % 2 == 0);
+        assert!(idle.entries.iter().all(|e| e.conn % 2 == 0));
+    }
 }
