@@ -458,6 +458,30 @@ impl UpstreamMetrics {
         series.tokens_output.inc_by(output);
     }
 
+    /// Requests answered so far by status, over every client (for /status), lowest status first.
+    pub fn requests_by_status(&self) -> Vec<(u16, u64)> {
+        let mut counts: Vec<(u16, u64)> = Vec::new();
+        for series in &self.per_client {
+            for (i, slot) in series.by_status.iter().enumerate() {
+                let Some(counter) = slot.get() else { continue };
+                let status = u16::try_from(i + 100).unwrap_or(u16::MAX);
+                match counts.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, n)) => *n += counter.get(),
+                    None => counts.push((status, counter.get())),
+                }
+            }
+        }
+        counts.sort_unstable();
+        counts
+    }
+
+    /// Tokens counted so far (input, output), over every client.
+    pub fn tokens_totals(&self) -> (u64, u64) {
+        self.per_client.iter().fold((0, 0), |(i, o), s| {
+            (i + s.tokens_input.get(), o + s.tokens_output.get())
+        })
+    }
+
     /// Client credentials seen so far, by match (for /status).
     pub fn credential_counts(&self) -> serde_json::Value {
         serde_json::json!({

@@ -29,11 +29,12 @@ use crate::{http1, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// Not a `#[source]`: the sentence already says it, and a chain would say it twice.
+    #[error("cannot listen on {addr} ({what}): {}", bind_failure(*addr, error))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Pool(#[from] crate::upstream::pool::PoolError),
@@ -79,11 +80,14 @@ impl Server {
         let clients = ClientTokens::load(&config.clients).await?;
         let metrics = Arc::new(Metrics::with_clients(clients.names())?);
         let loops = workers::count(config.server.workers);
-        let upstreams = config
+        let mut upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, &metrics, loops + 1))
             .collect::<Result<Vec<_>, _>>()?;
+        for upstream in &mut upstreams {
+            upstream.rotate_command = config.server.admin_token.is_some();
+        }
         let server = &config.server;
         let proxy = Arc::new(
             Proxy::new(upstreams, metrics, clients).with_guard(Guard::new(
@@ -100,16 +104,16 @@ impl Server {
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
         let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard));
         let proxy_for_watch = Arc::clone(&proxy);
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, what, source })
-        };
+        for upstream in &config.upstreams {
+            for warning in upstream.warnings() {
+                tracing::warn!(upstream = %upstream.name, "{warning}");
+            }
+        }
         Ok(Server {
             proxy,
             admin,
-            proxy_listener: bind(config.server.listen, "server.listen").await?,
-            admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
+            proxy_listener: listen_on(config.server.listen, "server.listen").await?,
+            admin_listener: listen_on(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
             client_header_timeout: config.server.client_header_timeout,
             client_body_timeout: config.server.client_body_timeout,
@@ -233,6 +237,24 @@ impl Server {
             workers.finish().await;
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Bind a listening socket (`run`, and `check` to find a port that is taken before `run` does).
+pub async fn listen_on(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind { addr, what, error })
+}
+
+/// Why a port could not be had, with the likeliest cause of a taken one.
+fn bind_failure(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is in use (is another keyproxy running? `keyproxy health`)",
+            addr.port()
+        ),
+        _ => error.to_string(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The admin listener: `GET /healthz /readyz /status /metrics` for people, probes and Prometheus (no
 //! token), and `POST /keys/{upstream}` to rotate a key, which always requires the admin token.
 
+pub mod recent;
 pub mod status_page;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Admin {
     guard: Guard,
     started_at: SystemTime,
     started: Instant,
+    /// The status page's "last hour".
+    recent: recent::Recent,
 }
 
 impl Admin {
@@ -67,6 +70,7 @@ impl Admin {
             guard,
             started_at: SystemTime::now(),
             started: Instant::now(),
+            recent: recent::Recent::new(SystemTime::now()),
         }
     }
 
@@ -276,11 +280,35 @@ impl Admin {
     /// The `/status` document: which key is live for each upstream, and its recent history.
     pub fn status(&self) -> Value {
         let now = SystemTime::now();
+        let mut upstreams: Vec<Value> = self
+            .proxy
+            .upstreams
+            .iter()
+            .map(|u| upstream_status(u, now))
+            .collect();
+        let counts: Vec<recent::Counts> = self
+            .proxy
+            .upstreams
+            .iter()
+            .map(|u| recent::Counts {
+                by_status: u.metrics.requests_by_status(),
+                tokens: u.metrics.tokens_totals(),
+            })
+            .collect();
+        let (since, window) = self.recent.since_an_hour_ago(now, &counts);
+        for ((up, total), last) in upstreams.iter_mut().zip(&counts).zip(&window) {
+            up["tokens"] = json!({"input": total.tokens.0, "output": total.tokens.1});
+            up["last_hour"] = json!({
+                "since": rfc3339_string(since),
+                "by_status": last.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "tokens": {"input": last.tokens.0, "output": last.tokens.1},
+            });
+        }
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": rfc3339_string(self.started_at),
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "upstreams": self.proxy.upstreams.iter().map(|u| upstream_status(u, now)).collect::<Vec<_>>(),
+            "upstreams": upstreams,
         })
     }
 }

@@ -22,6 +22,12 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
     };
     println!("✓ config: {}", path.display());
     let mut failed = security_checklist(&config).await;
+    ports_checklist(&config).await;
+    for cfg in &config.upstreams {
+        for warning in cfg.warnings() {
+            println!("⚠ {}: base_url: {warning}", cfg.name);
+        }
+    }
     let metrics = Metrics::new()?;
     let now = SystemTime::now();
     for cfg in &config.upstreams {
@@ -103,6 +109,22 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Whether `run` could listen: a taken port is a ⚠, not a ✗ (it may be this config's own keyproxy).
+async fn ports_checklist(config: &Config) {
+    let server = &config.server;
+    for (addr, what) in [
+        (server.listen, "server.listen"),
+        (server.admin_listen, "server.admin_listen"),
+    ] {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(e) = keyproxy::server::listen_on(addr, what).await {
+            println!("⚠ {what}: {e}");
+        }
+    }
 }
 
 /// The security settings, as checklist lines; true when any is a ✗.

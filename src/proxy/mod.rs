@@ -123,21 +123,18 @@ impl Proxy {
         {
             Verdict::Pass { cors } => (
                 cors,
-                self.route(&mut req, peer).map_err(|e| e.into_response()),
+                self.route(&mut req, peer)
+                    .map_err(|e| e.refuse(rid, &method, uri.path())),
             ),
             Verdict::Preflight(headers) => (None, Err(reply::preflight(headers))),
             Verdict::Refused(refusal) => {
                 self.metrics.refused(false, refusal.reason);
-                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status.as_u16(), reason = %refusal.reason, "{}", refusal.message);
-                (None, Err(ProxyError::Guard(refusal).into_response()))
+                let refused = ProxyError::Guard(refusal).refuse(rid, &method, uri.path());
+                (None, Err(refused))
             }
         };
         let mut response = match routed {
-            Err(answer) => {
-                let status = answer.status().as_u16();
-                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
-                answer
-            }
+            Err(answer) => answer,
             Ok(routed) => {
                 let upstream = routed.upstream;
                 let in_flight = InFlight::start(&upstream.metrics);
@@ -186,6 +183,7 @@ impl Proxy {
                         rid,
                         ProxyError::Timeout {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             after: timeout,
                         },
                     ),
@@ -194,6 +192,7 @@ impl Proxy {
                         rid,
                         ProxyError::Unreachable {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             authority: upstream.authority().clone(),
                             error,
                         },
@@ -313,6 +312,7 @@ impl Proxy {
         let Some((index, rest)) = self.router.route(uri.path()) else {
             return Err(ProxyError::NoRoute {
                 path: uri.path().to_owned(),
+                prefixes: self.upstreams.iter().map(|u| u.prefix.clone()).collect(),
             }
             .into());
         };
@@ -323,9 +323,11 @@ impl Proxy {
             KeyState::Unavailable(why) => {
                 let refusal = ProxyError::NoKey {
                     upstream: Arc::clone(&upstream.name),
+                    provider: upstream.provider,
                     why: why.clone(),
                 };
-                tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{}", refusal.message());
+                // Counted for the upstream the app asked (its status page shows the 503s).
+                upstream.metrics.request(client, refusal.status().as_u16());
                 return Err(refusal.into());
             }
         };

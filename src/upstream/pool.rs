@@ -294,7 +294,7 @@ pub enum PoolError {
 pub enum SendError {
     /// No connection: DNS, TCP or the TLS handshake.
     #[error("connect error: {0}")]
-    Connect(Box<dyn std::error::Error + Send + Sync>),
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed while the request was sent or the response awaited (HTTP/2, upgrades).
     #[error(transparent)]
     Http(#[from] hyper::Error),

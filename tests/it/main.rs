@@ -13,6 +13,7 @@ mod cli;
 mod client_faults;
 mod connection;
 mod diagnosis;
+mod first_run;
 mod forwarding;
 mod fuzz;
 mod http1_differential;
