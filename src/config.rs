@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub key_reload_interval: Duration,
     /// A client must send its request headers within this long.
     pub client_header_timeout: Duration,
+    /// The longest wait between two reads of a request body (an upload that keeps moving is
+    /// never cut).
+    pub client_body_timeout: Duration,
     /// Listen beyond loopback without client tokens (something else restricts who connects).
     pub allow_unauthenticated: bool,
     /// Event-loop threads serving the proxy port: 0 (the default) one per core, or N.
@@ -108,10 +111,43 @@ pub enum ConfigError {
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "upstream_tables")]
     upstreams: Vec<RawUpstream>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "client_tables")]
     clients: Vec<RawClient>,
+}
+
+fn upstream_tables<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawUpstream>, D::Error> {
+    array_of_tables(d, "upstreams")
+}
+
+fn client_tables<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RawClient>, D::Error> {
+    array_of_tables(d, "clients")
+}
+
+/// `[[name]]` entries; a single `[name]` table is the common slip, named as such.
+fn array_of_tables<'de, D, T>(d: D, name: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Tables<T>(&'static str, std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Tables<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "[[{}]] tables", self.0)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Vec<T>, A::Error> {
+            let name = self.0;
+            Err(serde::de::Error::custom(format!(
+                "[{name}] is a single table: use [[{name}]] (an array of tables, double brackets), one per entry"
+            )))
+        }
+    }
+    d.deserialize_any(Tables(name, std::marker::PhantomData))
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +166,7 @@ struct RawServer {
     admin_token: Option<Spanned<KeySource>>,
     key_reload_interval: Spanned<HumanDuration>,
     client_header_timeout: Spanned<HumanDuration>,
+    client_body_timeout: Spanned<HumanDuration>,
     allow_unauthenticated: Spanned<bool>,
     workers: Spanned<usize>,
     allowed_hosts: Vec<Spanned<String>>,
@@ -147,6 +184,7 @@ impl Default for RawServer {
             admin_token: None,
             key_reload_interval: unset(HumanDuration(Duration::from_secs(30))),
             client_header_timeout: unset(HumanDuration(Duration::from_secs(30))),
+            client_body_timeout: unset(HumanDuration(Duration::from_secs(60))),
             allow_unauthenticated: unset(false),
             workers: unset(0),
             allowed_hosts: Vec::new(),
@@ -162,7 +200,8 @@ impl Default for RawServer {
 struct RawUpstream {
     name: Spanned<String>,
     provider: Spanned<Provider>,
-    base_url: Spanned<String>,
+    /// Optional only so that its absence is named at its table, not at the table above.
+    base_url: Option<Spanned<String>>,
     #[serde(default)]
     prefix: Option<Spanned<String>>,
     key: Spanned<KeySource>,
@@ -212,10 +251,34 @@ struct HumanDuration(Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::time::parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as \"30s\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
+                crate::time::parse_duration(text)
+                    .map(HumanDuration)
+                    .map_err(E::custom)
+            }
+            // A bare number has no unit; say which string the person most likely meant.
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "durations are strings with a unit: write \"{n}s\" (or \"{n}m\", \"{n}h\", \"{n}d\")"
+                )))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<HumanDuration, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "durations are strings with a unit: write \"{}ms\"",
+                    (n * 1000.0).round()
+                )))
+            }
+        }
+        d.deserialize_any(Text)
     }
 }
 
@@ -225,15 +288,44 @@ struct Timestamp(SystemTime);
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::time::parse_timestamp(&text)
-            .map(Timestamp)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
-                ))
-            })
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Timestamp;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a date such as \"2027-11-27\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
+                crate::time::parse_timestamp(text).map(Timestamp).map_err(|e| {
+                    E::custom(format!(
+                        "invalid date {text:?} ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
+                    ))
+                })
+            }
+            // An unquoted TOML date arrives as toml's datetime (a one-entry map): the person
+            // wrote the right date, only without quotes.
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Timestamp, A::Error> {
+                let written = match map.next_entry::<String, String>() {
+                    Ok(Some((_, value))) => value,
+                    _ => "2027-11-27".to_owned(),
+                };
+                Err(unquoted_date(&written))
+            }
+        }
+        d.deserialize_any(Text)
     }
+}
+
+/// How toml hands over an unquoted date: a one-entry map under this key.
+const TOML_DATETIME: &str = "$__toml_private_datetime";
+
+/// The person wrote the right date, only without quotes.
+fn unquoted_date<E: serde::de::Error>(written: &str) -> E {
+    E::custom(format!(
+        "dates are strings here: write \"{written}\" (with the quotes)"
+    ))
 }
 
 /// `expires_at = "2027-01-01"` (the key in the source) or `expires_at = { "sk-proj-…abcd" =
@@ -262,6 +354,10 @@ impl<'de> Deserialize<'de> for ExpiresAt {
             ) -> Result<ExpiresAt, A::Error> {
                 let mut entries = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
+                    if name == TOML_DATETIME {
+                        let written: String = map.next_value()?;
+                        return Err(unquoted_date(&written));
+                    }
                     // A fingerprint shows `…` (or `...` typed by hand); anything else may be the key itself.
                     let name = name.replace("...", "…");
                     if !name.contains('…') {
@@ -303,11 +399,13 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
-        let mut prefixes: HashMap<String, String> = HashMap::new();
+        // prefix -> (upstream, the line its prefix was set on)
+        let mut prefixes: HashMap<String, (String, usize)> = HashMap::new();
         for (i, up) in raw.upstreams.into_iter().enumerate() {
             let name_span = up.name.span();
             // Without a `prefix` line the upstream's default "/" is its own table's doing.
             let prefix_span = up.prefix.as_ref().map_or(name_span.clone(), Spanned::span);
+            let prefix_line = ctx.line_col(prefix_span.start).0;
             let up = validate_upstream(&ctx, i, up)?;
             if !names.insert(up.name.clone()) {
                 return Err(ctx.error(
@@ -319,12 +417,13 @@ impl Config {
                     ),
                 ));
             }
-            if let Some(other) = prefixes.insert(up.prefix.clone(), up.name.clone()) {
+            let entry = (up.name.clone(), prefix_line);
+            if let Some((other, line)) = prefixes.insert(up.prefix.clone(), entry) {
                 return Err(ctx.error(
                     prefix_span,
                     format!("upstreams[{i}].prefix"),
                     &format!(
-                        "prefix {:?} is already used by upstream {other:?}; give each upstream its own prefix (e.g. prefix = \"/{}\")",
+                        "prefix {:?} is already used by upstream {other:?} (line {line}); give each upstream its own prefix (e.g. prefix = \"/{}\")",
                         up.prefix, up.name
                     ),
                 ));
@@ -385,6 +484,7 @@ impl Config {
                     .map(|t| t.into_inner().resolved(path)),
                 key_reload_interval: raw.server.key_reload_interval.get_ref().0,
                 client_header_timeout: raw.server.client_header_timeout.get_ref().0,
+                client_body_timeout: raw.server.client_body_timeout.get_ref().0,
                 allow_unauthenticated,
                 workers: *raw.server.workers.get_ref(),
                 allowed_hosts,
@@ -535,8 +635,18 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             "name must be non-empty and use only letters, digits, '-' and '_' (it appears in metrics and admin paths)",
         ));
     }
-    let base_url = parse_base_url(up.base_url.get_ref())
-        .map_err(|m| ctx.error(up.base_url.span(), field("base_url"), &m))?;
+    let Some(base_url) = &up.base_url else {
+        return Err(ctx.error(
+            up.name.span(),
+            field("base_url"),
+            &format!(
+                "upstream {name:?} has no base_url: write base_url under [[upstreams]] (e.g. base_url = \"{}\")",
+                provider_example_url(*up.provider.get_ref())
+            ),
+        ));
+    };
+    let base_url = parse_base_url(base_url.get_ref())
+        .map_err(|m| ctx.error(base_url.span(), field("base_url"), &m))?;
     let prefix = match &up.prefix {
         None => "/".to_owned(),
         Some(p) => normalise_prefix(p.get_ref())
@@ -643,6 +753,65 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
     })
 }
 
+impl UpstreamConfig {
+    /// Settings that are valid but most likely not what the person meant: `check` shows each as
+    /// a ⚠ line and `run` logs it at startup.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let url = &self.base_url;
+        let path = url.path().trim_end_matches('/');
+        let last = path.rsplit('/').next().unwrap_or("");
+        if self.provider != Provider::Azure && is_version_segment(last) {
+            let without = format!(
+                "{}://{}{}",
+                url.scheme_str().unwrap_or("https"),
+                url.authority().map_or("", |a| a.as_str()),
+                &path[..path.len() - last.len() - 1]
+            );
+            found.push(format!(
+                "base_url {url} ends in /{last}, which the apps add themselves (an SDK's base_url is http://127.0.0.1:8787/{last}): every request would go to /{last}/{last}/… and fail with 404. Write base_url = \"{without}\" (unless the apps leave /{last} out of their paths)"
+            ));
+        }
+        let host = url.host().unwrap_or("").trim_matches(['[', ']']);
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if url.scheme_str() == Some("http") && !loopback {
+            found.push(format!(
+                "base_url {url} is plain http:// to {host}, beyond this machine: the API key would travel unencrypted. Use https://"
+            ));
+        }
+        found
+    }
+}
+
+/// `v1`, `v2`, `v1beta`, `v1alpha2`: an API version segment that SDKs put in their own paths.
+pub fn is_version_segment(segment: &str) -> bool {
+    let Some(rest) = segment.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let tail = &rest[digits..];
+    digits > 0
+        && (tail.is_empty()
+            || ["beta", "alpha"].iter().any(|t| {
+                tail.strip_prefix(t)
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            }))
+}
+
+/// What `base_url` usually is for a provider, for the message that asks for one.
+fn provider_example_url(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Openai => "https://api.openai.com",
+        Provider::Anthropic => "https://api.anthropic.com",
+        Provider::Gemini => "https://generativelanguage.googleapis.com",
+        Provider::Azure => "https://YOUR-RESOURCE.openai.azure.com",
+        Provider::Generic => "https://api.example.com",
+    }
+}
+
 fn parse_base_url(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
@@ -738,7 +907,14 @@ impl Ctx<'_> {
         let mut table = String::new();
         let mut upstream_index: Option<usize> = None;
         let mut client_index: Option<usize> = None;
-        for l in self.text[..line_start].lines() {
+        // A table header on the error's own line (a missing field, a table of the wrong kind)
+        // names that table.
+        let through = if key.is_empty() {
+            line_start + line.len()
+        } else {
+            line_start
+        };
+        for l in self.text[..through].lines() {
             let l = l.trim();
             if l.starts_with("[[upstreams]]") {
                 upstream_index = Some(upstream_index.map_or(0, |i| i + 1));
@@ -793,6 +969,8 @@ connect_timeout = "2s"
         assert_eq!(c.server.admin_listen.port(), 8788);
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.server.workers, 0, "one event loop per core by default");
+        assert_eq!(c.server.client_header_timeout, Duration::from_secs(30));
+        assert_eq!(c.server.client_body_timeout, Duration::from_secs(60));
         assert_eq!(c.upstreams[0].prefix, "/");
         assert_eq!(c.upstreams[1].prefix, "/anthropic");
         assert_eq!(c.upstreams[1].connect_timeout, Duration::from_secs(2));
@@ -1071,6 +1249,7 @@ shutdown_grace = "30s"
 admin_token = { env = "T" }
 key_reload_interval = "30s"
 client_header_timeout = "30s"
+client_body_timeout = "60s"
 allow_unauthenticated = false
 workers = 1
 

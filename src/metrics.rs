@@ -36,6 +36,8 @@ pub struct Metrics {
     websockets_open: IntGaugeVec,
     /// Requests the browser guard turned away, by listener and reason (pre-resolved at startup).
     refusals: [IntCounter; 4],
+    /// `keyproxy_client_errors_total` by kind, in `ClientError::ALL` order.
+    client_errors: [IntCounter; 4],
 }
 
 /// How a credential the client sent compares with the keys keyproxy knows.
@@ -90,6 +92,38 @@ impl UpstreamError {
             UpstreamError::Timeout => "timeout",
             UpstreamError::Reset => "reset",
             UpstreamError::Body => "body",
+        }
+    }
+}
+
+/// What the app did wrong (`keyproxy_client_errors_total{kind}`): never counted as an upstream
+/// error, and no shipped alert fires on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientError {
+    /// A request body whose framing is broken (bad chunk, connection ended inside it): 400.
+    MalformedBody,
+    /// A request body that stopped arriving for `client_body_timeout`: 408.
+    BodyTimeout,
+    /// The app closed its connection before the response: 499, the upstream request cancelled.
+    Disconnected,
+    /// A request head that did not arrive whole within `client_header_timeout`.
+    HeaderTimeout,
+}
+
+impl ClientError {
+    pub const ALL: [ClientError; 4] = [
+        ClientError::MalformedBody,
+        ClientError::BodyTimeout,
+        ClientError::Disconnected,
+        ClientError::HeaderTimeout,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientError::MalformedBody => "malformed_body",
+            ClientError::BodyTimeout => "body_timeout",
+            ClientError::Disconnected => "disconnected",
+            ClientError::HeaderTimeout => "header_timeout",
         }
     }
 }
@@ -274,6 +308,14 @@ impl Metrics {
                     series("admin", Reason::OriginNotAllowed),
                 ]
             },
+            client_errors: {
+                let family = counter(
+                    "keyproxy_client_errors_total",
+                    "Requests the app failed to deliver or waited out, by kind (malformed_body, body_timeout, disconnected, header_timeout); never upstream errors.",
+                    &["kind"],
+                )?;
+                ClientError::ALL.map(|k| family.with_label_values(&[k.as_str()]))
+            },
             registry,
         })
     }
@@ -337,6 +379,11 @@ impl Metrics {
     pub fn refused(&self, admin: bool, reason: Reason) {
         let index = usize::from(admin) * 2 + usize::from(reason == Reason::OriginNotAllowed);
         self.refusals[index].inc();
+    }
+
+    /// A request the app failed (see [`ClientError`]).
+    pub fn client_error(&self, kind: ClientError) {
+        self.client_errors[kind as usize].inc();
     }
 
     /// The Prometheus text exposition of every family.
@@ -431,6 +478,30 @@ impl UpstreamMetrics {
     /// Send token counts by model to `sink` too (once, at startup).
     pub fn attach_usage(&self, sink: Arc<dyn UsageSink>) {
         let _ = self.usage.set(sink);
+    }
+
+    /// Requests answered so far by status, over every client (for /status), lowest status first.
+    pub fn requests_by_status(&self) -> Vec<(u16, u64)> {
+        let mut counts: Vec<(u16, u64)> = Vec::new();
+        for series in &self.per_client {
+            for (i, slot) in series.by_status.iter().enumerate() {
+                let Some(counter) = slot.get() else { continue };
+                let status = u16::try_from(i + 100).unwrap_or(u16::MAX);
+                match counts.iter_mut().find(|(s, _)| *s == status) {
+                    Some((_, n)) => *n += counter.get(),
+                    None => counts.push((status, counter.get())),
+                }
+            }
+        }
+        counts.sort_unstable();
+        counts
+    }
+
+    /// Tokens counted so far (input, output), over every client.
+    pub fn tokens_totals(&self) -> (u64, u64) {
+        self.per_client.iter().fold((0, 0), |(i, o), s| {
+            (i + s.tokens_input.get(), o + s.tokens_output.get())
+        })
     }
 
     /// Client credentials seen so far, by match (for /status).

@@ -98,6 +98,20 @@ impl Reason {
         )
     }
 
+    /// What an SDK should do with an answer that carries this reason, sent as `x-should-retry`
+    /// (the official OpenAI and Anthropic SDKs obey it before their own status rules): `false`
+    /// where no retry can help (a key, account or configuration problem waits for a person),
+    /// `true` for a rate limit, `None` where a retry may well work and the SDK's default is right.
+    pub const fn should_retry(self) -> Option<bool> {
+        match self {
+            Reason::RateLimited => Some(true),
+            Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::UnknownAuthError => {
+                None
+            }
+            _ => Some(false),
+        }
+    }
+
     /// The reasons a provider's refusal can be given, in contract order.
     pub fn provider_refusals() -> impl Iterator<Item = Reason> {
         Reason::ALL.into_iter().filter(|r| r.is_provider_refusal())

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, AdminToken};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ClientError, Metrics};
 use crate::proxy::client_tokens::ClientTokens;
 use crate::proxy::guard::Guard;
 use crate::proxy::Proxy;
@@ -30,11 +30,12 @@ use crate::{http1, key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// Not a `#[source]`: the sentence already says it, and a chain would say it twice.
+    #[error("cannot listen on {addr} ({what}): {}", bind_failure(*addr, error))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Pool(#[from] crate::upstream::pool::PoolError),
@@ -54,6 +55,7 @@ pub struct Server {
     admin_listener: TcpListener,
     shutdown_grace: Duration,
     client_header_timeout: Duration,
+    client_body_timeout: Duration,
     /// Key-file watching starts at bind, so a change right after startup is not missed.
     watcher: AbortOnDrop,
     /// The event-loop threads that serve proxy connections besides this runtime.
@@ -79,11 +81,14 @@ impl Server {
         let clients = ClientTokens::load(&config.clients).await?;
         let metrics = Arc::new(Metrics::with_clients(clients.names())?);
         let loops = workers::count(config.server.workers);
-        let upstreams = config
+        let mut upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, &metrics, loops + 1))
             .collect::<Result<Vec<_>, _>>()?;
+        for upstream in &mut upstreams {
+            upstream.rotate_command = config.server.admin_token.is_some();
+        }
         let server = &config.server;
         let proxy = Arc::new(
             Proxy::new(upstreams, metrics, clients).with_guard(Guard::new(
@@ -110,18 +115,19 @@ impl Server {
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
         let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard).with_state(state));
         let proxy_for_watch = Arc::clone(&proxy);
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, what, source })
-        };
+        for upstream in &config.upstreams {
+            for warning in upstream.warnings() {
+                tracing::warn!(upstream = %upstream.name, "{warning}");
+            }
+        }
         Ok(Server {
             proxy,
             admin,
-            proxy_listener: bind(config.server.listen, "server.listen").await?,
-            admin_listener: bind(config.server.admin_listen, "server.admin_listen").await?,
+            proxy_listener: listen_on(config.server.listen, "server.listen").await?,
+            admin_listener: listen_on(config.server.admin_listen, "server.admin_listen").await?,
             shutdown_grace: config.server.shutdown_grace,
             client_header_timeout: config.server.client_header_timeout,
+            client_body_timeout: config.server.client_body_timeout,
             watcher: AbortOnDrop(key::watch::spawn(
                 Arc::clone(&proxy_for_watch),
                 config.server.key_reload_interval,
@@ -156,6 +162,10 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = self.shutdown_grace;
         let header_timeout = self.client_header_timeout;
+        let timeouts = http1::server::Timeouts {
+            header: header_timeout,
+            body: self.client_body_timeout,
+        };
         let builder = hyper_builder(header_timeout);
         let proxy = Arc::clone(&self.proxy);
         let closing = Arc::new(http1::server::Shutdown::default());
@@ -167,15 +177,19 @@ impl Server {
             let closing = Arc::clone(&proxy_closing);
             async move {
                 let answer = |req| proxy.handle(req, peer);
-                let io = match http1::server::serve(stream, answer, header_timeout, &closing).await
-                {
+                let io = match http1::server::serve(stream, answer, timeouts, &closing).await {
                     http1::server::Ended::Closed => return,
+                    http1::server::Ended::HeaderTimeout(io) => {
+                        proxy.metrics.client_error(ClientError::HeaderTimeout);
+                        drop(io);
+                        return;
+                    }
                     http1::server::Ended::HandOff(io) => io,
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let proxy = Arc::clone(&proxy);
                     async move {
-                        let req = req.map(UpstreamBody::App);
+                        let req = req.map(|body| UpstreamBody::app(body, timeouts.body));
                         Ok::<_, Infallible>(proxy.handle(req, peer).await)
                     }
                 });
@@ -255,6 +269,24 @@ fn open_state(dir: Option<&std::path::Path>) -> Result<Arc<Store>, String> {
             tracing::warn!("{why}");
             Err(why)
         }
+    }
+}
+
+/// Bind a listening socket (`run`, and `check` to find a port that is taken before `run` does).
+pub async fn listen_on(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Bind { addr, what, error })
+}
+
+/// Why a port could not be had, with the likeliest cause of a taken one.
+fn bind_failure(addr: SocketAddr, error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "port {} is in use (is another keyproxy running? `keyproxy health`)",
+            addr.port()
+        ),
+        _ => error.to_string(),
     }
 }
 

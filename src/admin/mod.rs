@@ -1,6 +1,7 @@
 //! The admin listener: `GET /healthz /readyz /status /metrics` for people, probes and Prometheus (no
 //! token), and `POST /keys/{upstream}` to rotate a key, which always requires the admin token.
 
+pub mod recent;
 pub mod status_page;
 
 use std::sync::Arc;
@@ -89,6 +90,8 @@ pub struct Admin {
     started: Instant,
     /// The state store, or why there is none.
     state: Result<Arc<Store>, String>,
+    /// The status page's "last hour".
+    recent: recent::Recent,
 }
 
 impl Admin {
@@ -100,6 +103,7 @@ impl Admin {
             started_at: SystemTime::now(),
             started: Instant::now(),
             state: Err("no state store attached".into()),
+            recent: recent::Recent::new(SystemTime::now()),
         }
     }
 
@@ -338,6 +342,30 @@ impl Admin {
     pub fn status(&self) -> Value {
         let now = SystemTime::now();
         let store = self.state.as_ref().ok();
+        let mut upstreams: Vec<Value> = self
+            .proxy
+            .upstreams
+            .iter()
+            .map(|u| upstream_status(u, store, now))
+            .collect();
+        let counts: Vec<recent::Counts> = self
+            .proxy
+            .upstreams
+            .iter()
+            .map(|u| recent::Counts {
+                by_status: u.metrics.requests_by_status(),
+                tokens: u.metrics.tokens_totals(),
+            })
+            .collect();
+        let (since, window) = self.recent.since_an_hour_ago(now, &counts);
+        for ((up, total), last) in upstreams.iter_mut().zip(&counts).zip(&window) {
+            up["tokens"] = json!({"input": total.tokens.0, "output": total.tokens.1});
+            up["last_hour"] = json!({
+                "since": rfc3339_string(since),
+                "by_status": last.by_status.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "tokens": {"input": last.tokens.0, "output": last.tokens.1},
+            });
+        }
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": rfc3339_string(self.started_at),
@@ -347,7 +375,7 @@ impl Admin {
                 Err(why) => json!({"ok": false, "problem": why}),
             },
             "history": store.map(|s| history(s, None)).unwrap_or_default(),
-            "upstreams": self.proxy.upstreams.iter().map(|u| upstream_status(u, store, now)).collect::<Vec<_>>(),
+            "upstreams": upstreams,
         })
     }
 }

@@ -1,6 +1,8 @@
-//! The HTML status page (`GET /` on the admin listener): which key is live for each upstream, when it
-//! expires, the last rotation, and recent refusals with their sentence. One self-contained page,
-//! no external assets, built from the same document as `/status`.
+//! The HTML status page (`GET /` on the admin listener): first whether keyproxy is ready and, if
+//! not, why; then per upstream which key is live, when it expires, the requests by status and the
+//! tokens of the last hour, the last rotation, the rotated-out keys and whether apps still send
+//! them, and recent refusals with their sentence. One self-contained page, no external assets,
+//! built from the same document as `/status`.
 
 use std::fmt::Write;
 
@@ -20,6 +22,8 @@ pub fn render(status: &Value) -> String {
         "th{font-weight:600;color:#55606e}code{font-family:ui-monospace,monospace}",
         ".ok{color:#18794e}.warn{background:#fff4d6;color:#8a5a00;font-weight:600}.bad{background:#ffe3e3;color:#b42318;font-weight:600}",
         ".muted{color:#7a8594}",
+        ".banner{padding:.7rem 1rem;border-radius:6px;font-size:1.1rem;font-weight:600}",
+        ".banner.ready{background:#e3f6ea;color:#18794e}.banner.not-ready{background:#ffe3e3;color:#b42318}",
         "</style></head><body>"
     ));
     let _ = write!(
@@ -29,11 +33,39 @@ pub fn render(status: &Value) -> String {
         uptime(status["uptime_seconds"].as_u64().unwrap_or(0)),
         esc(str_of(&status["started_at"]))
     );
+    banner(&mut page, status);
     for up in status["upstreams"].as_array().into_iter().flatten() {
         upstream(&mut page, up);
     }
     page.push_str("</body></html>");
     page
+}
+
+/// Ready (every upstream has a usable key: what /readyz says) or not, and why, before any detail.
+fn banner(page: &mut String, status: &Value) {
+    let unusable: Vec<&Value> = status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|up| up["key"]["usable"] != true)
+        .collect();
+    if unusable.is_empty() {
+        page.push_str(
+            "<p class=\"banner ready\" id=\"banner\">Ready: every upstream has a usable key.</p>",
+        );
+        return;
+    }
+    page.push_str("<div class=\"banner not-ready\" id=\"banner\">Not ready: requests to these upstreams get 503.<ul>");
+    for up in unusable {
+        let _ = write!(
+            page,
+            "<li>{}: no usable key ({}): {}</li>",
+            esc(str_of(&up["name"])),
+            esc(str_of(&up["key"]["problem"]["reason"])),
+            esc(str_of(&up["key"]["problem"]["message"]))
+        );
+    }
+    page.push_str("</ul></div>");
 }
 
 fn upstream(page: &mut String, up: &Value) {
@@ -112,12 +144,35 @@ fn upstream(page: &mut String, up: &Value) {
                 .map_or(String::new(), |f| format!(": {}", esc(f)))
         );
     }
+    let last = &up["last_hour"];
+    let by_status: Vec<String> = last["by_status"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(status, n)| {
+            let class = match status.as_bytes().first() {
+                Some(b'2') | Some(b'1') | Some(b'3') => "ok",
+                Some(b'4') if status == "429" => "warn",
+                _ => "bad",
+            };
+            format!("<span class=\"{class}\">{} × {n}</span>", esc(status))
+        })
+        .collect();
     let _ = write!(
         page,
-        "<tr><th>requests</th><td>{} ({} refused by the provider)</td></tr></table>",
-        up["requests"]["total"], up["requests"]["auth_failures"]
+        "<tr><th>requests, last hour</th><td>{} <span class=\"muted\">(since {}; {} since start, {} refused by the provider)</span></td></tr>",
+        if by_status.is_empty() { "none".to_owned() } else { by_status.join(" · ") },
+        esc(str_of(&last["since"])),
+        up["requests"]["total"],
+        up["requests"]["auth_failures"]
     );
-    retired_keys(page, up);
+    let _ = write!(
+        page,
+        "<tr><th>tokens, last hour</th><td>{} in · {} out <span class=\"muted\">({} in · {} out since start)</span></td></tr>",
+        last["tokens"]["input"], last["tokens"]["output"], up["tokens"]["input"], up["tokens"]["output"]
+    );
+    retired(page, up);
+    page.push_str("</table>");
     let recent: Vec<&Value> = up["recent_diagnoses"]
         .as_array()
         .into_iter()
@@ -126,7 +181,7 @@ fn upstream(page: &mut String, up: &Value) {
         .take(10)
         .collect();
     if recent.is_empty() {
-        page.push_str("<p class=\"muted\">No auth failures recently.</p>");
+        page.push_str("<p class=\"muted\">No refusals by the provider recently.</p>");
         return;
     }
     page.push_str("<table><tr><th>when</th><th>status</th><th>reason</th><th>what to do</th></tr>");
@@ -143,44 +198,58 @@ fn upstream(page: &mut String, up: &Value) {
     page.push_str("</table>");
 }
 
-/// Each retired key and the apps still sending it (app names come from requests: escaped).
-fn retired_keys(page: &mut String, up: &Value) {
-    let retired: Vec<&Value> = up["retired_keys"]
+/// The keys rotated out, and whether apps still send one of them themselves (a sighting).
+fn retired(page: &mut String, up: &Value) {
+    let keys: Vec<String> = up["retired_keys"]
         .as_array()
         .into_iter()
         .flatten()
+        .map(|k| {
+            // Who still sends it, from the state store (app names come from requests: escaped).
+            let apps: Vec<String> = k["sightings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{} ({}×, last {})",
+                        esc(str_of(&s["app"])),
+                        s["count"],
+                        esc(str_of(&s["last_seen"]))
+                    )
+                })
+                .collect();
+            let by = if apps.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " <span class=\"bad\">still sent by {}</span>",
+                    apps.join(", ")
+                )
+            };
+            format!(
+                "<code>{}</code> (generation {}, rotated out {}){by}",
+                esc(str_of(&k["fingerprint"])),
+                k["generation"],
+                esc(str_of(&k["retired_at"]))
+            )
+        })
         .collect();
-    if retired.is_empty() {
+    if keys.is_empty() {
         return;
     }
-    page.push_str("<table><tr><th>retired key</th><th>retired at</th><th>still sent by</th></tr>");
-    for r in retired {
-        let apps: Vec<String> = r["sightings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                format!(
-                    "{} ({}×, last {})",
-                    esc(str_of(&s["app"])),
-                    s["count"],
-                    esc(str_of(&s["last_seen"]))
-                )
-            })
-            .collect();
-        let (class, apps) = if apps.is_empty() {
-            ("ok", "no app seen".to_owned())
-        } else {
-            ("bad", apps.join("<br>"))
-        };
-        let _ = write!(
-            page,
-            "<tr><td><code>{}</code></td><td>{}</td><td class=\"{class}\">{apps}</td></tr>",
-            esc(str_of(&r["fingerprint"])),
-            esc(str_of(&r["retired_at"]))
-        );
-    }
-    page.push_str("</table>");
+    let sightings = up["client_credentials"]["retired"].as_u64().unwrap_or(0);
+    let seen = if sightings == 0 {
+        "<span class=\"ok\">no app has sent one since start: safe to delete in the dashboard</span>"
+            .to_owned()
+    } else {
+        format!("<span class=\"warn\">apps sent a rotated-out key {sightings} times since start: find them before deleting it</span>")
+    };
+    let _ = write!(
+        page,
+        "<tr><th>rotated out</th><td>{}<br>{seen}</td></tr>",
+        keys.join("<br>")
+    );
 }
 
 fn str_of(v: &Value) -> &str {
@@ -227,9 +296,12 @@ mod tests {
                         "days_to_expiry": 7.0, "warnings": []},
                 "last_rotation": {"result": "rejected", "trigger": "file", "at": "2026-11-27T00:00:00Z", "finding": "quotes <b>"},
                 "requests": {"total": 3, "auth_failures": 1},
-                "recent_diagnoses": [{"at": "2026-11-27T00:00:01Z", "status": 401, "reason": "invalid_key", "message": "<script>alert(1)</script>"}],
-                "retired_keys": [{"fingerprint": "sk-proj-…Ab12:0badf00d", "retired_at": "2026-11-26T00:00:00Z",
+                "last_hour": {"since": "2026-11-27T00:00:00Z", "by_status": {"200": 2, "401": 1}, "tokens": {"input": 5, "output": 7}},
+                "tokens": {"input": 50, "output": 70},
+                "retired_keys": [{"fingerprint": "sk-proj-…Ab12:0a0b0c0d", "generation": 1, "retired_at": "2026-11-26T00:00:00Z",
                                   "sightings": [{"app": "user-agent <img onerror=x>", "count": 4, "last_seen": "2026-11-27T00:00:02Z"}]}],
+                "client_credentials": {"current": 0, "retired": 4, "unknown": 0},
+                "recent_diagnoses": [{"at": "2026-11-27T00:00:01Z", "status": 401, "reason": "invalid_key", "message": "<script>alert(1)</script>"}],
             }]
         });
         let page = render(&status);
@@ -237,10 +309,15 @@ mod tests {
         assert!(page.contains("class=\"warn\">in 7 days"));
         assert!(page.contains("&lt;script&gt;") && !page.contains("<script>"));
         assert!(page.contains("quotes &lt;b&gt;"));
+        assert!(page.contains("Ready: every upstream has a usable key."));
         assert!(
-            page.contains("sk-proj-…Ab12:0badf00d")
-                && page
-                    .contains("user-agent &lt;img onerror=x&gt; (4×, last 2026-11-27T00:00:02Z)"),
+            page.contains("200 × 2") && page.contains("401 × 1"),
+            "{page}"
+        );
+        assert!(page.contains("5 in · 7 out") && page.contains("50 in · 70 out"));
+        assert!(page.contains("sk-proj-…Ab12:0a0b0c0d") && page.contains("4 times since start"));
+        assert!(
+            page.contains("user-agent &lt;img onerror=x&gt; (4×, last 2026-11-27T00:00:02Z)"),
             "{page}"
         );
         assert!(!page.contains("<img"));
@@ -248,5 +325,30 @@ mod tests {
             !page.contains("http://") && !page.contains("src="),
             "no external assets"
         );
+    }
+
+    #[test]
+    fn not_ready_says_which_upstream_and_why_first() {
+        let status = serde_json::json!({
+            "version": "1.0", "uptime_seconds": 5, "started_at": "2026-11-27T00:00:00Z",
+            "upstreams": [{
+                "name": "openai", "provider": "openai", "base_url": "https://api.openai.com/", "prefix": "/",
+                "key": {"usable": false, "source": "env OPENAI_API_KEY",
+                        "problem": {"reason": "missing_key", "message": "environment variable OPENAI_API_KEY is not set"}},
+                "requests": {"total": 2, "auth_failures": 0},
+                "last_hour": {"since": "2026-11-27T00:00:00Z", "by_status": {"503": 2}, "tokens": {"input": 0, "output": 0}},
+                "tokens": {"input": 0, "output": 0},
+            }]
+        });
+        let page = render(&status);
+        let banner = page.find("Not ready").unwrap();
+        assert!(
+            banner < page.find("<h2>").unwrap(),
+            "the banner comes first"
+        );
+        assert!(page.contains(
+            "openai: no usable key (missing_key): environment variable OPENAI_API_KEY is not set"
+        ));
+        assert!(page.contains("class=\"bad\">503 × 2"), "{page}");
     }
 }

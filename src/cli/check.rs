@@ -22,6 +22,12 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
     };
     println!("✓ config: {}", path.display());
     let mut failed = security_checklist(&config).await;
+    ports_checklist(&config).await;
+    for cfg in &config.upstreams {
+        for warning in cfg.warnings() {
+            println!("⚠ {}: base_url: {warning}", cfg.name);
+        }
+    }
     let metrics = Metrics::new()?;
     let now = SystemTime::now();
     for cfg in &config.upstreams {
@@ -131,6 +137,22 @@ fn state_line(dir: Option<&std::path::Path>) {
     match Store::open_read_only(dir).and_then(|s| s.version().map_err(|source| keyproxy::state::StateError::Sqlite { path: path.clone(), source })) {
         Ok(version) => println!("✓ state: {} (schema version {version})", path.display()),
         Err(e) => println!("⚠ state: cannot open the state store: {e}; keyproxy serves without it, and forgets rotations and retired keys at restart"),
+    }
+}
+
+/// Whether `run` could listen: a taken port is a ⚠, not a ✗ (it may be this config's own keyproxy).
+async fn ports_checklist(config: &Config) {
+    let server = &config.server;
+    for (addr, what) in [
+        (server.listen, "server.listen"),
+        (server.admin_listen, "server.admin_listen"),
+    ] {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(e) = keyproxy::server::listen_on(addr, what).await {
+            println!("⚠ {what}: {e}");
+        }
     }
 }
 

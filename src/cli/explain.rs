@@ -70,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 last_attempt: None,
                 base_url: "the upstream's base_url",
                 auth_header,
+                rotate_command: false,
                 now: SystemTime::now(),
             },
         )

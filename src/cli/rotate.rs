@@ -1,6 +1,6 @@
 //! `keyproxy rotate`: hand a new key to a running keyproxy through its admin API.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,35 +49,32 @@ pub(crate) async fn rotate(
         let at = std::time::SystemTime::now() + age;
         query.push(format!("expires_at={}", keyproxy::time::rfc3339_string(at)));
     }
-    let key = match key_file {
-        Some(path) => KeySource::File(path).read().await?,
-        None => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read the key from standard input")?;
-            keyproxy::key::source::trim_one_newline(&mut text);
-            Secret::new(text)
-        }
-    };
-    let config = if admin.is_none() || std::env::var_os("KEYPROXY_ADMIN_TOKEN").is_none() {
-        Some(Config::load(&config_path)?)
-    } else {
-        None
+    // The admin URL and token first: a missing token is said before anyone pastes a key.
+    let from_env = std::env::var("KEYPROXY_ADMIN_TOKEN").ok();
+    // With --admin the config is only a place to find the token: not needed, nor required to exist.
+    let config = match (&admin, &from_env) {
+        (None, _) => Some(Config::load(&config_path)?),
+        (Some(_), None) if config_path.exists() => Some(Config::load(&config_path)?),
+        (Some(_), _) => None,
     };
     let base = match (admin, &config) {
         (Some(url), _) => url,
         (None, Some(c)) => admin_base(c.server.admin_listen),
         (None, None) => anyhow::bail!("give --admin URL or a config"),
     };
-    let token = match std::env::var("KEYPROXY_ADMIN_TOKEN") {
-        Ok(t) => Secret::new(t),
-        Err(_) => match config.as_ref().and_then(|c| c.server.admin_token.as_ref()) {
+    let token = match from_env {
+        Some(t) => Secret::new(t),
+        None => match config.as_ref().and_then(|c| c.server.admin_token.as_ref()) {
             Some(source) => source.read().await.context("cannot read the admin token")?,
             None => anyhow::bail!(
-                "no admin token: set KEYPROXY_ADMIN_TOKEN, or [server] admin_token in the config"
+                "no admin token: set KEYPROXY_ADMIN_TOKEN to the running keyproxy's admin token, or set [server] admin_token in {} and restart keyproxy (without one, rotate by writing the key file, or by changing the key's env var and restarting)",
+                config_path.display()
             ),
         },
+    };
+    let key = match key_file {
+        Some(path) => KeySource::File(path).read().await?,
+        None => read_key_from_stdin(&upstream)?,
     };
     let url = format!(
         "{}/keys/{upstream}{}{}",
@@ -136,4 +133,21 @@ pub(crate) async fn rotate(
         println!("✗ {upstream}: {status}: {message}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// On a terminal: a prompt, no echo, one line (Enter ends it). Piped: everything, one trailing
+/// newline dropped.
+fn read_key_from_stdin(upstream: &str) -> anyhow::Result<Secret> {
+    let mut text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("Paste the new key for {upstream}, then Enter: "))
+            .context("cannot read the key from the terminal")?
+    } else {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the key from standard input")?;
+        text
+    };
+    keyproxy::key::source::trim_one_newline(&mut text);
+    Ok(Secret::new(text))
 }

@@ -27,6 +27,8 @@ pub struct Context<'a> {
     pub base_url: &'a str,
     /// The header keyproxy put the key in (`authorization`, `x-api-key`, ...).
     pub auth_header: &'a str,
+    /// `keyproxy rotate` works here (an admin token is configured).
+    pub rotate_command: bool,
     pub now: SystemTime,
 }
 
@@ -135,7 +137,16 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             format!("{name} answered {}{said}.", c.status)
         }
     };
-    if let Some(note) = refused_rotation(c) {
+    // A refused new key explains a refusal of the key in use, and nothing else.
+    let about_the_key = matches!(
+        reason,
+        Reason::InvalidKey
+            | Reason::ExpiredKey
+            | Reason::RevokedKey
+            | Reason::WrongProviderKey
+            | Reason::MalformedKey
+    );
+    if let Some(note) = refused_rotation(c).filter(|_| about_the_key) {
         text.push(' ');
         text.push_str(&note);
     }
@@ -223,17 +234,26 @@ fn mask_if_key(run: &str) -> String {
     )
 }
 
+/// The way in for a new key that works with this setup: `keyproxy rotate` only where an admin
+/// token is configured; otherwise the file, the command or the env var (with the restart it needs).
 fn how_to_rotate(c: &Context<'_>) -> String {
     let name = c.upstream;
     let source = c.key.map_or("", |k| &*k.source);
+    let rotate = c.rotate_command;
     if let Some(path) = source.strip_prefix("file ") {
         format!("write it to {path}: keyproxy picks it up without a restart")
     } else if let Some(var) = source.strip_prefix("env ") {
-        format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin` (a running process cannot see a changed {var}; update it too for the next start)")
+        if rotate {
+            format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin` (a running process cannot see a changed {var}; update it too for the next start)")
+        } else {
+            format!("set {var} to it and restart keyproxy (a running process cannot see a changed variable; key = {{ file = \"…\" }} instead is picked up without a restart)")
+        }
     } else if let Some(cmd) = source.strip_prefix("command ") {
-        format!("make `{cmd}` return it and send keyproxy SIGHUP (or use `keyproxy rotate --upstream {name}`)")
+        format!("make `{cmd}` return it and send keyproxy SIGHUP")
+    } else if rotate {
+        format!("rotate it in with `keyproxy rotate --upstream {name} --key-stdin`")
     } else {
-        format!("rotate it in with `keyproxy rotate --upstream {name}`")
+        "put it where this upstream's key = setting reads it (a key file is picked up without a restart; an env var needs one)".to_owned()
     }
 }
 
@@ -285,6 +305,44 @@ mod tests {
         let plain = "Authentication Fails, Your api key: ****d569 is invalid (request id: abc123)";
         assert_eq!(quote(plain), plain);
         assert_eq!(quote("User not found."), "User not found.");
+    }
+
+    #[test]
+    fn a_refused_rotation_is_mentioned_only_next_to_a_key_refusal() {
+        let now = SystemTime::now();
+        let attempt = Attempt {
+            at: now - Duration::from_secs(120),
+            trigger: crate::key::rotation::Trigger::Admin,
+            result: RotationResult::Rejected,
+            fingerprint: Some("sk-…abcd:12345678".into()),
+            generation: Some(1),
+            code: Some("too_short".into()),
+            finding: Some("too short".into()),
+        };
+        let c = Context {
+            upstream: "openai",
+            provider: Provider::Openai,
+            status: 401,
+            key: None,
+            provider_message: "",
+            client_org: None,
+            client_project: None,
+            retry_after: None,
+            last_attempt: Some(&attempt),
+            base_url: "https://api.openai.com",
+            auth_header: "authorization",
+            rotate_command: false,
+            now,
+        };
+        assert!(explain(Reason::InvalidKey, &c).contains("was refused 2 minutes ago"));
+        for unrelated in [
+            Reason::RateLimited,
+            Reason::QuotaExhausted,
+            Reason::OrgMismatch,
+        ] {
+            let text = explain(unrelated, &c);
+            assert!(!text.contains("was refused"), "{text}");
+        }
     }
 
     #[test]

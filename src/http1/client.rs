@@ -18,7 +18,7 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant, Sleep};
+use tokio::time::{Instant, Sleep};
 
 use super::body::{step, write_body, BadChunk, Chunk, Framing, Stop};
 use super::{
@@ -129,23 +129,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         let out = &mut self.out;
         out.clear();
         let framing = encode_head(out, req, host);
+        let mut deadline = deadline;
         let written = if has_body {
             let body = std::mem::take(req.body_mut());
-            // No timer operation unless the upload actually waits.
-            match timeout_at(
-                deadline,
-                write_body(&mut self.io, &mut self.out, body, framing),
-            )
-            .await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(Stop::Io(e))) => Err(Error::Io(e)),
-                Ok(Err(Stop::Body(e))) => Err(Error::RequestBody(e)),
-                Ok(Err(Stop::Overrun)) => Err(Error::RequestBody(
+            // The response-header timeout starts once the body is sent: an upload takes the app's
+            // time, which the body's own gap timer (`client_body_timeout`) bounds, not ours.
+            let began = Instant::now();
+            let written = match write_body(&mut self.io, &mut self.out, body, framing).await {
+                Ok(()) => Ok(()),
+                Err(Stop::Io(e)) => Err(Error::Io(e)),
+                Err(Stop::Body(e)) => Err(Error::RequestBody(e)),
+                Err(Stop::Overrun) => Err(Error::RequestBody(
                     "the body is longer than its length".into(),
                 )),
-                Err(_) => Err(Error::Timeout),
-            }
+            };
+            deadline += began.elapsed();
+            written
         } else {
             self.io.write_all(&self.out).await.map_err(Error::from)
         };
@@ -158,6 +157,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             self.out = BytesMut::new();
         }
         if let Err(error) = written {
+            if let Error::RequestBody(_) = error {
+                // The request is incomplete: the upstream will not answer it, and the connection
+                // goes with it.
+                return Err(Failed {
+                    error,
+                    replayable: false,
+                });
+            }
             // The upstream may have answered and closed without reading everything (an early
             // 401 or 413): that answer is better than the write error.
             return match self.read_head(req.method(), deadline).await {

@@ -20,6 +20,42 @@ pub mod server;
 /// What a body's producer may fail with.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The app failed to deliver its request: its fault, never the upstream's. Carried as a
+/// [`BodyError`] by the request body (found again by [`ClientFault::find`]) and answered by the
+/// proxy with 400, 408 or (nobody left to answer) 499.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClientFault {
+    /// The body's framing is broken: a bad chunk, or the connection ended inside the body.
+    #[error("the request body is malformed: {0}")]
+    Malformed(&'static str),
+    /// Nothing more of the body arrived for `client_body_timeout`.
+    #[error("the request body stopped arriving: nothing came for {} (client_body_timeout)", crate::time::human_duration(*.0))]
+    BodyTimeout(std::time::Duration),
+    /// The app closed its connection before the response.
+    #[error("the app closed the connection before the response")]
+    Disconnected,
+    /// A request head that did not arrive whole within `client_header_timeout`.
+    #[error("the request headers did not arrive within client_header_timeout")]
+    HeaderTimeout,
+}
+
+/// The sentence for a body cut short by the app's connection ending, on both server paths.
+pub const BODY_CUT: &str = "the connection ended before the end of the body";
+
+impl ClientFault {
+    /// The fault somewhere in `e`'s chain of sources, if the error is one.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<ClientFault> {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(fault) = err.downcast_ref::<ClientFault>() {
+                return Some(*fault);
+            }
+            next = err.source();
+        }
+        None
+    }
+}
+
 // Limits.
 
 /// The most header lines in a head (hyper's limit too).
@@ -65,6 +101,16 @@ pub fn is_bodiless(head_request: bool, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
+/// Statuses whose responses go out without a `Content-Length`: 1xx and 204 must not have one
+/// (RFC 9110 §8.6); a 304's may only repeat the length of a 200, which nobody needs, and hyper
+/// leaves it out, so both server paths do.
+#[inline]
+pub fn no_length(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Write the framing header of a body we send: its length when known, else chunked.
 #[inline]
 pub fn put_framing(out: &mut BytesMut, exact: Option<u64>) -> Delimit {
@@ -86,6 +132,8 @@ pub fn put_framing(out: &mut BytesMut, exact: Option<u64>) -> Delimit {
 #[derive(Default)]
 pub struct FramingHeaders {
     length: Option<u64>,
+    /// More than one length was stated (a list, or several headers): restated once (see `decide`).
+    repeated: bool,
     /// `Some(true)`: a Transfer-Encoding whose last coding is chunked.
     transfer_chunked: Option<bool>,
     connection: ConnectionOptions,
@@ -107,7 +155,8 @@ impl FramingHeaders {
                 let n = decimal(part).ok_or("bad Content-Length")?;
                 match self.length {
                     Some(seen) if seen != n => return Err("conflicting Content-Length values"),
-                    _ => self.length = Some(n),
+                    Some(_) => self.repeated = true,
+                    None => self.length = Some(n),
                 }
             }
         } else if name == TRANSFER_ENCODING {
@@ -124,8 +173,10 @@ impl FramingHeaders {
     }
 
     /// The body's framing: no body (§6.3 rule 1), Transfer-Encoding over Content-Length, else
-    /// until the connection closes. `headers` loses a Content-Length that Transfer-Encoding
-    /// overrides.
+    /// until the connection closes. `headers` is left with one framing for the app to get: a
+    /// Content-Length that Transfer-Encoding overrides goes, a list of identical lengths becomes
+    /// one, and a 1xx, 204 or 304 keeps none (see [`no_length`]; an answer to HEAD keeps its
+    /// length, which describes the body it does not carry).
     pub fn decide(
         self,
         method: &Method,
@@ -135,6 +186,13 @@ impl FramingHeaders {
     ) -> ResponseFraming {
         use body::{Chunk, Framing};
         let mut reusable = !self.connection.close && (!http10 || self.connection.keep_alive);
+        if let Some(n) = self.length {
+            if no_length(status) {
+                headers.remove(CONTENT_LENGTH);
+            } else if self.repeated {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
         let framing = if is_bodiless(*method == Method::HEAD, status) {
             Framing::Length(0)
         } else if let Some(chunked) = self.transfer_chunked {

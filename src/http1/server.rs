@@ -9,6 +9,11 @@
 //! `Content-Length`s, and any head `httparse` refuses or that is over 64 KiB (hyper answers those
 //! with its 400 or 431). Nothing unusual is interpreted here, so nothing unusual can be
 //! misread here.
+//!
+//! The app's faults get the answers hyper's side gives them (see `proxy`): a short body that
+//! stops arriving for the body timeout, or whose connection ends inside it, becomes a request
+//! whose body fails that way ([`AppBody::faulted`]), and while a request is answered the
+//! connection is watched, so an app that closes it drops the answer (and its upstream request).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -29,32 +34,53 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{write_body, Stop};
 use super::{
-    decimal, is_bodiless, put_date, put_framing, put_header, put_status_line, BodyError,
-    ConnectionOptions, Delimit, KEEP_OUT, MAX_HEAD, MAX_HEADERS, MAX_URI, MAX_WHOLE_BODY,
-    READ_SMALL,
+    decimal, is_bodiless, no_length, put_date, put_framing, put_header, put_number,
+    put_status_line, BodyError, ClientFault, ConnectionOptions, Delimit, KEEP_OUT, MAX_HEAD,
+    MAX_HEADERS, MAX_URI, MAX_WHOLE_BODY, READ_SMALL,
 };
 
 /// How a connection's time here ended.
 pub enum Ended<T> {
     /// Closed: by the app, after `Connection: close`, at shutdown, on a timeout or an error.
     Closed,
+    /// A request head, begun, did not arrive whole within the header timeout. The connection is
+    /// handed back to be closed once the fault is counted (so the app never sees the close first).
+    HeaderTimeout(T),
     /// For hyper to serve from here on, starting with the bytes already read.
     HandOff(Rewound<T>),
 }
 
-/// Serve `stream` until it closes or needs hyper, answering each request with `answer`.
-/// `header_timeout` bounds both the wait for a request (an idle keep-alive connection) and the
-/// time to send its head (and short body). A request's body is `Q::default()` when it has none,
-/// else `Q::from` its bytes.
+/// How long the app may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The wait for a request (an idle keep-alive connection) and the time to send its head.
+    pub header: Duration,
+    /// The longest gap between two reads of a request body.
+    pub body: Duration,
+}
+
+/// A request body as `serve` makes it: none, whole, or one the app failed to deliver.
+pub trait AppBody: Default + From<Bytes> {
+    /// A body of declared `length` that yields `partial` (what arrived) and then fails with
+    /// `fault`: the request is answered as hyper's path answers a streamed body that fails the
+    /// same way, so both paths agree on the status, the log and what the upstream sees.
+    fn faulted(partial: Bytes, length: u64, fault: ClientFault) -> Self;
+}
+
+/// Serve `stream` until it closes or needs hyper, answering each request with `answer`. A
+/// request's body is `Q::default()` when it has none, else `Q::from` its bytes, or
+/// `Q::faulted` when it stopped arriving for `timeouts.body` or the connection ended inside it.
+/// While a request is being answered the connection is watched: if the app closes it, the answer
+/// is dropped (which cancels the upstream request).
 pub async fn serve<T, Q, A, F, B>(
     stream: T,
     mut answer: A,
-    header_timeout: Duration,
+    timeouts: Timeouts,
     shutdown: &Shutdown,
 ) -> Ended<T>
 where
     T: AsyncRead + AsyncWrite + Unpin,
-    Q: Default + From<Bytes>,
+    Q: AppBody,
     A: FnMut(Request<Q>) -> F,
     F: Future<Output = Response<B>>,
     B: HttpBody<Data = Bytes> + Unpin,
@@ -66,19 +92,23 @@ where
         want: 0,
         found: Vec::new(),
         out: BytesMut::new(),
+        in_body: None,
+        read_closed: false,
     };
     let stopped = pin!(shutdown.notify.notified());
     let mut interrupts = Interrupts {
         stopped,
         shutdown,
         // One timer for the connection's life, re-armed only when it fires early (see `next`).
-        deadline: Box::pin(tokio::time::sleep(header_timeout)),
+        deadline: Box::pin(tokio::time::sleep(timeouts.header)),
         armed: false,
     };
     loop {
-        match conn.next(header_timeout, &mut interrupts).await {
+        match conn.next(timeouts, &mut interrupts).await {
             Received::Request(req, terms) => {
-                let response = answer(req).await;
+                let Some(response) = conn.answer_watched(answer(req)).await else {
+                    return Ended::Closed;
+                };
                 let close = terms.close || shutdown.begun();
                 if conn
                     .respond(response, terms.head_only, close)
@@ -100,6 +130,7 @@ where
                 return Ended::Closed;
             }
             Received::Closed => return Ended::Closed,
+            Received::HeaderTimeout => return Ended::HeaderTimeout(conn.io),
         }
     }
 }
@@ -148,6 +179,10 @@ struct AppConnection<T> {
     found: Vec<(HeaderName, usize, usize)>,
     /// Response bytes on their way out, kept between responses.
     out: BytesMut,
+    /// A complete head is waiting for its body: when the body's last bytes arrived (see `next`).
+    in_body: Option<Instant>,
+    /// The app has closed its side: nothing more to read, nothing more to watch for.
+    read_closed: bool,
 }
 
 /// What a wait for the next request ended with.
@@ -161,6 +196,8 @@ enum Received<Q> {
     /// A head hyper would refuse with a 400.
     Reject,
     Closed,
+    /// A head begun and not finished within the header timeout.
+    HeaderTimeout,
 }
 
 /// What the request asks of its response: no body (HEAD), and the connection closed after it.
@@ -178,21 +215,40 @@ enum WaitEnd {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
     /// Wait for the next complete request.
-    async fn next<Q: Default + From<Bytes>>(
+    async fn next<Q: AppBody>(
         &mut self,
-        timeout: Duration,
+        timeouts: Timeouts,
         interrupts: &mut Interrupts<'_, '_>,
     ) -> Received<Q> {
         let since = Instant::now();
         loop {
             if !self.buf.is_empty() && self.buf.len() >= self.want {
-                match self.parse() {
+                match self.parse(None) {
                     Ok(next) => {
                         self.want = 0;
+                        self.in_body = None;
                         return next;
                     }
-                    Err(need) => self.want = need,
+                    Err((need, body)) => {
+                        self.want = need;
+                        if body && self.in_body.is_none() {
+                            // The body is late (rare: most come with their head). From now on
+                            // the wait is bounded by the body timeout, from its last bytes.
+                            let now = Instant::now();
+                            self.in_body = Some(now);
+                            let due = now + timeouts.body;
+                            if interrupts.deadline.deadline() > due {
+                                interrupts.deadline.as_mut().reset(due);
+                                interrupts.armed = false;
+                            }
+                        } else if self.in_body.is_some() {
+                            self.in_body = Some(Instant::now());
+                        }
+                    }
                 }
+            }
+            if self.read_closed {
+                return Received::Closed;
             }
             if self.buf.capacity() - self.buf.len() < READ_SMALL / 2 {
                 self.buf.reserve(READ_SMALL);
@@ -221,6 +277,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
             })
             .await;
             match ended {
+                WaitEnd::Read(Ok(0)) if self.in_body.is_some() => {
+                    self.read_closed = true;
+                    return self.cut(ClientFault::Malformed(super::BODY_CUT));
+                }
+                WaitEnd::Read(Err(_)) if self.in_body.is_some() => {
+                    self.read_closed = true;
+                    return self.cut(ClientFault::Disconnected);
+                }
                 WaitEnd::Read(Ok(0)) | WaitEnd::Read(Err(_)) | WaitEnd::Shutdown => {
                     return Received::Closed
                 }
@@ -228,10 +292,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
                 WaitEnd::HeaderTimeout => {
                     // The timer was set for an earlier wait; it fires for real only when this
                     // wait has lasted the whole timeout. (No timer operation per request.)
-                    let due = since + timeout;
+                    let due = match self.in_body {
+                        Some(last) => last + timeouts.body,
+                        None => since + timeouts.header,
+                    };
                     if Instant::now() >= due {
+                        if self.in_body.is_some() {
+                            return self.cut(ClientFault::BodyTimeout(timeouts.body));
+                        }
                         tracing::debug!("no complete request within client_header_timeout");
-                        return Received::Closed;
+                        return match self.buf.is_empty() {
+                            true => Received::Closed,
+                            false => Received::HeaderTimeout,
+                        };
                     }
                     interrupts.deadline.as_mut().reset(due);
                     interrupts.armed = false;
@@ -240,11 +313,68 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
         }
     }
 
+    /// The request whose body the app failed to deliver: what arrived, then `fault`. The
+    /// connection closes after its answer (the rest of the body cannot be told from a next
+    /// request).
+    fn cut<Q: AppBody>(&mut self, fault: ClientFault) -> Received<Q> {
+        self.in_body = None;
+        match self.parse(Some(fault)) {
+            Ok(Received::Request(req, terms)) => Received::Request(
+                req,
+                ResponseTerms {
+                    close: true,
+                    ..terms
+                },
+            ),
+            Ok(other) => other,
+            Err(_) => Received::Closed,
+        }
+    }
+
+    /// Answer with `answer`, watching the connection meanwhile: bytes the app sends ahead (a
+    /// pipelined request) are kept, and if it closes the connection the answer is dropped, which
+    /// cancels whatever it was waiting for. Costs no system call while the app is quiet (the
+    /// socket's readiness is already known to be clear after the read that brought the request).
+    async fn answer_watched<R>(&mut self, answer: impl Future<Output = R>) -> Option<R> {
+        let mut answer = pin!(answer);
+        let mut watching = !self.read_closed;
+        poll_fn(|cx| {
+            if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            while watching {
+                if self.buf.len() >= MAX_HEAD + MAX_WHOLE_BODY {
+                    // Enough read ahead: the rest waits in the socket.
+                    watching = false;
+                    break;
+                }
+                if self.buf.capacity() - self.buf.len() < READ_SMALL / 2 {
+                    self.buf.reserve(READ_SMALL);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        tracing::debug!("the app closed the connection before its answer");
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(_)) => continue,
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     /// Make a request of a complete head (and its whole body) at the front of the buffer. Not
     /// inlined: its 3 KiB of header slots would sit in the connection future's every poll frame.
+    /// `Err((n, body))`: incomplete, parse again once the buffer holds `n` bytes (`body`: the
+    /// head is complete, its body is not). With `fault`, a head whose body is incomplete makes a
+    /// request whose body fails with it.
     #[inline(never)]
-    /// `Err(n)`: incomplete, parse again once the buffer holds `n` bytes.
-    fn parse<Q: Default + From<Bytes>>(&mut self) -> Result<Received<Q>, usize> {
+    fn parse<Q: AppBody>(
+        &mut self,
+        fault: Option<ClientFault>,
+    ) -> Result<Received<Q>, (usize, bool)> {
         let (head_len, method, path, body_len, close) = {
             let mut slots = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
             let mut req = httparse::Request::new(&mut []);
@@ -253,7 +383,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
             let head_len = match parsed {
                 Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
                 Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
-                    return Err(self.buf.len() + 1)
+                    return Err((self.buf.len() + 1, false))
                 }
                 _ => return Ok(Received::HandOff),
             };
@@ -302,9 +432,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
             (head_len, method, path, body_len.unwrap_or(0), close)
         };
         let whole = head_len + body_len;
-        if self.buf.len() < whole {
-            return Err(whole);
-        }
+        let fault = match fault {
+            _ if self.buf.len() >= whole => None,
+            None => return Err((whole, true)),
+            Some(fault) => Some(fault),
+        };
         let head = self.buf.split_to(head_len).freeze();
         let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
             return Ok(Received::Reject);
@@ -316,9 +448,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AppConnection<T> {
             };
             headers.append(name, value);
         }
-        let body = match body_len {
-            0 => Q::default(),
-            n => Q::from(self.buf.split_to(n).freeze()),
+        let body = match (body_len, fault) {
+            (n, Some(fault)) => Q::faulted(self.buf.split().freeze(), n as u64, fault),
+            (0, None) => Q::default(),
+            (n, None) => Q::from(self.buf.split_to(n).freeze()),
         };
         let head_only = method == Method::HEAD;
         let mut req = Request::new(body);
@@ -371,7 +504,12 @@ fn encode_head<B: HttpBody>(
             continue;
         }
         if name == CONTENT_LENGTH {
-            declared = Some(decimal(value.as_bytes()));
+            let length = decimal(value.as_bytes());
+            declared = Some(length);
+            if length.is_none() || no_length(parts.status) {
+                // Not a length (the body goes chunked: never both), or a status without one.
+                continue;
+            }
         }
         dated |= name == DATE;
         put_header(out, name, value);
@@ -383,6 +521,15 @@ fn encode_head<B: HttpBody>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     let delimit = match (is_bodiless(head_only, parts.status), declared) {
+        (true, None) if head_only && !no_length(parts.status) => {
+            // The length the body would have had, as hyper states it (RFC 9110 §9.3.2).
+            if let Some(n @ 1..) = body.size_hint().exact() {
+                out.extend_from_slice(b"content-length: ");
+                put_number(out, n, 10);
+                out.extend_from_slice(b"\r\n");
+            }
+            Delimit::Nothing
+        }
         (true, _) => Delimit::Nothing,
         (false, Some(Some(n))) => Delimit::Length(n),
         (false, None) => put_framing(out, body.size_hint().exact()),

@@ -489,10 +489,10 @@ impl KeyLifecycle {
             ProbeOutcome::Accepted { .. } => Ok(()),
             ProbeOutcome::Refused { reason, message, .. } => Err(Refusal::Probe {
                 reason,
-                message: format!("{} refused the new key {fingerprint} ({reason}): {message}; the key in use stays", self.settings.upstream),
+                message: format!("{} refused the new key {fingerprint} ({reason}): {message}", self.settings.upstream),
             }),
             ProbeOutcome::Failed { message } => Err(Refusal::ProbeFailed {
-                message: format!("the new key {fingerprint} could not be verified: {message}; the key in use stays (retry, or rotate without the probe)"),
+                message: format!("the new key {fingerprint} could not be verified: {message} (retry, or rotate without the probe)"),
             }),
         }
     }
@@ -788,7 +788,7 @@ impl KeyLifecycle {
             tracing::warn!(
                 upstream = %self.settings.upstream,
                 key = %key.fingerprint,
-                days = threshold,
+                warned_at_days = threshold,
                 "the key {} expires {when}; create a new key and rotate it in before then (update {}, or `keyproxy rotate`)",
                 key.fingerprint,
                 key.source

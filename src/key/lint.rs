@@ -269,6 +269,8 @@ fn is_placeholder(core: &str) -> bool {
                 .chars()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
         || (lower.starts_with('%') && lower.ends_with('%') && lower.len() > 2)
+        // `sk-...`, a document's "key goes here": nothing after the ellipsis, so not a masked key.
+        || ["...", "…"].iter().any(|e| lower.strip_suffix(e).is_some_and(|b| b.len() <= 16))
         || lower.contains("xxxx")
         || ["your", "insert", "replace", "enter", "paste", "here"]
             .iter()
@@ -370,7 +372,7 @@ fn format_findings(
         out.push(Finding {
             code: LintCode::TooShort,
             severity: Severity::Error,
-            message: format!("the key from {source} is only {len} characters long and {expected}; it was probably cut off when copied: copy the whole key again"),
+            message: format!("the key from {source} is only {len} character{} long and {expected}; it was probably cut off when copied: copy the whole key again", if len == 1 { "" } else { "s" }),
             belongs_to: None,
         });
     } else if exact.is_some_and(|n| len != n) {
@@ -478,6 +480,9 @@ mod tests {
             ("$ANTHROPIC_API_KEY".into(), Provider::Anthropic, "placeholder"),
             ("insert-your-key-here".into(), Provider::Gemini, "placeholder"),
             ("changeme".into(), Provider::Generic, "placeholder"),
+            // The README's own `sk-...`: nothing after the dots, so a placeholder, not a masked key.
+            ("sk-...".into(), Provider::Openai, "placeholder"),
+            ("sk-proj-…".into(), Provider::Openai, "placeholder"),
             (ANTHROPIC.into(), Provider::Openai, "wrong_provider"),
             (GEMINI.into(), Provider::Anthropic, "wrong_provider"),
             (OPENAI.into(), Provider::Anthropic, "wrong_provider"),

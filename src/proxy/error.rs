@@ -8,10 +8,12 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 
+use crate::http1::ClientFault;
 use crate::key::store::Unavailable;
-use crate::metrics::UpstreamError;
+use crate::metrics::{ClientError, UpstreamError};
+use crate::provider::Provider;
 use crate::proxy::guard;
-use crate::proxy::reply::{self, Body};
+use crate::proxy::reply::{self, ReplyBody};
 use crate::reason::Reason;
 use crate::upstream::pool::SendError;
 
@@ -27,10 +29,13 @@ pub enum ProxyError {
     UncleanPath,
     NoRoute {
         path: String,
+        /// The configured prefixes, to show which paths do route.
+        prefixes: Vec<String>,
     },
     /// The upstream has no usable key (startup or a refused first key).
     NoKey {
         upstream: Arc<str>,
+        provider: Provider,
         why: Unavailable,
     },
     /// The request could not be rewritten for the upstream (an invalid URI after the prefix).
@@ -38,15 +43,24 @@ pub enum ProxyError {
     /// No response head from the upstream: connect, TLS or a connection lost.
     Unreachable {
         upstream: Arc<str>,
+        provider: Provider,
         authority: Authority,
         error: SendError,
     },
     /// No response head within `response_header_timeout`.
     Timeout {
         upstream: Arc<str>,
+        provider: Provider,
         after: Duration,
     },
+    /// The app failed to deliver its request, or left before the answer: its fault, not the
+    /// upstream's (no reason code: nothing about keys or upstreams to explain).
+    Client(ClientFault),
 }
+
+/// nginx's "client closed request": logged and counted for a request whose app left before the
+/// response (nobody receives it).
+pub const CLIENT_CLOSED: u16 = 499;
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
@@ -59,6 +73,13 @@ impl ProxyError {
             ProxyError::NoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Client(ClientFault::Malformed(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::Client(ClientFault::BodyTimeout(_) | ClientFault::HeaderTimeout) => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            ProxyError::Client(ClientFault::Disconnected) => {
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -71,9 +92,30 @@ impl ProxyError {
             ProxyError::NoKey { why, .. } => Some(why.reason),
             ProxyError::Unreachable { .. } => Some(Reason::UpstreamUnreachable),
             ProxyError::Timeout { .. } => Some(Reason::UpstreamTimeout),
-            ProxyError::Connect | ProxyError::UncleanPath | ProxyError::BadUpstreamRequest(_) => {
-                None
-            }
+            ProxyError::Connect
+            | ProxyError::UncleanPath
+            | ProxyError::BadUpstreamRequest(_)
+            | ProxyError::Client(_) => None,
+        }
+    }
+
+    /// The provider whose error shape the app's SDK expects: the upstream's once routed, OpenAI's
+    /// before (the most common SDK shape, and what OpenAI-compatible clients read).
+    pub fn provider(&self) -> Provider {
+        match self {
+            ProxyError::NoKey { provider, .. }
+            | ProxyError::Unreachable { provider, .. }
+            | ProxyError::Timeout { provider, .. } => *provider,
+            _ => Provider::Openai,
+        }
+    }
+
+    /// `x-should-retry`: nothing keyproxy refuses itself gets better by retrying, except an
+    /// upstream that could not be reached or was slow (the SDK's own rules decide those).
+    pub fn should_retry(&self) -> Option<bool> {
+        match self {
+            ProxyError::Unreachable { .. } | ProxyError::Timeout { .. } => None,
+            _ => Some(false),
         }
     }
 
@@ -91,6 +133,19 @@ impl ProxyError {
         }
     }
 
+    /// Which `keyproxy_client_errors_total{kind}` series an app's failure counts in.
+    pub fn client_error(&self) -> Option<ClientError> {
+        match self {
+            ProxyError::Client(fault) => Some(match fault {
+                ClientFault::Malformed(_) => ClientError::MalformedBody,
+                ClientFault::BodyTimeout(_) => ClientError::BodyTimeout,
+                ClientFault::Disconnected => ClientError::Disconnected,
+                ClientFault::HeaderTimeout => ClientError::HeaderTimeout,
+            }),
+            _ => None,
+        }
+    }
+
     /// The sentence a person reads: what happened and what to do.
     pub fn message(&self) -> String {
         match self {
@@ -98,11 +153,12 @@ impl ProxyError {
             ProxyError::Connect => "keyproxy is not a forward proxy: CONNECT is not supported; send requests to it directly".into(),
             ProxyError::ClientUnauthorized => "keyproxy needs this app's client token: configure the app with the token from its [[clients]] entry as its API key (it is sent as Authorization: Bearer or x-api-key); keyproxy then adds the real provider key".into(),
             ProxyError::UncleanPath => "the request path has '.' or '..' segments; keyproxy does not forward them".into(),
-            ProxyError::NoRoute { path } => {
+            ProxyError::NoRoute { path, prefixes } => {
                 let shown: String = path.chars().take(200).collect();
-                format!("no upstream is configured for the path {shown:?}; check the prefixes in the keyproxy config")
+                let configured = prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
+                format!("no upstream is configured for the path {shown:?}; the configured prefixes are {configured} (the prefix = setting of each [[upstreams]] entry in the keyproxy config)")
             }
-            ProxyError::NoKey { upstream, why } => format!(
+            ProxyError::NoKey { upstream, why, .. } => format!(
                 "keyproxy has no usable key for upstream {upstream}: {}",
                 why.message
             ),
@@ -111,6 +167,7 @@ impl ProxyError {
                 upstream,
                 authority,
                 error,
+                ..
             } => {
                 let chain = error_chain(error);
                 match self.upstream_error() {
@@ -119,21 +176,45 @@ impl ProxyError {
                     _ => format!("keyproxy lost the connection to upstream {upstream} at {authority} before the response headers: {chain}"),
                 }
             }
-            ProxyError::Timeout { upstream, after } => format!(
+            ProxyError::Timeout { upstream, after, .. } => format!(
                 "upstream {upstream} sent no response headers within {} (response_header_timeout)",
                 crate::time::human_duration(*after)
             ),
+            ProxyError::Client(fault) => fault.to_string(),
         }
     }
 
-    /// The answer the app gets: the status, `x-keyproxy-reason` and the JSON error body.
-    pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
-        let message = self.message();
-        match self.reason() {
-            Some(reason) => reply::error(status, reason, &message),
-            None => reply::status(status, &message),
+    /// Log the refusal (one line per request: a warning when an upstream is unusable, the rest
+    /// at info) and answer with it.
+    pub fn refuse(
+        self,
+        request_id: &str,
+        method: &http::Method,
+        path: &str,
+    ) -> Response<ReplyBody> {
+        let status = self.status().as_u16();
+        let reason = self.reason().map_or("", Reason::as_str);
+        let path = crate::redact::mask(path);
+        match &self {
+            ProxyError::NoKey { upstream, .. } => {
+                tracing::warn!(request_id, %method, %path, %upstream, status, reason, "{}", self.message())
+            }
+            _ => tracing::info!(request_id, %method, %path, status, reason, "{}", self.message()),
         }
+        self.into_response()
+    }
+
+    /// The answer the app gets: the status, `x-keyproxy-reason`, `x-should-retry` and the error
+    /// body in the shape of the upstream's provider.
+    pub fn into_response(self) -> Response<ReplyBody> {
+        let message = self.message();
+        reply::refusal(
+            self.provider(),
+            self.status(),
+            self.reason(),
+            &message,
+            self.should_retry(),
+        )
     }
 }
 

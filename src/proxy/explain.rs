@@ -16,7 +16,7 @@ use crate::diagnose::message::{self, Context};
 use crate::diagnose::{self, Knowledge};
 use crate::key::rotation::RotationResult;
 use crate::key::KeyState;
-use crate::proxy::reply::{Body, REASON_HEADER};
+use crate::proxy::reply::{self, ReplyBody, REASON_HEADER, SHOULD_RETRY_HEADER};
 use crate::reason::Reason;
 use crate::upstream::{Diagnosis, Upstream};
 
@@ -51,7 +51,7 @@ pub async fn explain(
     key: &KeyState,
     request: RequestFacts<'_>,
     response: Response<PooledBody>,
-) -> Response<Body> {
+) -> Response<ReplyBody> {
     let (mut parts, body) = response.into_parts();
     let streaming = header_str(&parts.headers, CONTENT_TYPE.as_str())
         .is_some_and(|t| t.starts_with("text/event-stream"));
@@ -64,6 +64,9 @@ pub async fn explain(
         header_str(&parts.headers, CONTENT_ENCODING.as_str()).map(str::to_ascii_lowercase);
     // From here on nothing of the upstream's carries a secret it echoed.
     let decoded = redact_echoes(&mut parts, &mut peeked, encoding.as_deref());
+    if parts.status == http::StatusCode::NOT_FOUND {
+        return not_found(upstream, request, parts, peeked, decoded);
+    }
     if !diagnose::worth_reading(parts.status) {
         return reassemble(parts, peeked);
     }
@@ -101,6 +104,7 @@ pub async fn explain(
             last_attempt: last_attempt.as_ref(),
             base_url: &base_url,
             auth_header: upstream.auth_header.as_str(),
+            rotate_command: upstream.rotate_command,
             now,
         },
     );
@@ -108,6 +112,11 @@ pub async fn explain(
     parts
         .headers
         .insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
+    if let Some(retry) = reason.should_retry() {
+        parts
+            .headers
+            .insert(SHOULD_RETRY_HEADER, reply::should_retry_value(retry));
+    }
     let annotation = json!({
         "reason": reason.as_str(),
         "message": message,
@@ -115,18 +124,57 @@ pub async fn explain(
         "key_fingerprint": snapshot.map(|k| k.fingerprint.as_str()),
         "key_generation": snapshot.map(|k| k.generation),
     });
-    match decoded
-        .as_deref()
-        .and_then(|body| with_member(body, "keyproxy", &annotation))
-    {
+    let told = format!("keyproxy: {message} (reason: {reason})");
+    match decoded.as_deref().and_then(|body| {
+        let body = with_sentence(body, &told);
+        with_member(body.as_deref()?, "keyproxy", &annotation)
+    }) {
         Some(rewritten) => {
             parts.headers.remove(CONTENT_ENCODING);
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
-            Response::from_parts(parts, Body::full(rewritten))
+            Response::from_parts(parts, ReplyBody::full(rewritten))
         }
         None => reassemble(parts, peeked),
+    }
+}
+
+/// A 404 is the provider's business, except the one keyproxy's config caused: a base_url ending
+/// in the version the app's path starts with again (`/v1/v1/…`). That one gets the sentence.
+fn not_found(
+    upstream: &Upstream,
+    request: RequestFacts<'_>,
+    mut parts: Parts,
+    peeked: Peeked,
+    decoded: Option<Vec<u8>>,
+) -> Response<ReplyBody> {
+    let rest = match upstream.prefix.as_str() {
+        "/" => request.path,
+        prefix => request.path.strip_prefix(prefix).unwrap_or(request.path),
+    };
+    let Some(version) = upstream.doubled_version(rest) else {
+        return reassemble(parts, peeked);
+    };
+    let told = format!(
+        "keyproxy: this went to {}{} because base_url {} already ends in /{version}: remove /{version} from base_url in the keyproxy config (the apps' paths carry it)",
+        upstream.base_url.path().trim_end_matches('/'),
+        crate::redact::mask(rest),
+        upstream.base_url,
+    );
+    tracing::warn!(request_id = request.request_id, upstream = %upstream.name, path = %crate::redact::mask(request.path), "{told}");
+    match decoded
+        .as_deref()
+        .and_then(|body| with_sentence(body, &told))
+    {
+        Some(rewritten) if matches!(rewritten, std::borrow::Cow::Owned(_)) => {
+            parts.headers.remove(CONTENT_ENCODING);
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            Response::from_parts(parts, ReplyBody::full(rewritten.into_owned()))
+        }
+        _ => reassemble(parts, peeked),
     }
 }
 
@@ -236,10 +284,10 @@ fn redact_echoes(
     Some(decoded)
 }
 
-fn reassemble(parts: Parts, peeked: Peeked) -> Response<Body> {
+fn reassemble(parts: Parts, peeked: Peeked) -> Response<ReplyBody> {
     let body = match peeked {
-        Peeked::Complete(b) => Body::full(b),
-        Peeked::Partial(head, rest) => Body::peeked(head, rest),
+        Peeked::Complete(b) => ReplyBody::full(b),
+        Peeked::Partial(head, rest) => ReplyBody::peeked(head, rest),
     };
     Response::from_parts(parts, body)
 }
@@ -262,6 +310,36 @@ fn decode(body: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
         Some(_) => false,
     };
     ok.then_some(out)
+}
+
+/// `body` with keyproxy's sentence after the provider's own in `error.message`, the one field
+/// every SDK puts in its exception text (OpenAI, Azure and compatible APIs, Anthropic and Google
+/// all keep it there); every other byte as it was. A body without a string `error.message` is
+/// returned as it was.
+fn with_sentence<'b>(body: &'b [u8], told: &str) -> Option<std::borrow::Cow<'b, [u8]>> {
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+    type Members<'a> = std::collections::HashMap<String, &'a RawValue>;
+    let top: Members<'_> = serde_json::from_slice(body).ok()?;
+    let message = top
+        .get("error")
+        .and_then(|error| serde_json::from_str::<Members<'_>>(error.get()).ok())
+        .and_then(|error| error.get("message").copied());
+    let Some(raw) = message else {
+        return Some(Cow::Borrowed(body));
+    };
+    let Ok(text) = serde_json::from_str::<String>(raw.get()) else {
+        return Some(Cow::Borrowed(body));
+    };
+    // The raw value borrows from `body`: its place there is where its bytes start.
+    let start = (raw.get().as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.get().len();
+    let joined = serde_json::Value::from(format!("{text} — {told}")).to_string();
+    let mut out = Vec::with_capacity(body.len() + joined.len());
+    out.extend_from_slice(body.get(..start)?);
+    out.extend_from_slice(joined.as_bytes());
+    out.extend_from_slice(body.get(end..)?);
+    Some(Cow::Owned(out))
 }
 
 /// `body` with one more top-level member, every byte of the original members left as it was.
@@ -305,6 +383,30 @@ mod tests {
         assert!(with_member(b"[{}]", "keyproxy", &json!(1)).is_none());
         assert!(with_member(b"not json", "keyproxy", &json!(1)).is_none());
         assert!(with_member(br#"{"keyproxy":0}"#, "keyproxy", &json!(1)).is_none());
+    }
+
+    #[test]
+    fn the_sentence_follows_the_providers_message() {
+        let openai = br#"{"error": {"message": "Incorrect \"key\"", "code": "invalid_api_key"}}"#;
+        let out = with_sentence(openai, "keyproxy: x (reason: invalid_key)").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"error": {"message": "Incorrect \"key\" — keyproxy: x (reason: invalid_key)", "code": "invalid_api_key"}}"#
+        );
+        let anthropic = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        let out = with_sentence(anthropic, "keyproxy: y").unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["message"], "invalid x-api-key — keyproxy: y");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        // No string message: nothing to join, the body stays as it was.
+        for body in [
+            &br#"{"error":"bad key"}"#[..],
+            br#"{"message":"x"}"#,
+            br#"{"error":{"message":1}}"#,
+        ] {
+            assert_eq!(&*with_sentence(body, "k").unwrap(), body);
+        }
+        assert!(with_sentence(b"[1]", "k").is_none());
     }
 
     #[test]

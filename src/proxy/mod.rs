@@ -37,7 +37,7 @@ use crate::websocket::{self, Sockets};
 use client_tokens::ClientTokens;
 use explain::RequestFacts;
 use guard::{Guard, Verdict};
-use reply::Body;
+use reply::ReplyBody;
 use route::{path_is_clean, Router};
 use tap::{SseTap, Tap};
 
@@ -108,31 +108,33 @@ impl Proxy {
     /// upstream -> response -> log. Never fails: every problem becomes a response, and every
     /// response carries the request id. (One async fn, not nested ones: each level of nesting
     /// doubles the size of the future that is copied around per request.)
-    pub async fn handle(&self, mut req: Request<UpstreamBody>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut req: Request<UpstreamBody>,
+        peer: SocketAddr,
+    ) -> Response<ReplyBody> {
         let started = Instant::now();
         let request_id = request_id::of(req.headers());
         let rid = request_id.to_str().unwrap_or("");
         let method = req.method().clone();
         let uri = req.uri().clone();
         // Everything that ends before the upstream is an answer of keyproxy's own.
-        let (cors, routed): (_, Result<Routed, Response<Body>>) = match self.guard.check(&req) {
+        let (cors, routed): (_, Result<Routed, Response<ReplyBody>>) = match self.guard.check(&req)
+        {
             Verdict::Pass { cors } => (
                 cors,
-                self.route(&mut req, peer).map_err(|e| e.into_response()),
+                self.route(&mut req, peer)
+                    .map_err(|e| e.refuse(rid, &method, uri.path())),
             ),
             Verdict::Preflight(headers) => (None, Err(reply::preflight(headers))),
             Verdict::Refused(refusal) => {
                 self.metrics.refused(false, refusal.reason);
-                tracing::info!(request_id = rid, %method, path = uri.path(), status = refusal.status.as_u16(), reason = %refusal.reason, "{}", refusal.message);
-                (None, Err(ProxyError::Guard(refusal).into_response()))
+                let refused = ProxyError::Guard(refusal).refuse(rid, &method, uri.path());
+                (None, Err(refused))
             }
         };
         let mut response = match routed {
-            Err(answer) => {
-                let status = answer.status().as_u16();
-                tracing::info!(request_id = rid, %method, path = uri.path(), status, "refused before routing upstream");
-                answer
-            }
+            Err(answer) => answer,
             Ok(routed) => {
                 let upstream = routed.upstream;
                 let in_flight = InFlight::start(&upstream.metrics);
@@ -141,10 +143,6 @@ impl Proxy {
                     Some(_) => &upstream.upgrade_pool,
                     None => &upstream.pool,
                 };
-                let sent = Instant::now();
-                let timeout = upstream.response_header_timeout;
-                let deadline = tokio::time::Instant::from_std(sent) + timeout;
-                let answer = via.send(req, deadline).await;
                 let facts = RequestFacts {
                     request_id: rid,
                     client: routed.client,
@@ -153,6 +151,18 @@ impl Proxy {
                     organization: routed.organization.as_ref(),
                     project: routed.project.as_ref(),
                 };
+                let mut abandoned = Abandoned {
+                    proxy: self,
+                    upstream,
+                    key: &routed.key,
+                    facts,
+                    started,
+                    armed: true,
+                };
+                let sent = Instant::now();
+                let timeout = upstream.response_header_timeout;
+                let deadline = tokio::time::Instant::from_std(sent) + timeout;
+                let answer = via.send(req, deadline).await;
                 let answered = Instant::now();
                 let response = match answer {
                     Ok(response) => {
@@ -161,11 +171,19 @@ impl Proxy {
                         self.response_phase(upstream, &routed.key, facts, upgrade, response)
                             .await
                     }
+                    Err(SendError::Client(fault)) => {
+                        let failure = ProxyError::Client(fault);
+                        if let Some(kind) = failure.client_error() {
+                            self.metrics.client_error(kind);
+                        }
+                        failure.into_response()
+                    }
                     Err(SendError::Timeout) => upstream_failure(
                         upstream,
                         rid,
                         ProxyError::Timeout {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             after: timeout,
                         },
                     ),
@@ -174,13 +192,16 @@ impl Proxy {
                         rid,
                         ProxyError::Unreachable {
                             upstream: Arc::clone(&upstream.name),
+                            provider: upstream.provider,
                             authority: upstream.authority().clone(),
                             error,
                         },
                     ),
                 };
                 let elapsed = answered.duration_since(started);
-                self.log_phase(upstream, &routed.key, facts, elapsed, &response);
+                abandoned.armed = false;
+                let status = response.status().as_u16();
+                self.log_phase(upstream, &routed.key, facts, elapsed, status);
                 response.map(|body| body.in_flight(in_flight))
             }
         };
@@ -201,7 +222,7 @@ impl Proxy {
         facts: RequestFacts<'_>,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         mut response: Response<PooledBody>,
-    ) -> Response<Body> {
+    ) -> Response<ReplyBody> {
         if !response.body().is_h1() || response.headers().contains_key(http::header::CONNECTION) {
             drop_hop_by_hop(response.headers_mut());
         }
@@ -217,10 +238,10 @@ impl Proxy {
                 client_side,
                 upstream_side,
             );
-            return response.map(Body::upstream);
+            return response.map(ReplyBody::upstream);
         }
         if response.status().is_client_error() || response.status().is_server_error() {
-            // Boxed: the rare path, and a large future (see `forward`).
+            // Boxed: the rare path, and a large future (see `explaining`).
             return explaining(upstream, key, facts, response).await;
         }
         let tap = tap_for(
@@ -232,7 +253,7 @@ impl Proxy {
         );
         let idle = upstream.stream_idle_timeout;
         response.map(|body| {
-            let body = Body::upstream(body).idle_timeout(idle);
+            let body = ReplyBody::upstream(body).idle_timeout(idle);
             match tap {
                 Some(tap) => body.tapped(tap),
                 None => body,
@@ -247,9 +268,8 @@ impl Proxy {
         key: &KeyState,
         facts: RequestFacts<'_>,
         elapsed: Duration,
-        response: &Response<Body>,
+        status: u16,
     ) {
-        let status = response.status().as_u16();
         upstream.metrics.request(facts.client, status);
         upstream
             .metrics
@@ -316,6 +336,7 @@ impl Proxy {
         let Some((index, rest)) = self.router.route(uri.path()) else {
             return Err(ProxyError::NoRoute {
                 path: uri.path().to_owned(),
+                prefixes: self.upstreams.iter().map(|u| u.prefix.clone()).collect(),
             }
             .into());
         };
@@ -326,9 +347,11 @@ impl Proxy {
             KeyState::Unavailable(why) => {
                 let refusal = ProxyError::NoKey {
                     upstream: Arc::clone(&upstream.name),
+                    provider: upstream.provider,
                     why: why.clone(),
                 };
-                tracing::warn!(upstream = %upstream.name, reason = %why.reason, "{}", refusal.message());
+                // Counted for the upstream the app asked (its status page shows the 503s).
+                upstream.metrics.request(client, refusal.status().as_u16());
                 return Err(refusal.into());
             }
         };
@@ -363,6 +386,35 @@ impl Proxy {
             upstream,
             key,
         })
+    }
+}
+
+/// A forwarded request whose handling is dropped before its answer was logged: the app left (its
+/// connection closed, its HTTP/2 stream was reset) and the server let the request go, which
+/// cancels the upstream exchange with it (the upstream connection closes, or the HTTP/2 stream is
+/// reset). Logged once with status 499 and counted, like any other answer.
+struct Abandoned<'a> {
+    proxy: &'a Proxy,
+    upstream: &'a Upstream,
+    key: &'a KeyState,
+    facts: RequestFacts<'a>,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let left = ProxyError::Client(crate::http1::ClientFault::Disconnected);
+        if let Some(kind) = left.client_error() {
+            self.proxy.metrics.client_error(kind);
+        }
+        let status = left.status().as_u16();
+        let elapsed = self.started.elapsed();
+        self.proxy
+            .log_phase(self.upstream, self.key, self.facts, elapsed, status);
     }
 }
 
@@ -425,7 +477,7 @@ fn explaining<'a>(
     key: &'a KeyState,
     facts: RequestFacts<'a>,
     response: Response<PooledBody>,
-) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = Response<ReplyBody>> + Send + 'a>> {
     Box::pin(explain::explain(upstream, key, facts, response))
 }
 
@@ -452,10 +504,121 @@ fn tap_for(
 }
 
 /// Count and log an upstream failure once, then answer with it.
-fn upstream_failure(upstream: &Upstream, request_id: &str, failure: ProxyError) -> Response<Body> {
+fn upstream_failure(
+    upstream: &Upstream,
+    request_id: &str,
+    failure: ProxyError,
+) -> Response<ReplyBody> {
     if let Some(kind) = failure.upstream_error() {
         upstream.metrics.upstream_error(kind);
         tracing::warn!(request_id, upstream = %upstream.name, reason = failure.reason().map_or("", Reason::as_str), kind = kind.as_str(), "{}", failure.message());
     }
     failure.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request phase has no I/O: these drive `route` directly.
+    use super::*;
+    use crate::config::Config;
+    use crate::key::store::KeyMeta;
+    use crate::key::Secret;
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50000);
+    const OPENAI_KEY: &str = "sk-proj-ROUTEtestROUTEtestROUTEtestROUTEtest0001";
+    const ANTHROPIC_KEY: &str = "sk-ant-api03-ROUTEtestROUTEtestROUTEtestROUTEtest0002";
+
+    fn proxy(install_keys: bool) -> Proxy {
+        let text = "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkey = { env = \"A\" }\n\
+                    [[upstreams]]\nname = \"claude\"\nprovider = \"anthropic\"\nbase_url = \"http://127.0.0.1:9/base\"\nprefix = \"/anthropic\"\nkey = { env = \"B\" }\n";
+        let config = Config::parse(std::path::Path::new("/k.toml"), text).unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let upstreams: Vec<Upstream> = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, &metrics, 1).unwrap())
+            .collect();
+        if install_keys {
+            for (u, key) in upstreams.iter().zip([OPENAI_KEY, ANTHROPIC_KEY]) {
+                u.key
+                    .store
+                    .install(&Secret::new(key.into()), &u.auth_prefix, KeyMeta::default())
+                    .unwrap();
+            }
+        }
+        Proxy::new(upstreams, metrics, ClientTokens::none())
+    }
+
+    fn request(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[test]
+    fn a_request_goes_to_its_prefix_with_our_key_and_without_the_apps() {
+        let proxy = proxy(true);
+        let mut req = request(
+            "POST",
+            "/anthropic/v1/messages?key=app-secret&beta=true",
+            &[
+                ("x-api-key", "sk-ant-the-apps-own"),
+                ("connection", "x-drop"),
+                ("x-drop", "1"),
+            ],
+        );
+        let routed = proxy.route(&mut req, PEER).ok().unwrap();
+        assert_eq!(&*routed.upstream.name, "claude");
+        assert_eq!(req.uri().path(), "/base/v1/messages");
+        assert_eq!(
+            req.uri().query(),
+            Some("beta=true"),
+            "the key= parameter is stripped"
+        );
+        assert_eq!(req.headers()["x-api-key"], ANTHROPIC_KEY);
+        assert_eq!(req.headers()["anthropic-version"], "2023-06-01");
+        assert!(
+            !req.headers().contains_key("x-drop"),
+            "hop-by-hop named by Connection"
+        );
+
+        let mut req = request("GET", "/v1/models", &[("authorization", "Bearer sk-old")]);
+        let routed = proxy.route(&mut req, PEER).ok().unwrap();
+        assert_eq!(&*routed.upstream.name, "openai");
+        assert_eq!(
+            req.headers()["authorization"],
+            format!("Bearer {OPENAI_KEY}")
+        );
+    }
+
+    #[test]
+    fn each_refusal_before_the_upstream_is_a_proxy_error() {
+        let proxy = proxy(true);
+        let refused = |method: &str, uri: &str| {
+            let mut req = request(method, uri, &[]);
+            match proxy.route(&mut req, PEER) {
+                Ok(_) => panic!("{method} {uri} was routed"),
+                Err(e) => (e.status().as_u16(), e.reason().map(Reason::as_str)),
+            }
+        };
+        assert_eq!(refused("CONNECT", "127.0.0.1:443"), (405, None));
+        assert_eq!(refused("GET", "/v1/../admin"), (400, None));
+        let proxy_without_keys = super::tests::proxy(false);
+        let mut req = request("GET", "/v1/models", &[]);
+        let Err(e) = proxy_without_keys.route(&mut req, PEER) else {
+            panic!("routed without a key")
+        };
+        assert_eq!(
+            (e.status().as_u16(), e.reason()),
+            (503, Some(Reason::MissingKey))
+        );
+        assert!(
+            e.message().contains("no usable key for upstream openai"),
+            "{}",
+            e.message()
+        );
+    }
 }

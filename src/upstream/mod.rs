@@ -36,6 +36,9 @@ pub struct Upstream {
     pub response_header_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub probe_path: Option<String>,
+    /// `keyproxy rotate` can reach this upstream's key (an admin token is configured): advice
+    /// names it only then.
+    pub rotate_command: bool,
     pub metrics: Arc<UpstreamMetrics>,
     /// The last diagnoses, newest last, for /status.
     pub diagnoses: Mutex<VecDeque<Diagnosis>>,
@@ -146,6 +149,7 @@ impl Upstream {
             key,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
+            rotate_command: false,
             probe_path: cfg.probe_path.clone(),
             metrics,
             diagnoses: Mutex::new(VecDeque::with_capacity(DIAGNOSES_KEPT)),
@@ -160,6 +164,15 @@ impl Upstream {
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The API version segment (`v1`) when the base URL ends in it and the client's path (after
+    /// the prefix) starts with it again: the request went to `/v1/v1/…`.
+    pub fn doubled_version(&self, rest: &str) -> Option<&str> {
+        let last = self.base_path.rsplit('/').next()?;
+        let again = rest.strip_prefix('/')?.strip_prefix(last)?;
+        (crate::config::is_version_segment(last) && (again.is_empty() || again.starts_with('/')))
+            .then_some(last)
     }
 
     /// True when the upstream path is the client's path as it is (the base URL has no path).

@@ -7,6 +7,10 @@
 //! An HTTP/1.1 connection goes back to the pool when its response body ends, from inside that body.
 //! A connection the upstream closed while idle is noticed at checkout and skipped; a request that
 //! can safely go again (nothing of it or of the response was lost) is retried on another.
+//!
+//! `response_header_timeout` is counted from the end of the request body; the app's streamed
+//! body ([`AppBody`]) has its own gap timer (`client_body_timeout`), and its failures are
+//! [`ClientFault`]s (`SendError::Client`), never the upstream's.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
@@ -29,6 +33,7 @@ use tower_service::Service;
 
 use crate::config::UpstreamConfig;
 use crate::http1::client as h1;
+use crate::http1::ClientFault;
 use crate::workers;
 
 /// An upstream connection for `http1::client`: plain TCP read and written directly, or TLS through
@@ -88,14 +93,56 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
-/// hyper's answer by `deadline`.
-async fn in_time<T>(
+/// The watch of a streamed app body still to be sent, if the request has one.
+fn app_watch(req: &Request<UpstreamBody>) -> Option<Arc<BodyWatch>> {
+    match req.body() {
+        UpstreamBody::App(body) if !body.is_end_stream() => Some(Arc::clone(&body.watch)),
+        // Known to fail: nothing of it goes upstream on a shared or upgraded connection.
+        UpstreamBody::Faulted { fault, .. } => {
+            let watch = BodyWatch::default();
+            watch.set(None, Some(*fault));
+            Some(Arc::new(watch))
+        }
+        _ => None,
+    }
+}
+
+/// hyper's answer (HTTP/2, upgrades), which sends the body beside waiting for the head. Without a
+/// streamed body: by `deadline`. With one: its `response_header_timeout` starts when the body has
+/// ended (the app's pace before that is `client_body_timeout`'s business), and the body's fault
+/// ends the wait at once.
+async fn watched<T>(
     deadline: tokio::time::Instant,
+    watch: Option<Arc<BodyWatch>>,
     answer: impl Future<Output = Result<T, hyper::Error>>,
 ) -> Result<T, SendError> {
-    match timeout_at(deadline, answer).await {
-        Ok(answer) => Ok(answer?),
-        Err(_) => Err(SendError::Timeout),
+    let Some(watch) = watch else {
+        return match timeout_at(deadline, answer).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(SendError::Timeout),
+        };
+    };
+    let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let mut answer = std::pin::pin!(answer);
+    loop {
+        let (ended, fault) = watch.get();
+        if let Some(fault) = fault {
+            return Err(SendError::Client(fault));
+        }
+        let due = ended.map(|at| at + timeout);
+        tokio::select! {
+            biased;
+            answer = &mut answer => {
+                return answer.map_err(|e| match (ClientFault::find(&e), watch.get().1) {
+                    (Some(fault), _) | (None, Some(fault)) => SendError::Client(fault),
+                    (None, None) => e.into(),
+                });
+            }
+            () = watch.changed.notified() => {}
+            () = tokio::time::sleep_until(due.unwrap_or(deadline)), if due.is_some() => {
+                return Err(SendError::Timeout);
+            }
+        }
     }
 }
 
@@ -104,16 +151,112 @@ async fn in_time<T>(
 #[derive(Default)]
 pub enum UpstreamBody {
     /// The app's request body, streamed as it arrives.
-    App(Incoming),
+    App(AppBody),
     Whole(Option<Bytes>),
+    /// A short body `http1::server` could not read whole: what arrived of its `length`, then
+    /// the app's fault (as a streamed body would fail).
+    Faulted {
+        partial: Option<Bytes>,
+        length: u64,
+        fault: ClientFault,
+    },
     #[default]
     Empty,
+}
+
+impl UpstreamBody {
+    /// The app's streamed body, with `gap` (`client_body_timeout`) allowed between two reads.
+    pub fn app(incoming: Incoming, gap: Duration) -> UpstreamBody {
+        UpstreamBody::App(AppBody {
+            incoming,
+            gap,
+            timer: None,
+            moved: false,
+            watch: Arc::default(),
+        })
+    }
+}
+
+/// The app's request body as hyper reads it, streamed on: its failures become [`ClientFault`]s
+/// (never the upstream's), a gap of `client_body_timeout` between two reads is one, and its end or
+/// fault is told to the sender waiting for the response (see `watched`).
+pub struct AppBody {
+    incoming: Incoming,
+    gap: Duration,
+    /// Armed the first time the body has to wait (most bodies arrive with their head).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data arrived since the timer was last set.
+    moved: bool,
+    watch: Arc<BodyWatch>,
+}
+
+/// What the sender of a streamed body learns from it: when it ended, or its fault.
+#[derive(Default)]
+struct BodyWatch {
+    state: Mutex<(Option<tokio::time::Instant>, Option<ClientFault>)>,
+    changed: tokio::sync::Notify,
+}
+
+impl BodyWatch {
+    fn set(&self, ended: Option<tokio::time::Instant>, fault: Option<ClientFault>) {
+        let mut state = lock(&self.state);
+        state.0 = state.0.or(ended);
+        state.1 = state.1.or(fault);
+        self.changed.notify_one();
+    }
+
+    fn get(&self) -> (Option<tokio::time::Instant>, Option<ClientFault>) {
+        *lock(&self.state)
+    }
+}
+
+impl AppBody {
+    fn fault(&mut self, fault: ClientFault) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.watch.set(None, Some(fault));
+        Poll::Ready(Some(Err(Box::new(fault))))
+    }
+}
+
+/// What hyper's failure to read the app's body means: the app went away (a reset), or its
+/// framing is broken (the connection ended inside the body, a bad chunk).
+fn fault_of(e: &hyper::Error) -> ClientFault {
+    use std::io::ErrorKind;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => ClientFault::Disconnected,
+                ErrorKind::UnexpectedEof => ClientFault::Malformed(crate::http1::BODY_CUT),
+                _ => ClientFault::Malformed("invalid chunked encoding"),
+            };
+        }
+        next = err.source();
+    }
+    if e.is_incomplete_message() {
+        return ClientFault::Malformed(crate::http1::BODY_CUT);
+    }
+    if e.is_canceled() || e.is_closed() {
+        return ClientFault::Disconnected;
+    }
+    ClientFault::Malformed("invalid framing")
 }
 
 /// A short body `http1::server` read whole with its head.
 impl From<Bytes> for UpstreamBody {
     fn from(bytes: Bytes) -> UpstreamBody {
         UpstreamBody::Whole(Some(bytes))
+    }
+}
+
+impl crate::http1::server::AppBody for UpstreamBody {
+    fn faulted(partial: Bytes, length: u64, fault: ClientFault) -> UpstreamBody {
+        UpstreamBody::Faulted {
+            partial: Some(partial),
+            length,
+            fault,
+        }
     }
 }
 
@@ -151,7 +294,7 @@ pub enum PoolError {
 pub enum SendError {
     /// No connection: DNS, TCP or the TLS handshake.
     #[error("connect error: {0}")]
-    Connect(Box<dyn std::error::Error + Send + Sync>),
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed while the request was sent or the response awaited (HTTP/2, upgrades).
     #[error(transparent)]
     Http(#[from] hyper::Error),
@@ -161,6 +304,9 @@ pub enum SendError {
     /// No response head by the deadline.
     #[error("no response headers in time")]
     Timeout,
+    /// The app's request body failed (see [`ClientFault`]): nothing is wrong with the upstream.
+    #[error(transparent)]
+    Client(ClientFault),
 }
 
 impl SendError {
@@ -216,8 +362,8 @@ struct Shared {
 
 #[derive(Default)]
 struct Slot {
-    /// Idle HTTP/1.1 connections, most recently used last.
-    idle: Mutex<Vec<Idle>>,
+    /// Idle HTTP/1.1 connections.
+    idle: Mutex<IdleList<H1Conn>>,
     /// Woken when the upstream closes an idle connection, so it is let go at once (see `watch`).
     watcher: Mutex<Option<Waker>>,
     watching: AtomicBool,
@@ -225,9 +371,56 @@ struct Slot {
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
-struct Idle {
-    conn: H1Conn,
+/// The checkout policy, apart from the sockets: the most recently returned connection goes out
+/// first (it is the likeliest still open, and the others can age out); one idle longer than
+/// `IDLE_TIMEOUT` is never handed out; at most `MAX_IDLE` are kept.
+struct IdleList<C> {
+    /// Oldest first.
+    entries: Vec<Idle<C>>,
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+impl<C> Default for IdleList<C> {
+    fn default() -> Self {
+        IdleList {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<C> IdleList<C> {
+    /// Keep a connection that came back at `now`; one expired connection is let go per return.
+    fn put(&mut self, conn: C, now: Instant) {
+        if self
+            .entries
+            .first()
+            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
+        {
+            self.entries.remove(0);
+        }
+        if self.entries.len() < MAX_IDLE {
+            self.entries.push(Idle { conn, since: now });
+        }
+    }
+
+    /// The most recently returned connection not yet expired at `now`; expired ones met on the
+    /// way are dropped.
+    fn take(&mut self, now: Instant) -> Option<C> {
+        while let Some(entry) = self.entries.pop() {
+            if now.duration_since(entry.since) < IDLE_TIMEOUT {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&mut C) -> bool) {
+        self.entries.retain_mut(|e| keep(&mut e.conn));
+    }
 }
 
 enum Conn {
@@ -291,18 +484,24 @@ impl UpstreamPool {
                     Err(failed) => {
                         return Err(match failed.error {
                             h1::Error::Timeout => SendError::Timeout,
+                            h1::Error::RequestBody(e) => match ClientFault::find(&*e) {
+                                Some(fault) => SendError::Client(fault),
+                                None => h1::Error::RequestBody(e).into(),
+                            },
                             error => error.into(),
                         })
                     }
                 },
                 Conn::H2(mut sender) => {
                     self.absolute_form(&mut req);
-                    let response = in_time(deadline, sender.send_request(req)).await?;
+                    let watch = app_watch(&req);
+                    let response = watched(deadline, watch, sender.send_request(req)).await?;
                     return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
                 Conn::Upgrade(mut sender) => {
                     req.headers_mut().insert(HOST, self.0.host.clone());
-                    let response = in_time(deadline, sender.send_request(req)).await?;
+                    let watch = app_watch(&req);
+                    let response = watched(deadline, watch, sender.send_request(req)).await?;
                     return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
                 }
             }
@@ -324,9 +523,9 @@ impl UpstreamPool {
             }
         }
         loop {
-            let mut entry = lock(&slot.idle).pop()?;
-            if entry.since.elapsed() < IDLE_TIMEOUT && entry.conn.is_usable().await {
-                return Some(Conn::H1(entry.conn));
+            let mut conn = lock(&slot.idle).take(Instant::now())?;
+            if conn.is_usable().await {
+                return Some(Conn::H1(conn));
             }
         }
     }
@@ -418,18 +617,7 @@ impl Shared {
             }
             None => {}
         }
-        let now = Instant::now();
-        let mut idle = lock(&slot.idle);
-        // The oldest sits first; let one expired connection go per return.
-        if idle
-            .first()
-            .is_some_and(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
-        {
-            idle.remove(0);
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle { conn, since: now });
-        }
+        lock(&slot.idle).put(conn, Instant::now());
     }
 }
 
@@ -443,23 +631,77 @@ async fn watch(pool: Weak<Shared>, index: usize) {
         };
         let slot = &shared.slots[index];
         *lock(&slot.watcher) = Some(cx.waker().clone());
-        lock(&slot.idle).retain_mut(|e| e.conn.is_idle(cx));
+        lock(&slot.idle).retain(|conn| conn.is_idle(cx));
         Poll::Pending
     })
     .await
 }
 
-impl hyper::body::Body for UpstreamBody {
+impl hyper::body::Body for AppBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.moved = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.watch.set(Some(tokio::time::Instant::now()), None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => this.fault(fault_of(&e)),
+            Poll::Pending => {
+                let due = || tokio::time::Instant::now() + this.gap;
+                let timer = match &mut this.timer {
+                    Some(timer) if this.moved => {
+                        timer.as_mut().reset(due());
+                        timer
+                    }
+                    Some(timer) => timer,
+                    None => this.timer.insert(Box::pin(tokio::time::sleep(this.gap))),
+                };
+                this.moved = false;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let gap = this.gap;
+                        this.fault(ClientFault::BodyTimeout(gap))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::App(body) => Pin::new(body).poll_frame(cx),
             UpstreamBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Faulted { partial, fault, .. } => match partial.take() {
+                Some(bytes) if !bytes.is_empty() => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                _ => Poll::Ready(Some(Err(Box::new(*fault)))),
+            },
             UpstreamBody::Empty => Poll::Ready(None),
         }
     }
@@ -468,6 +710,7 @@ impl hyper::body::Body for UpstreamBody {
         match self {
             UpstreamBody::App(body) => body.is_end_stream(),
             UpstreamBody::Whole(bytes) => bytes.is_none(),
+            UpstreamBody::Faulted { .. } => false,
             UpstreamBody::Empty => true,
         }
     }
@@ -478,6 +721,7 @@ impl hyper::body::Body for UpstreamBody {
             UpstreamBody::Whole(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            UpstreamBody::Faulted { length, .. } => SizeHint::with_exact(*length),
             UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -573,4 +817,43 @@ fn connector(cfg: &UpstreamConfig, versions: Versions) -> Result<Connector, Pool
         Versions::Negotiated => https.enable_http2().wrap_connector(http),
         Versions::Upgrades => https.wrap_connector(http),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkout_takes_the_most_recent_fresh_connection_and_drops_expired_ones() {
+        let start = Instant::now();
+        let mut idle = IdleList::default();
+        idle.put(1, start);
+        idle.put(2, start + Duration::from_secs(10));
+        idle.put(3, start + Duration::from_secs(20));
+        let now = start + Duration::from_secs(30);
+        assert_eq!(idle.take(now), Some(3), "last in, first out");
+        assert_eq!(idle.take(now), Some(2));
+        // 1 is 95 s old at this point: expired, dropped, nothing handed out.
+        assert_eq!(
+            idle.take(start + IDLE_TIMEOUT + Duration::from_secs(5)),
+            None
+        );
+        assert!(idle.entries.is_empty());
+    }
+
+    #[test]
+    fn a_return_lets_one_expired_connection_go_and_the_list_is_bounded() {
+        let start = Instant::now();
+        let mut idle = IdleList::default();
+        idle.put(1, start);
+        idle.put(2, start);
+        idle.put(3, start + IDLE_TIMEOUT);
+        assert_eq!(idle.entries.len(), 2, "the oldest expired one went");
+        for n in 0..MAX_IDLE * 2 {
+            idle.put(n, start + IDLE_TIMEOUT);
+        }
+        assert_eq!(idle.entries.len(), MAX_IDLE);
+        idle.retain(|c| *c % 2 == 0);
+        assert!(idle.entries.iter().all(|e| e.conn % 2 == 0));
+    }
 }

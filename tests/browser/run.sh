@@ -242,8 +242,20 @@ scenario cross_origin_no_cors_post opaque "$evil&case=nocors"
 scenario dns_rebinding_host rebinding "http://evil.test:$proxy_port/v1/models"
 scenario allowed_origin_reads_answer allowed "http://allowed.test:$page_port/page.html?proxy=$proxy&case=allowed"
 
+# tally NAME EXIT-STATUS WHY: count a check that is not a browsing scenario.
+tally() {
+  if [ "$2" -eq 0 ]; then
+    echo "ok $1"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $1"
+    failed=$((failed + 1))
+  fi
+  echo "   $3"
+}
+
 # 6: the refusals are counted where operators look.
-if why=$(python3 - "http://127.0.0.1:$admin_port/metrics" <<'PY'
+why=$(python3 - "http://127.0.0.1:$admin_port/metrics" <<'PY'
 import re, sys, urllib.request
 text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
 values = {}
@@ -255,25 +267,44 @@ host = values.get(("proxy", "host_not_allowed"), 0)
 print(f"proxy origin_not_allowed={origin:g} host_not_allowed={host:g}")
 sys.exit(0 if origin > 0 and host > 0 else 1)
 PY
-); then
-  echo "ok metrics_count_refusals"
-  passed=$((passed + 1))
-else
-  echo "FAIL metrics_count_refusals"
-  failed=$((failed + 1))
-fi
-echo "   $why"
+) && rc=0 || rc=$?
+tally metrics_count_refusals "$rc" "$why"
 
-# 7: the key is nowhere a page, a browser or a log could show it.
+# 7: the status page, rendered by Chromium: the banner, the upstream, its key's fingerprint and the
+# last hour's requests (the allowed page's 200 above), and a screenshot of it.
+profile=$(mktemp -d "$work/profile.XXXXXX")
+timeout -k 5 20 chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+  --disable-component-update --disable-sync --user-data-dir="$profile" \
+  --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" --window-size=1280,900 \
+  --screenshot="$work/status.png" "http://127.0.0.1:$admin_port/" > "$work/status-shot.err" 2>&1 || true
+browse status_page "http://127.0.0.1:$admin_port/"
+why=$(python3 - "$work/status_page.html" "$work/status.png" <<'PY'
+import html, re, sys
+dom = html.unescape(open(sys.argv[1]).read())
+text = re.sub(r"<[^>]+>", " ", dom)
+facts = {
+    "banner": "Ready: every upstream has a usable key." in text,
+    "upstream": re.search(r"<h2>openai ", dom) is not None,
+    "fingerprint": re.search(r"sk-proj-…\w{4}:[0-9a-f]{8}", text) is not None,
+    "last hour": re.search(r"requests, last hour\s+200 × [1-9]", text) is not None,
+    "tokens": "tokens, last hour" in text,
+}
+missing = [k for k, ok in facts.items() if not ok]
+with open(sys.argv[2], "rb") as f:
+    png = f.read()
+shot = png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+print(f"facts {sorted(k for k, ok in facts.items() if ok)}; screenshot {len(png)} bytes")
+sys.exit(0 if not missing and shot else 1)
+PY
+) && rc=0 || rc=$?
+tally status_page_renders_its_key_facts "$rc" "$why"
+
+# 8: the key is nowhere a page, a browser or a log could show it.
 leak=0
 grep -qF -f "$work/key" "$work"/*.html "$work"/*.err "$work"/*.log "$work/counts.json" || leak=$?
-if [ "$leak" -eq 1 ]; then # 1: no match in any of them (0 is a match, 2 an unreadable file)
-  echo "ok key_never_shown"
-  passed=$((passed + 1))
-else
-  echo "FAIL key_never_shown"
-  failed=$((failed + 1))
-fi
+# 1: no match in any of them (0 is a match, 2 an unreadable file)
+[ "$leak" -eq 1 ] && rc=0 || rc=1
+tally key_never_shown "$rc" "grep exit status $leak over the DOMs, the browser's and keyproxy's logs"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

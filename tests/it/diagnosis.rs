@@ -153,13 +153,34 @@ async fn every_fixture_row_is_explained_through_the_proxy() {
             (Value::Object(fields), Some(reason)) => {
                 let returned: Value = serde_json::from_slice(&body)
                     .unwrap_or_else(|e| panic!("line {line}: the body no longer parses ({e})"));
-                for (k, v) in fields {
-                    assert_eq!(
-                        &returned[k], v,
-                        "line {line}: the provider's field {k} changed"
-                    );
-                }
                 let kp = &returned["keyproxy"];
+                for (k, v) in fields {
+                    let message = v.get("message").and_then(Value::as_str);
+                    match (k.as_str(), message) {
+                        // The one change: keyproxy's sentence after the provider's message.
+                        ("error", Some(said)) => {
+                            let mut without = returned[k].clone();
+                            let told = without["message"].as_str().unwrap().to_owned();
+                            let tail = format!(
+                                "{said} — keyproxy: {} (reason: {reason})",
+                                kp["message"].as_str().unwrap()
+                            );
+                            assert_eq!(told, tail, "line {line}");
+                            without["message"] = Value::from(said);
+                            assert_eq!(&without, v, "line {line}: the provider's error changed");
+                        }
+                        _ => assert_eq!(
+                            &returned[k], v,
+                            "line {line}: the provider's field {k} changed"
+                        ),
+                    }
+                }
+                let should_retry = resp.headers.get("x-should-retry");
+                match reason.as_str() {
+                    "rate_limited" => assert_eq!(should_retry.unwrap(), "true", "line {line}"),
+                    "unknown_auth_error" => assert!(should_retry.is_none(), "line {line}"),
+                    _ => assert_eq!(should_retry.unwrap(), "false", "line {line}"),
+                }
                 if std::env::var_os("SHOW_MESSAGES").is_some() {
                     eprintln!("{line} {}: {}", kp["reason"], kp["message"]);
                 }
@@ -583,12 +604,11 @@ fn explain(args: &[&str], body: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
+    // A refused argument ends the process before it reads stdin: a broken pipe is its answer.
+    let written = child.stdin.take().unwrap().write_all(body.as_bytes());
+    if let Err(e) = written {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}{}",

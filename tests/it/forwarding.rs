@@ -247,6 +247,12 @@ async fn no_route_is_404_no_route() {
         .as_str()
         .unwrap()
         .contains("/v1/chat/completions"));
+    // Which paths do route, and that asking again will not help.
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the configured prefixes are \"/anthropic\""));
+    assert_eq!(resp.headers["x-should-retry"], "false");
     assert!(provider.seen().is_empty());
     proxy.stop().await;
 }

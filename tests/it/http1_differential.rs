@@ -175,6 +175,13 @@ impl From<Bytes> for Whole {
     }
 }
 
+/// The app never half-closes here and the body timeout outlasts the conversation: no body is cut.
+impl server::AppBody for Whole {
+    fn faulted(_: Bytes, _: u64, fault: http1::ClientFault) -> Whole {
+        panic!("a body cut short by {fault}")
+    }
+}
+
 /// hyper's server as the proxy and admin ports configure it (`server::hyper_builder`).
 fn hyper_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -224,8 +231,13 @@ async fn ours_serves(io: DuplexStream, seen: Arc<Mutex<Vec<Seen>>>) {
             .push(Seen::new(parts, Ok(Raw(body))));
         async move { response }
     };
-    match server::serve(io, answer, HEADER_TIMEOUT, &shutdown).await {
-        server::Ended::Closed => {}
+    // hyper's server alone has no body timeout: ours outlasts the conversation too.
+    let timeouts = server::Timeouts {
+        header: HEADER_TIMEOUT,
+        body: 20 * HEADER_TIMEOUT,
+    };
+    match server::serve(io, answer, timeouts, &shutdown).await {
+        server::Ended::Closed | server::Ended::HeaderTimeout(_) => {}
         server::Ended::HandOff(rewound) => hyper_serves(rewound, seen).await,
     }
 }
@@ -355,7 +367,6 @@ fn serve_both(input: &[u8]) -> (Served, Served) {
 #[track_caller]
 fn assert_same_service(name: &str, input: &[u8]) -> Served {
     let (ours, hypers) = serve_both(input);
-    let (ours, hypers) = (without_head_length(ours), without_head_length(hypers));
     assert_eq!(
         ours,
         hypers,
@@ -550,25 +561,20 @@ fn requests_table() {
     }
 }
 
-/// Known differences: answers to HEAD. With no `Content-Length` of the handler's own, hyper
-/// states the length the body would have had; `http1::server` states none (RFC 9110 §9.3.2 lets a
-/// server leave it out). Everything else (the request seen, the status, no body) agrees.
+/// Answers to HEAD agree (this was a known difference until issue #17): with no
+/// `Content-Length` of the handler's own, both state the length the body would have had, as
+/// hyper does (RFC 9110 §9.3.2), and send no body.
 #[test]
-fn head_answers_differ_only_in_content_length() {
+fn head_answers_state_the_length_on_both() {
     let input = b"HEAD /x HTTP/1.1\r\nhost: a\r\n\r\n";
-    let (mut ours, mut hypers) = serve_both(input);
-    assert_eq!(ours.requests, hypers.requests);
-    let length = |served: &mut Served| {
-        let headers = &mut served.answers[0].headers;
-        let at = headers.iter().position(|(n, _)| n == "content-length");
-        at.map(|at| headers.remove(at).1)
-    };
-    assert_eq!(length(&mut ours), None);
-    assert_eq!(
-        length(&mut hypers),
-        Some(Raw("HEAD /x".len().to_string().into_bytes()))
-    );
+    let (ours, hypers) = serve_both(input);
     assert_eq!(ours, hypers);
+    let length = ours.answers[0]
+        .headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.clone());
+    assert_eq!(length, Some(Raw("HEAD /x".len().to_string().into_bytes())));
 }
 
 /// Known difference: bytes that are no request, after a request was answered on the same
@@ -738,7 +744,6 @@ proptest! {
     fn generated_requests(requests in prop::collection::vec(raw_request(), 1..4)) {
         let input: Vec<u8> = requests.iter().flat_map(|r| r.bytes()).collect();
         let (ours, hypers) = serve_both(&input);
-        let (ours, hypers) = (without_head_length(ours), without_head_length(hypers));
         let (ours, hypers) = (refusals_alike(ours), refusals_alike(hypers));
         if !hyper_went_quiet(&ours, &hypers) {
             prop_assert_eq!(ours, hypers, "{}", show(&input));
@@ -752,16 +757,6 @@ fn refusals_alike(mut served: Served) -> Served {
     for answer in &mut served.answers {
         if answer.status >= 400 {
             answer.status = 400;
-        }
-    }
-    served
-}
-
-/// The one known difference (see `head_answers_differ_only_in_content_length`) taken out.
-fn without_head_length(mut served: Served) -> Served {
-    for (answer, request) in served.answers.iter_mut().zip(&served.requests) {
-        if request.method == "HEAD" {
-            answer.headers.retain(|(n, _)| n != "content-length");
         }
     }
     served
@@ -1297,4 +1292,395 @@ proptest! {
             prop_assert_eq!(ours, hypers, "{}", show(&bytes));
         }
     }
+}
+
+// Through the proxy (issue #17): the fast path against the hand-over, faults included.
+//
+// The same request goes to the real binary twice: once as `http1::server` serves it (a short
+// Content-Length body) and once with `Expect: 100-continue`, which `http1::server` hands to hyper.
+// The app must get the same final answer, the raw-socket upstream the same bytes, the log the
+// same lines and the metrics the same changes, whether the request is whole or its body stalls,
+// is cut by a half-close, or the app leaves while waiting, and whatever framing the upstream
+// answers with.
+
+use crate::client_faults::{final_response, Event, RawUpstream, CHAT};
+use crate::common::{key_file, openai_key, run_binary, within, Running};
+
+/// How the app ends its side of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Sends the whole body and waits for the answer.
+    Whole,
+    /// Sends part of the body and then nothing (`client_body_timeout` ends it).
+    Stall,
+    /// Sends part of the body and half-closes.
+    HalfClose,
+    /// Sends the whole body, and closes once the upstream has the request (which never answers).
+    Leave,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    /// The body's declared length, and how much of it is sent.
+    length: usize,
+    sent: usize,
+    end: End,
+    /// What the upstream answers (with `connection: close`, so each request has its own
+    /// upstream connection).
+    response: &'static [u8],
+}
+
+/// What one request came to.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    /// The app's final answer (interim responses, `date` and the request id left out); none when
+    /// the app left.
+    answer: Option<String>,
+    /// What the upstream received (the request-id and `expect` lines left out).
+    upstream: String,
+    /// Every counter that moved, and by how much.
+    counters: Vec<(String, f64)>,
+}
+
+/// The real binary in front of a raw upstream whose answer each case sets.
+struct Bench {
+    running: Running,
+    upstream: RawUpstream,
+    answer: Arc<Mutex<&'static [u8]>>,
+    _dir: tempfile::TempDir,
+}
+
+const ANSWER_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}";
+
+impl Bench {
+    async fn start() -> Bench {
+        let answer: Arc<Mutex<&'static [u8]>> = Arc::new(Mutex::new(ANSWER_OK));
+        let current = Arc::clone(&answer);
+        let upstream = RawUpstream::start_with(Arc::new(move |_: &str| {
+            let answer = *current.lock().unwrap();
+            (!answer.is_empty()).then_some(answer)
+        }))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keyproxy.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nclient_body_timeout = \"300ms\"\n\
+                 [[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://{}\"\nkey = {{ file = \"{}\" }}\nresponse_header_timeout = \"10s\"\n",
+                upstream.addr,
+                key_file(dir.path(), "key", &openai_key("DIFFERENTIAL")),
+            ),
+        )
+        .unwrap();
+        Bench {
+            running: run_binary(&config, &[]),
+            upstream,
+            answer,
+            _dir: dir,
+        }
+    }
+
+    /// Every counter of the admin port's exposition (histogram buckets and sums, gauges and the
+    /// process's own series left out: they measure time and memory, not what happened).
+    async fn counters(&self) -> Vec<(String, f64)> {
+        let url = format!("http://{}/metrics", self.running.admin);
+        let (_, body) = crate::common::get(&url).await;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("keyproxy_") && !l.contains("_bucket") && !l.contains("_sum"))
+            .filter(|l| {
+                !l.starts_with("keyproxy_requests_in_flight") && !l.starts_with("keyproxy_key_")
+            })
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(series, v)| (series.to_owned(), v.parse().unwrap()))
+            .collect()
+    }
+
+    /// `fault` through one path; `id` is its request id.
+    async fn run(&mut self, fault: &Fault, handed_over: bool, id: &str) -> Outcome {
+        *self.answer.lock().unwrap() = match fault.end {
+            End::Leave => b"",
+            _ => fault.response,
+        };
+        let before = self.counters().await;
+        let expect = if handed_over {
+            "expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        let mut bytes = format!(
+            "POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n{expect}\r\n",
+            fault.length
+        )
+        .into_bytes();
+        bytes.resize(bytes.len() + fault.sent, b'7');
+        let mut app = tokio::net::TcpStream::connect(&self.running.proxy)
+            .await
+            .unwrap();
+        app.write_all(&bytes).await.unwrap();
+        let answer = match fault.end {
+            End::Leave => {
+                self.upstream.request().await;
+                drop(app);
+                None
+            }
+            end => {
+                if end == End::HalfClose {
+                    app.shutdown().await.unwrap();
+                }
+                let mut out = Vec::new();
+                let _ = within("the answer", app.read_to_end(&mut out)).await;
+                let (_, text) = final_response(&out);
+                let kept: Vec<&str> = text
+                    .split("\r\n")
+                    .filter(|l| {
+                        !l.starts_with("date: ") && !l.starts_with("x-keyproxy-request-id: ")
+                    })
+                    .collect();
+                Some(kept.join("\r\n"))
+            }
+        };
+        // Each request has an upstream connection of its own, which ends with it.
+        let conn = loop {
+            if let Event::Closed(n, _) = self.upstream.next().await {
+                break n;
+            }
+        };
+        let upstream = String::from_utf8_lossy(&self.upstream.bytes(conn))
+            .split("\r\n")
+            .filter(|l| !l.starts_with("x-request-id: ") && !l.starts_with("expect: "))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        // Every request is counted once, an app that left included (a moment after it left).
+        let total = |c: &[(String, f64)]| -> f64 {
+            c.iter()
+                .filter(|(s, _)| s.starts_with("keyproxy_requests_total"))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let counted = total(&before) + 1.0;
+        let after = within("the request to be counted", async {
+            loop {
+                let after = self.counters().await;
+                if total(&after) >= counted {
+                    break after;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let counters = after
+            .into_iter()
+            .filter_map(|(series, v)| {
+                let was = before
+                    .iter()
+                    .find(|(s, _)| *s == series)
+                    .map_or(0.0, |(_, v)| *v);
+                (v != was).then_some((series, v - was))
+            })
+            .collect();
+        Outcome {
+            answer,
+            upstream,
+            counters,
+        }
+    }
+
+    /// Stop the binary; its log lines about request `id`, without what differs by nature (time,
+    /// request id, duration).
+    fn lines_about(logs: &str, id: &str) -> Vec<serde_json::Value> {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["request_id"] == id)
+            .map(|mut v| {
+                let o = v.as_object_mut().unwrap();
+                for volatile in [
+                    "timestamp",
+                    "request_id",
+                    "duration_ms",
+                    "threadId",
+                    "threadName",
+                ] {
+                    o.remove(volatile);
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+/// Run each fault through both paths; compare everything, and return the fast path's outcomes
+/// and the logs.
+async fn through_both(faults: &[Fault]) -> Vec<Outcome> {
+    let mut bench = Bench::start().await;
+    let mut outcomes = Vec::new();
+    for (n, fault) in faults.iter().enumerate() {
+        let fast = bench.run(fault, false, &format!("case-{n}-fast")).await;
+        let handed = bench.run(fault, true, &format!("case-{n}-hyper")).await;
+        assert_eq!(fast, handed, "{fault:?}: the fast path and hyper disagree");
+        outcomes.push(fast);
+    }
+    let logs = bench.running.stop().await;
+    for (n, fault) in faults.iter().enumerate() {
+        let fast = Bench::lines_about(&logs, &format!("case-{n}-fast"));
+        let handed = Bench::lines_about(&logs, &format!("case-{n}-hyper"));
+        assert_eq!(fast, handed, "{fault:?}: the logs disagree");
+        let access = fast.iter().filter(|v| v["message"] == "request").count();
+        assert_eq!(access, 1, "{fault:?}: logged once: {fast:?}");
+    }
+    outcomes
+}
+
+/// The faults and framings of issue #17, each through both paths, with the outcome pinned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_paths_agree_on_faults_and_framing() {
+    let whole = |response| Fault {
+        length: 2,
+        sent: 2,
+        end: End::Whole,
+        response,
+    };
+    let faults = vec![
+        whole(ANSWER_OK),
+        Fault {
+            length: 100,
+            sent: 50,
+            end: End::Stall,
+            response: ANSWER_OK,
+        },
+        Fault {
+            length: 100,
+            sent: 50,
+            end: End::HalfClose,
+            response: ANSWER_OK,
+        },
+        Fault {
+            length: 2,
+            sent: 2,
+            end: End::Leave,
+            response: ANSWER_OK,
+        },
+        whole(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\nconnection: close\r\n\r\nhello"),
+        whole(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"),
+        whole(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\nconnection: close\r\n\r\nhello"),
+        whole(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+    ];
+    let outcomes = through_both(&faults).await;
+    let statuses: Vec<Option<u16>> = outcomes
+        .iter()
+        .map(|o| o.answer.as_ref().map(|a| a[9..12].parse().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(200),
+            Some(408),
+            Some(400),
+            None,
+            Some(200),
+            Some(204),
+            Some(502),
+            Some(200)
+        ]
+    );
+    let moved = |o: &Outcome, series: &str| o.counters.iter().any(|(s, _)| s == series);
+    assert!(moved(
+        &outcomes[1],
+        "keyproxy_client_errors_total{kind=\"body_timeout\"}"
+    ));
+    assert!(moved(
+        &outcomes[2],
+        "keyproxy_client_errors_total{kind=\"malformed_body\"}"
+    ));
+    assert!(moved(
+        &outcomes[3],
+        "keyproxy_client_errors_total{kind=\"disconnected\"}"
+    ));
+    assert!(moved(
+        &outcomes[3],
+        "keyproxy_requests_total{status=\"499\",upstream=\"openai\"}"
+    ));
+    for o in &outcomes[..4] {
+        assert!(
+            !o.counters
+                .iter()
+                .any(|(s, _)| s.starts_with("keyproxy_upstream_errors_total")),
+            "{o:?}"
+        );
+    }
+    // The shipped alerts read none of the series a client fault moves.
+    let alerts = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    let exprs: Vec<&str> = alerts
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .collect();
+    assert!(!exprs.is_empty());
+    for o in &outcomes[1..4] {
+        for (series, _) in &o.counters {
+            let family = series.split('{').next().unwrap();
+            assert!(
+                !exprs.iter().any(|e| e.contains(family)),
+                "an alert reads {family}"
+            );
+        }
+    }
+    let answer = |n: usize| outcomes[n].answer.clone().unwrap();
+    assert!(
+        answer(4).contains("content-length: 5\r\n") && !answer(4).contains("transfer-encoding"),
+        "{}",
+        answer(4)
+    );
+    assert!(!answer(5).contains("content-length"), "{}", answer(5));
+    assert!(
+        answer(6).contains("conflicting Content-Length values"),
+        "{}",
+        answer(6)
+    );
+    assert!(
+        answer(7).contains("transfer-encoding: chunked") && !answer(7).contains("content-length"),
+        "{}",
+        answer(7)
+    );
+}
+
+/// Generated faults: any declared length the fast path reads whole, any part of it sent, and
+/// any way of ending; both paths must agree.
+#[test]
+fn generated_faults_agree_on_both_paths() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fault =
+        (1usize..=http1::MAX_WHOLE_BODY, 0.0f64..1.0, 0usize..4).prop_map(|(length, part, end)| {
+            let end = [End::Whole, End::Stall, End::HalfClose, End::Leave][end];
+            let sent = match end {
+                End::Whole | End::Leave => length,
+                _ => ((length as f64 * part) as usize).min(length - 1),
+            };
+            Fault {
+                length,
+                sent,
+                end,
+                response: ANSWER_OK,
+            }
+        });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 8,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let batch = prop::collection::vec(fault, 4);
+    runner
+        .run(&batch, |faults| {
+            rt.block_on(through_both(&faults));
+            Ok(())
+        })
+        .unwrap();
 }

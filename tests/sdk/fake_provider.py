@@ -2,15 +2,27 @@
 
 It accepts only the keys listed in FAKE_PROVIDER_KEYS (comma-separated) and answers like the real APIs:
 chat completions and messages, streamed (SSE) and not, and the providers' own 401 bodies for a wrong key.
+A key in FAKE_QUOTA_KEYS gets OpenAI's 429 insufficient_quota, one in FAKE_RATE_KEYS its 429 rate limit
+(with retry-after-ms). GET /__attempts answers how many requests each key made (by its last 6 characters),
+so a test can tell how often an SDK retried.
 Usage: python3 fake_provider.py PORT_FILE   (binds 127.0.0.1:0 and writes the port to PORT_FILE)
 """
 
 import json
 import os
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-KEYS = set(k for k in os.environ.get("FAKE_PROVIDER_KEYS", "").split(",") if k)
+def keys(name):
+    return set(k for k in os.environ.get(name, "").split(",") if k)
+
+
+KEYS = keys("FAKE_PROVIDER_KEYS")
+QUOTA_KEYS = keys("FAKE_QUOTA_KEYS")
+RATE_KEYS = keys("FAKE_RATE_KEYS")
+ATTEMPTS = {}
+LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -40,12 +52,37 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def do_GET(self):
+        if self.path == "/__attempts":
+            with LOCK:
+                self._send(200, json.dumps(ATTEMPTS))
+            return
         self._send(200, json.dumps({"object": "list", "data": []}))
 
     def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
         body = json.loads(self.rfile.read(length) or b"{}")
-        if self.path.endswith("/chat/completions"):
+        key = (self.headers.get("authorization") or "").removeprefix("Bearer ") or self.headers.get("x-api-key") or ""
+        with LOCK:
+            ATTEMPTS[key[-6:]] = ATTEMPTS.get(key[-6:], 0) + 1
+        if key in QUOTA_KEYS:
+            self._send(429, json.dumps({"error": {
+                "message": "You exceeded your current quota, please check your plan and billing details.",
+                "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}))
+            return
+        if key in RATE_KEYS:
+            self.send_response(429)
+            data = json.dumps({"error": {"message": "Rate limit reached for gpt-4o-mini on requests per min (RPM).",
+                                         "type": "requests", "param": None, "code": "rate_limit_exceeded"}}).encode()
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("retry-after-ms", "10")
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if self.path.startswith("/v1/v1/"):
+            self._send(404, json.dumps({"error": {"message": f"Invalid URL (POST {self.path})",
+                                                  "type": "invalid_request_error", "param": None, "code": None}}))
+        elif self.path.endswith("/chat/completions"):
             self.openai(body)
         elif self.path.endswith("/messages"):
             self.anthropic(body)
