@@ -130,7 +130,8 @@ key = {{ file = "{keys['anthropic']}" }}
     log = d / "log"
     with open(log, "w") as log_file:
         kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
-                              env={**os.environ, "KEYPROXY_SDK_ADMIN": ADMIN_TOKEN})
+                              env={**os.environ, "KEYPROXY_SDK_ADMIN": ADMIN_TOKEN,
+                                   "KEYPROXY_STATE_DIR": str(d / "state")})
 
     def listening(what):
         for line in log.read_text().splitlines():
