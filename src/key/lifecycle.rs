@@ -78,6 +78,9 @@ struct Memory {
     in_service: Option<RetiredKey>,
     /// Expiries set with a rotation, by fingerprint (from the state store, and this run's).
     expiries: Vec<(String, SystemTime)>,
+    /// Retired keys beyond the newest `RETIRED_KEPT` that requests are checked against: a source
+    /// holding one is still refused.
+    older_retired: Vec<RetiredKey>,
 }
 
 /// How an explicit rotation (admin API, `keyproxy rotate`) was asked for.
@@ -191,11 +194,13 @@ impl KeyLifecycle {
     /// The retired key `key` is, if it is one.
     fn retired_match(&self, key: &str) -> Option<RetiredKey> {
         let retired = self.retired.load();
-        if !retired.iter().any(|r| r.len == key.len()) {
+        let memory = self.memory();
+        let candidates = || retired.iter().chain(memory.older_retired.iter());
+        if !candidates().any(|r| r.len == key.len()) {
             return None;
         }
         let hash = self.salted(key);
-        retired.iter().find(|r| r.digest == hash).cloned()
+        candidates().find(|r| r.digest == hash).cloned()
     }
 
     /// The key in service (or why there is none): one lock-free load.
@@ -268,11 +273,12 @@ impl KeyLifecycle {
     /// Take in what the store recalled; the key kept in it, if any.
     fn remember(&self, recalled: Recalled) -> Option<Secret> {
         let mut retired = recalled.retired;
-        retired.truncate(RETIRED_KEPT);
+        let older = retired.split_off(retired.len().min(RETIRED_KEPT));
         self.retired.store(Arc::new(retired));
         self.store.resume_after(recalled.last_generation);
         let mut memory = self.memory();
         memory.expiries = recalled.expiries;
+        memory.older_retired = older;
         let in_service = recalled.in_service?;
         memory.in_service = Some(RetiredKey {
             digest: in_service.hash,
@@ -675,15 +681,20 @@ impl KeyLifecycle {
             return;
         }
         let newest = old.as_ref().map(|o| o.digest);
-        let mut retired: Vec<RetiredKey> = Vec::with_capacity(RETIRED_KEPT);
+        let mut retired: Vec<RetiredKey> = Vec::with_capacity(RETIRED_KEPT + 1);
         retired.extend(old);
         retired.extend(
             current
                 .iter()
                 .filter(|r| r.digest != now_in_service && Some(r.digest) != newest)
-                .take(RETIRED_KEPT - 1)
                 .cloned(),
         );
+        let older = retired.split_off(retired.len().min(RETIRED_KEPT));
+        {
+            let mut memory = self.memory();
+            memory.older_retired.retain(|r| r.digest != now_in_service);
+            memory.older_retired.extend(older);
+        }
         self.retired.store(Arc::new(retired));
     }
 

@@ -580,3 +580,48 @@ async fn with_client_tokens_an_app_sending_a_retired_key_instead_is_still_named(
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_retired_long_ago_is_still_refused_from_the_source() {
+    use keyproxy::config::Config;
+    use keyproxy::key::rotation::{Trigger, RETIRED_KEPT};
+    use keyproxy::key::Secret;
+    use keyproxy::metrics::Metrics;
+    use keyproxy::upstream::Upstream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..RETIRED_KEPT + 3)
+        .map(|i| openai_key(&format!("LONGAGO{i}x")))
+        .collect();
+    let key_path = key_file(dir.path(), "key", &keys[0]);
+    let text = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:9\"\nkey = {{ file = \"{key_path}\" }}\n"
+    );
+    let config = Config::parse(&dir.path().join("k.toml"), &text).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let up = Upstream::new(&config.upstreams[0], &metrics, 1).unwrap();
+    up.key.load_initial().await.unwrap();
+    for key in &keys[1..] {
+        up.key
+            .rotate(Secret::new(key.clone()), Trigger::Admin, false, &up)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        up.key.retired().len(),
+        RETIRED_KEPT,
+        "the request path checks the newest"
+    );
+    std::fs::write(&key_path, format!("{}\n", keys[0])).unwrap();
+    let refused = up
+        .key
+        .reload(Trigger::Sighup, true, &up)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code(), "retired_key", "{refused}");
+    assert_eq!(
+        up.key.current().snapshot().unwrap().fingerprint.to_string(),
+        fp(keys.last().unwrap())
+    );
+}
