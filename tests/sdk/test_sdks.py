@@ -326,6 +326,12 @@ def test_rotate_on_a_terminal_prompts_reads_one_line_and_does_not_echo(proxy):
         assert time.time() < deadline, seen
         seen += os.read(fd, 1024)
     assert b"Paste the new key for openai, then Enter: " in seen, seen
+    # The prompt is written just before echo is turned off; a person is slower than that, a test
+    # is not. The pty's settings are the terminal's: type once echo is off, as a person would.
+    import termios
+    while termios.tcgetattr(fd)[3] & termios.ECHO:
+        assert time.time() < deadline, "keyproxy never turned echo off"
+        time.sleep(0.01)
     os.write(fd, (OPENAI_KEY + "\n").encode())  # Enter, and no Ctrl-D: one line is the key
     while True:
         try:
