@@ -555,9 +555,11 @@ impl KeyLifecycle {
             expires_at,
             warnings: warnings.clone(),
         };
+        // Recorded before it is served: a request (or a reader of the store) that sees the new key
+        // finds the rotation and the retired key written already, even after a kill -9.
         let state = self
             .store
-            .install(secret, &self.settings.auth_prefix, meta)
+            .prepare(secret, &self.settings.auth_prefix, meta)
             .map_err(|e| {
                 let refusal = Refusal::Lint {
                     code: LintCode::BadCharacters,
@@ -607,6 +609,7 @@ impl KeyLifecycle {
                 tracing::error!(upstream = %self.settings.upstream, "the state store could not record the rotation ({e}); the new key is in service, and after a restart keyproxy may not remember it");
             }
         }
+        self.store.swap_in(Arc::clone(&state));
         match &retired {
             Some(old) => tracing::info!(
                 upstream = %self.settings.upstream,

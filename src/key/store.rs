@@ -103,6 +103,19 @@ impl KeyStore {
         auth_prefix: &str,
         meta: KeyMeta,
     ) -> Result<Arc<KeyState>, InvalidHeaderKey> {
+        let state = self.prepare(secret, auth_prefix, meta)?;
+        self.swap_in(Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// Build the next snapshot (its generation taken) without serving it yet, so what must be
+    /// recorded first can be recorded before any request sees the key. One rotation at a time.
+    pub fn prepare(
+        &self,
+        secret: &Secret,
+        auth_prefix: &str,
+        meta: KeyMeta,
+    ) -> Result<Arc<KeyState>, InvalidHeaderKey> {
         let source = meta.source.as_str();
         let key = secret.expose();
         let header = header_value(secret, auth_prefix, source)?;
@@ -117,9 +130,12 @@ impl KeyStore {
             len: key.len(),
             warnings: meta.warnings.into_boxed_slice(),
         };
-        let state = Arc::new(KeyState::Ready(snapshot));
-        self.state.store(Arc::clone(&state));
-        Ok(state)
+        Ok(Arc::new(KeyState::Ready(snapshot)))
+    }
+
+    /// Serve a prepared snapshot from now on.
+    pub fn swap_in(&self, state: Arc<KeyState>) {
+        self.state.store(state);
     }
 
     /// Continue counting generations after `generation` (what the state store last recorded),
