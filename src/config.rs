@@ -74,7 +74,12 @@ pub struct UpstreamConfig {
     pub base_url: Uri,
     /// Normalised: starts with `/`, no trailing `/` unless it is exactly `/`.
     pub prefix: String,
+    /// The first key's source (`key = …`, or the first of `keys = [...]`).
     pub key: KeySource,
+    /// Every key the upstream may use: `key = …` is a pool of one.
+    pub keys: Vec<PoolKeyConfig>,
+    /// How long a rate-limited key rests when the provider names no `Retry-After`.
+    pub cooldown: Duration,
     pub ca_certs: Vec<CertificateDer<'static>>,
     pub auth_header: Option<HeaderName>,
     pub auth_prefix: Option<String>,
@@ -88,6 +93,23 @@ pub struct UpstreamConfig {
     /// An open response stream with no byte for this long is cut (a stalled upstream).
     pub stream_idle_timeout: Duration,
 }
+
+/// One entry of `keys = [...]` (or the single `key = …`).
+#[derive(Debug, Clone)]
+pub struct PoolKeyConfig {
+    /// Unique within the upstream; in logs, metrics and admin paths.
+    pub name: String,
+    /// Its share of the requests (smooth weighted round-robin).
+    pub weight: u32,
+    pub source: KeySource,
+    pub expiry: ExpiryPolicy,
+}
+
+/// Heavier than this is a typo: the schedule holds one slot per unit of weight.
+const MAX_WEIGHT: i64 = 1000;
+/// Keys a pool may hold (they are indexed by `u16` on the request path; far more than needed).
+const MAX_POOL_KEYS: usize = 64;
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -204,7 +226,15 @@ struct RawUpstream {
     base_url: Option<Spanned<String>>,
     #[serde(default)]
     prefix: Option<Spanned<String>>,
-    key: Spanned<KeySource>,
+    #[serde(default)]
+    key: Option<Spanned<KeySource>>,
+    /// A pool: each entry a key source plus optional `name`, `weight`, `expires_at`, `max_age`.
+    /// Kept as a TOML value so that nothing in it is echoed by a type error (it may be a pasted
+    /// key) and the source part is read by `KeySource`'s own rules.
+    #[serde(default)]
+    keys: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    cooldown: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
@@ -500,6 +530,15 @@ impl Config {
     }
 }
 
+/// Names of upstreams, clients and keys: non-empty, letters, digits, '-' and '_' (they appear in
+/// logs, metric labels and admin paths as they are).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// `$KEYPROXY_STATE_DIR`, else `$XDG_STATE_HOME/keyproxy`, else `$HOME/.local/state/keyproxy`.
 pub fn default_state_dir() -> Option<PathBuf> {
     let var = |name| {
@@ -602,11 +641,7 @@ fn validate_clients(ctx: &Ctx, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>,
     let mut clients = Vec::with_capacity(raw.len());
     for (i, c) in raw.into_iter().enumerate() {
         let name = c.name.get_ref();
-        let valid = !name.is_empty()
-            && name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
-        if !valid || !names.insert(name.clone()) {
+        if !valid_name(name) || !names.insert(name.clone()) {
             return Err(ctx.error(
                 c.name.span(),
                 format!("clients[{i}].name"),
@@ -624,11 +659,7 @@ fn validate_clients(ctx: &Ctx, raw: Vec<RawClient>) -> Result<Vec<ClientConfig>,
 fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamConfig, ConfigError> {
     let field = |f: &str| format!("upstreams[{i}].{f}");
     let name = up.name.get_ref();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !valid_name(name) {
         return Err(ctx.error(
             up.name.span(),
             field("name"),
@@ -694,7 +725,6 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             ));
         }
     }
-    let key = up.key.into_inner().resolved(ctx.path);
     if let (Some(_), Some(max_age)) = (&up.expires_at, &up.max_age) {
         return Err(ctx.error(
             max_age.span(),
@@ -720,12 +750,49 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         Some(p) => Some(p.get_ref().clone()),
         None => None,
     };
+    let expiry = ExpiryPolicy {
+        expires_at: match up.expires_at.as_ref().map(Spanned::get_ref) {
+            Some(ExpiresAt::TheSourcesKey(at)) => Some(at.0),
+            _ => None,
+        },
+        expires_at_by_key: match up.expires_at.map(Spanned::into_inner) {
+            Some(ExpiresAt::ByFingerprint(entries)) => entries,
+            _ => Vec::new(),
+        },
+        issued_at: up.issued_at.map(|t| t.get_ref().0),
+        max_age: up.max_age.map(|d| d.get_ref().0),
+    };
+    let keys = match (up.key, up.keys) {
+        (Some(key), None) => vec![PoolKeyConfig {
+            name: name.clone(),
+            weight: 1,
+            source: key.into_inner().resolved(ctx.path),
+            expiry: expiry.clone(),
+        }],
+        (None, Some(keys)) => pool_keys(ctx, i, keys, &expiry)?,
+        (Some(_), Some(keys)) => {
+            return Err(ctx.error(
+                keys.span(),
+                field("keys"),
+                "set either key (one key) or keys (a pool), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ctx.error(
+                up.name.span(),
+                field("key"),
+                &format!("upstream {name:?} has no key: write key = {{ env = \"OPENAI_API_KEY\" }} (or keys = [ {{ file = \"…\" }}, {{ env = \"…\" }} ] for a pool)"),
+            ))
+        }
+    };
     Ok(UpstreamConfig {
         name: up.name.into_inner(),
         provider,
         base_url,
         prefix,
-        key,
+        key: keys[0].source.clone(),
+        keys,
+        cooldown: duration_or(&up.cooldown, DEFAULT_COOLDOWN),
         ca_certs,
         auth_header,
         auth_prefix: up.auth_prefix.map(Spanned::into_inner),
@@ -734,18 +801,7 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             &up.response_header_timeout,
             DEFAULT_RESPONSE_HEADER_TIMEOUT,
         ),
-        expiry: ExpiryPolicy {
-            expires_at: match up.expires_at.as_ref().map(Spanned::get_ref) {
-                Some(ExpiresAt::TheSourcesKey(at)) => Some(at.0),
-                _ => None,
-            },
-            expires_at_by_key: match up.expires_at.map(Spanned::into_inner) {
-                Some(ExpiresAt::ByFingerprint(entries)) => entries,
-                _ => Vec::new(),
-            },
-            issued_at: up.issued_at.map(|t| t.get_ref().0),
-            max_age: up.max_age.map(|d| d.get_ref().0),
-        },
+        expiry,
         validate_on_rotate: up.validate_on_rotate.is_some_and(|v| *v.get_ref()),
         probe_path,
         lint: up.lint.map(Spanned::into_inner).unwrap_or_default(),
@@ -753,7 +809,121 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
     })
 }
 
+/// `keys = [ { file = "…", name = "a", weight = 2 }, … ]`: each entry's own settings taken out,
+/// the rest read as a key source by its own rules (so a pasted secret is refused, not echoed).
+fn pool_keys(
+    ctx: &Ctx,
+    i: usize,
+    keys: Spanned<toml::Value>,
+    upstream_expiry: &ExpiryPolicy,
+) -> Result<Vec<PoolKeyConfig>, ConfigError> {
+    let span = keys.span();
+    let keys = match keys.into_inner() {
+        toml::Value::Array(keys) if !keys.is_empty() && keys.len() <= MAX_POOL_KEYS => keys,
+        _ => {
+            return Err(ctx.error(
+                span,
+                format!("upstreams[{i}].keys"),
+                &format!("keys is a list of 1 to {MAX_POOL_KEYS} key sources, e.g. keys = [ {{ file = \"/run/secrets/a\" }}, {{ env = \"KEY_B\", weight = 2 }} ]"),
+            ))
+        }
+    };
+    let mut names = HashSet::new();
+    let mut pool = Vec::with_capacity(keys.len());
+    for (j, mut value) in keys.into_iter().enumerate() {
+        let err = |f: &str, m: &str| {
+            let field = match f {
+                "" => format!("upstreams[{i}].keys[{j}]"),
+                f => format!("upstreams[{i}].keys[{j}].{f}"),
+            };
+            ctx.error(span.clone(), field, m)
+        };
+        let mut take = |k: &str| match &mut value {
+            toml::Value::Table(t) => t.remove(k),
+            _ => None,
+        };
+        let name = match take("name") {
+            None => format!("key-{}", j + 1),
+            Some(toml::Value::String(n)) => n,
+            Some(_) => return Err(err("name", "name is a string")),
+        };
+        if !valid_name(&name) || !names.insert(name.clone()) {
+            return Err(err("name", "key names must be unique within the upstream and use only letters, digits, '-' and '_' (they appear in logs, metrics and admin paths)"));
+        }
+        let weight = match take("weight") {
+            None => 1,
+            Some(toml::Value::Integer(w)) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
+            Some(_) => {
+                return Err(err(
+                    "weight",
+                    &format!(
+                    "weight is a whole number from 1 to {MAX_WEIGHT} (its share of the requests)"
+                ),
+                ))
+            }
+        };
+        let expires_at = match take("expires_at") {
+            None => None,
+            Some(toml::Value::String(t)) => {
+                Some(crate::time::parse_timestamp(&t).map_err(|e| {
+                    err(
+                        "expires_at",
+                        &format!(
+                            "invalid date ({e}); write \"2027-11-27\" or \"2027-11-27T09:00:00Z\""
+                        ),
+                    )
+                })?)
+            }
+            Some(_) => {
+                return Err(err(
+                    "expires_at",
+                    "dates are strings here: write \"2027-11-27\" (with the quotes)",
+                ))
+            }
+        };
+        let max_age = match take("max_age") {
+            None => None,
+            Some(toml::Value::String(t)) => {
+                Some(crate::time::parse_duration(&t).map_err(|e| err("max_age", &e))?)
+            }
+            Some(_) => {
+                return Err(err(
+                    "max_age",
+                    "durations are strings with a unit, e.g. \"90d\"",
+                ))
+            }
+        };
+        if expires_at.is_some() && max_age.is_some() {
+            return Err(err("max_age", "set either expires_at or max_age, not both"));
+        }
+        let source = KeySource::deserialize(value)
+            .map_err(|e| err("", e.message()))?
+            .resolved(ctx.path);
+        let expiry = if expires_at.is_some() || max_age.is_some() {
+            ExpiryPolicy {
+                expires_at,
+                max_age,
+                ..ExpiryPolicy::default()
+            }
+        } else {
+            upstream_expiry.clone()
+        };
+        pool.push(PoolKeyConfig {
+            name,
+            weight,
+            source,
+            expiry,
+        });
+    }
+    Ok(pool)
+}
+
 impl UpstreamConfig {
+    /// Configured with `keys = [...]` (a `key = …` upstream is one key named after the upstream).
+    pub fn is_pool(&self) -> bool {
+        self.keys.len() != 1 || self.keys.iter().any(|k| k.name != self.name)
+    }
+
     /// Settings that are valid but most likely not what the person meant: `check` shows each as
     /// a ⚠ line and `run` logs it at startup.
     pub fn warnings(&self) -> Vec<String> {

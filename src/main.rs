@@ -72,6 +72,9 @@ enum Command {
         /// The upstream whose key to replace.
         #[arg(long)]
         upstream: String,
+        /// Which key of the upstream's pool (`keys = [...]`) to replace; default the first.
+        #[arg(long)]
+        name: Option<String>,
         /// Read the new key from this file.
         #[arg(
             long,
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         }
         Command::Rotate {
             upstream,
+            name,
             key_file,
             key_stdin: _,
             admin,
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
             config,
         } => runtime.block_on(cli::rotate::rotate(
             upstream,
+            name,
             key_file,
             admin,
             probe,

@@ -34,6 +34,9 @@ pub struct Metrics {
     client_credentials: IntCounterVec,
     tokens: IntCounterVec,
     websockets_open: IntGaugeVec,
+    key_state: IntGaugeVec,
+    key_requests: IntCounterVec,
+    failovers: IntCounterVec,
     /// Requests the browser guard turned away, by listener and reason (pre-resolved at startup).
     refusals: [IntCounter; 4],
     /// `keyproxy_client_errors_total` by kind, in `ClientError::ALL` order.
@@ -125,6 +128,51 @@ impl ClientError {
             ClientError::Disconnected => "disconnected",
             ClientError::HeaderTimeout => "header_timeout",
         }
+    }
+}
+
+/// The series of one upstream's keys, by index in the config.
+pub struct KeyMetrics {
+    upstream: String,
+    names: Box<[Arc<str>]>,
+    state: Box<[IntGauge]>,
+    /// `key_requests_total` by key, then by status code (resolved on first use of each code).
+    requests: Box<[Box<[OnceLock<IntCounter>]>]>,
+    family: IntCounterVec,
+    failovers: IntCounterVec,
+}
+
+impl KeyMetrics {
+    /// Key `key`'s state code (see `keyproxy_key_state`).
+    pub fn state(&self, key: usize, code: i64) {
+        if let Some(g) = self.state.get(key) {
+            g.set(code);
+        }
+    }
+
+    /// One request answered through key `key`.
+    pub fn request(&self, key: usize, status: u16) {
+        let Some(by_status) = self.requests.get(key) else {
+            return;
+        };
+        if let Some(slot) = by_status.get(usize::from(status).wrapping_sub(100)) {
+            slot.get_or_init(|| {
+                let status = status.to_string();
+                self.family.with_label_values(&[
+                    self.upstream.as_str(),
+                    &*self.names[key],
+                    status.as_str(),
+                ])
+            })
+            .inc();
+        }
+    }
+
+    /// A request sent again on another key after `reason` (the error path: resolved here).
+    pub fn failover(&self, reason: Reason) {
+        self.failovers
+            .with_label_values(&[self.upstream.as_str(), reason.as_str()])
+            .inc();
     }
 }
 
@@ -292,6 +340,21 @@ impl Metrics {
                 "WebSocket connections currently spliced through to the upstream.",
                 &["upstream"],
             )?,
+            key_state: int_gauge(
+                "keyproxy_key_state",
+                "Each key of an upstream by its configured name: 0 active, 1 cooling (rate-limited), 2 quarantined (refused for the key itself), 3 no key loaded.",
+                &["upstream", "key"],
+            )?,
+            key_requests: counter(
+                "keyproxy_key_requests_total",
+                "Requests of an upstream with several keys, by the key that answered and response status.",
+                &["upstream", "key", "status"],
+            )?,
+            failovers: counter(
+                "keyproxy_failovers_total",
+                "Requests sent again on another key of the pool after a key-class refusal, by the refusal's reason.",
+                &["upstream", "reason"],
+            )?,
             refusals: {
                 let family = counter(
                     "keyproxy_refusals_total",
@@ -373,6 +436,28 @@ impl Metrics {
             key_usable: self.key_usable.with_label_values(&[name]),
             usage: OnceLock::new(),
         })
+    }
+
+    /// The series of one upstream's keys (`names` as configured), at zero from startup.
+    pub fn keys(&self, upstream: &str, names: &[Arc<str>]) -> KeyMetrics {
+        KeyMetrics {
+            upstream: upstream.to_owned(),
+            state: names
+                .iter()
+                .map(|n| self.key_state.with_label_values(&[upstream, &**n]))
+                .collect(),
+            requests: names
+                .iter()
+                .map(|n| {
+                    self.key_requests
+                        .with_label_values(&[upstream, &**n, "200"]);
+                    (0..500).map(|_| OnceLock::new()).collect()
+                })
+                .collect(),
+            names: names.to_vec().into_boxed_slice(),
+            family: self.key_requests.clone(),
+            failovers: self.failovers.clone(),
+        }
     }
 
     /// A request the browser guard refused on the proxy (`admin = false`) or admin listener.

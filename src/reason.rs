@@ -29,10 +29,12 @@ pub enum Reason {
     HostNotAllowed,
     /// A web page on another origin (or a cross-site request) tried to use the proxy.
     OriginNotAllowed,
+    /// Every key of an upstream's pool is quarantined, cooling or unloaded.
+    KeysExhausted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::InvalidKey,
@@ -55,6 +57,7 @@ impl Reason {
         Reason::NoRoute,
         Reason::HostNotAllowed,
         Reason::OriginNotAllowed,
+        Reason::KeysExhausted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Reason {
             Reason::NoRoute => "no_route",
             Reason::HostNotAllowed => "host_not_allowed",
             Reason::OriginNotAllowed => "origin_not_allowed",
+            Reason::KeysExhausted => "keys_exhausted",
         }
     }
 
@@ -95,6 +99,7 @@ impl Reason {
                 | Reason::NoRoute
                 | Reason::HostNotAllowed
                 | Reason::OriginNotAllowed
+                | Reason::KeysExhausted
         )
     }
 
@@ -105,9 +110,10 @@ impl Reason {
     pub const fn should_retry(self) -> Option<bool> {
         match self {
             Reason::RateLimited => Some(true),
-            Reason::UpstreamUnreachable | Reason::UpstreamTimeout | Reason::UnknownAuthError => {
-                None
-            }
+            Reason::UpstreamUnreachable
+            | Reason::UpstreamTimeout
+            | Reason::UnknownAuthError
+            | Reason::KeysExhausted => None,
             _ => Some(false),
         }
     }

@@ -100,16 +100,19 @@ impl Server {
         let state = open_state(server.state_dir.as_deref());
         for upstream in &proxy.upstreams {
             if let Ok(store) = &state {
-                upstream
-                    .key
-                    .attach_history(Arc::clone(store) as Arc<dyn key::history::KeyHistory>);
+                for key in upstream.lifecycles() {
+                    key.attach_history(Arc::clone(store) as Arc<dyn key::history::KeyHistory>);
+                }
                 upstream.attach_store(Arc::clone(store));
                 upstream
                     .metrics
                     .attach_usage(store.usage_sink(&upstream.name));
             }
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
-            let _ = upstream.key.load_initial().await;
+            for key in upstream.lifecycles() {
+                let _ = key.load_initial().await;
+            }
+            upstream.refresh_keys();
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
@@ -296,7 +299,11 @@ async fn check_expiry(proxy: Arc<Proxy>) {
         every.tick().await;
         let now = std::time::SystemTime::now();
         for upstream in &proxy.upstreams {
-            upstream.key.check_expiry(now);
+            for key in upstream.lifecycles() {
+                key.check_expiry(now);
+            }
+            // Also where a quarantined key whose source changed rejoins, when no request asks.
+            upstream.refresh_keys();
         }
     }
 }

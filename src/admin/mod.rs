@@ -19,12 +19,15 @@ use crate::key::expiry;
 use crate::key::lifecycle::RotateOptions;
 use crate::key::rotation::{Refusal, Trigger};
 use crate::key::store::digest;
+use crate::key::KeyState;
 use crate::key::{token, KeySource, Secret};
 use crate::proxy::guard::{Guard, Verdict};
 use crate::proxy::reply;
 use crate::proxy::Proxy;
+use crate::reason::Reason;
 use crate::state::{Query, Store};
 use crate::time::rfc3339_string;
+use crate::upstream::keys::Standing;
 use crate::upstream::Upstream;
 
 /// The `User-Agent` prefix `keyproxy rotate` sends.
@@ -155,7 +158,13 @@ impl Admin {
             }
             (false, p) if req.method() == Method::POST && p.starts_with("/keys/") => {
                 let name = p.trim_start_matches("/keys/").to_owned();
-                self.post_key(&name, req).await
+                match name
+                    .strip_suffix("/reinstate")
+                    .and_then(|r| r.split_once('/'))
+                {
+                    Some((upstream, key)) => self.reinstate(upstream, key, &req),
+                    None => self.post_key(&name, req).await,
+                }
             }
             (_, p) if p.starts_with("/keys/") => reply::text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -172,7 +181,9 @@ impl Admin {
     fn readyz(&self) -> Response<Full<Bytes>> {
         let mut problems = String::new();
         for upstream in &self.proxy.upstreams {
-            if let Some(why) = upstream.key.key_problem() {
+            // A pool is ready while any of its keys is loaded (the first key's problem is shown).
+            let any = upstream.lifecycles().any(|k| k.key_problem().is_none());
+            if let Some(why) = upstream.key.key_problem().filter(|_| !any) {
                 problems.push_str(&format!(
                     "upstream {}: no usable key ({}): {}\n",
                     upstream.name, why.reason, why.message
@@ -192,6 +203,35 @@ impl Admin {
                 format!("not ready\n{problems}{state}"),
             )
         }
+    }
+
+    /// `POST /keys/{upstream}/{name}/reinstate`: an operator says a benched key of a pool is fine.
+    fn reinstate<B>(&self, upstream: &str, key: &str, req: &Request<B>) -> Response<Full<Bytes>> {
+        if let Some(refused) = self.refuse_unauthorized(req) {
+            return refused;
+        }
+        let Some(u) = self.proxy.upstream(upstream) else {
+            return admin_error(
+                StatusCode::NOT_FOUND,
+                "unknown_upstream",
+                &format!("no upstream named {upstream:?} is configured"),
+            );
+        };
+        if !u.reinstate_key(key) {
+            let names: Vec<&str> = u.keys.names.iter().map(|n| &**n).collect();
+            return admin_error(
+                StatusCode::NOT_FOUND,
+                "unknown_key",
+                &format!(
+                    "upstream {upstream} has no key named {key:?}; its keys are {}",
+                    names.join(", ")
+                ),
+            );
+        }
+        json_response(
+            StatusCode::OK,
+            &json!({"upstream": upstream, "key": key, "state": "active"}),
+        )
     }
 
     /// `POST /keys/{upstream}[?probe=true]`, body = the new key as text.
@@ -223,6 +263,34 @@ impl Admin {
                 return admin_error(StatusCode::BAD_REQUEST, "bad_expiry", &message);
             }
         };
+        // `?name=` picks the key of a pool (default: the first); only `mode=replace` (the default)
+        // is served so far.
+        let param = |field: &str| {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(field)?.strip_prefix('='))
+        };
+        if let Some(mode) = param("mode").filter(|m| *m != "replace") {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_mode",
+                &format!("mode={mode:?} is not supported yet; mode=replace (the default) rotates the named key in place"),
+            );
+        }
+        let slot = match param("name") {
+            None => 0,
+            Some(key) => match upstream.keys.names.iter().position(|n| &**n == key) {
+                Some(slot) => slot,
+                None => {
+                    return admin_error(
+                        StatusCode::NOT_FOUND,
+                        "unknown_key",
+                        &format!("upstream {name} has no key named {key:?}"),
+                    )
+                }
+            },
+        };
+        let key = upstream.lifecycle(slot);
         // `keyproxy rotate` says who it is, so the history can tell the CLI from other clients.
         let from_cli = req
             .headers()
@@ -263,20 +331,22 @@ impl Admin {
             from_cli,
             expires_at,
         };
-        match upstream
-            .key
+        let rotated = key
             .rotate_with(secret, Trigger::Admin, options, upstream)
-            .await
-        {
+            .await;
+        // A quarantined key rotated in place serves again at once.
+        upstream.refresh_keys();
+        match rotated {
             Ok(done) => json_response(
                 StatusCode::OK,
                 &json!({
                     "upstream": &*upstream.name,
+                    "key": &*upstream.keys.names[slot],
                     "result": if done.changed { "applied" } else { "unchanged" },
                     "fingerprint": done.fingerprint.as_str(),
                     "generation": done.generation,
-                    "probed": probe || upstream.key.validate_on_rotate(),
-                    "expires_at": upstream.key.current().snapshot().and_then(|k| k.expires_at).map(rfc3339_string),
+                    "probed": probe || key.validate_on_rotate(),
+                    "expires_at": key.current().snapshot().and_then(|k| k.expires_at).map(rfc3339_string),
                     "warnings": done.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
                 }),
             ),
@@ -285,7 +355,7 @@ impl Admin {
                     Refusal::ProbeFailed { .. } => StatusCode::BAD_GATEWAY,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
-                let kept = upstream.key.current();
+                let kept = key.current();
                 let kept = kept.snapshot().map(
                     |k| json!({"fingerprint": k.fingerprint.as_str(), "generation": k.generation}),
                 );
@@ -446,6 +516,7 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "base_url": u.base_url.to_string(),
         "prefix": u.prefix,
         "key": key,
+        "keys": keys_status(u),
         "last_rotation": u.key.last_attempt(),
         "retired_keys": retired_status(u, store),
         "requests": {
@@ -456,6 +527,45 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "client_credentials": u.metrics.credential_counts(),
         "recent_diagnoses": u.recent_diagnoses(),
     })
+}
+
+/// Every key of the upstream (one for `key = …`) with its state, cause and until-when.
+fn keys_status(u: &Upstream) -> Value {
+    let standings = u.keys.standings();
+    let rows: Vec<Value> = standings
+        .iter()
+        .enumerate()
+        .map(|(i, standing)| {
+            let key = u.lifecycle(i).current();
+            let snapshot = key.snapshot();
+            let mut row = json!({
+                "name": &*u.keys.names[i],
+                "fingerprint": snapshot.map(|k| k.fingerprint.as_str()),
+                "generation": snapshot.map(|k| k.generation),
+                "state": match snapshot {
+                    Some(_) => standing.as_str(),
+                    None => "unavailable",
+                },
+            });
+            match (standing, &*key) {
+                (Standing::Quarantined { cause, at, .. }, _) => {
+                    row["cause"] = json!(cause.as_str());
+                    row["since"] = json!(rfc3339_string(*at));
+                }
+                (Standing::Cooling { until_wall, .. }, _) => {
+                    row["cause"] = json!(Reason::RateLimited.as_str());
+                    row["until"] = json!(rfc3339_string(*until_wall));
+                }
+                (_, KeyState::Unavailable(why)) => {
+                    row["cause"] = json!(why.reason.as_str());
+                    row["message"] = json!(why.message);
+                }
+                _ => {}
+            }
+            row
+        })
+        .collect();
+    json!(rows)
 }
 
 fn too_large() -> Response<Full<Bytes>> {

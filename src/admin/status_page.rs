@@ -171,6 +171,7 @@ fn upstream(page: &mut String, up: &Value) {
         "<tr><th>tokens, last hour</th><td>{} in · {} out <span class=\"muted\">({} in · {} out since start)</span></td></tr>",
         last["tokens"]["input"], last["tokens"]["output"], up["tokens"]["input"], up["tokens"]["output"]
     );
+    pool(page, up);
     retired(page, up);
     page.push_str("</table>");
     let recent: Vec<&Value> = up["recent_diagnoses"]
@@ -196,6 +197,40 @@ fn upstream(page: &mut String, up: &Value) {
         );
     }
     page.push_str("</table>");
+}
+
+/// A pool's keys (more than one), each with its state and why.
+fn pool(page: &mut String, up: &Value) {
+    let keys = up["keys"].as_array().map_or(&[][..], Vec::as_slice);
+    if keys.len() < 2 {
+        return;
+    }
+    let rows: Vec<String> = keys
+        .iter()
+        .map(|k| {
+            let state = str_of(&k["state"]);
+            let class = if state == "active" { "ok" } else { "bad" };
+            let why = match (
+                k["cause"].as_str(),
+                k["until"].as_str(),
+                k["since"].as_str(),
+            ) {
+                (Some(cause), Some(until), _) => format!(" ({} until {})", esc(cause), esc(until)),
+                (Some(cause), None, Some(since)) => {
+                    format!(" ({} since {})", esc(cause), esc(since))
+                }
+                (Some(cause), None, None) => format!(" ({})", esc(cause)),
+                _ => String::new(),
+            };
+            format!(
+                "{} <code>{}</code> <span class=\"{class}\">{}</span>{why}",
+                esc(str_of(&k["name"])),
+                esc(str_of(&k["fingerprint"])),
+                esc(state)
+            )
+        })
+        .collect();
+    let _ = write!(page, "<tr><th>keys</th><td>{}</td></tr>", rows.join("<br>"));
 }
 
 /// The keys rotated out, and whether apps still send one of them themselves (a sighting).

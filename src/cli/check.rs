@@ -31,81 +31,92 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
     let metrics = Metrics::new()?;
     let now = SystemTime::now();
     for cfg in &config.upstreams {
-        let name = &cfg.name;
         let upstream = Upstream::new(cfg, &metrics, 1)?;
-        let secret = match cfg.key.read().await {
-            Ok(secret) => secret,
-            Err(e) => {
-                failed = true;
-                println!("✗ {name}: key: {e}");
-                continue;
-            }
-        };
-        println!(
-            "✓ {name}: key present ({}): {}",
-            cfg.key,
-            Fingerprint::of(secret.expose())
-        );
-        if let Some(warning) = cfg.key.permission_warning() {
-            println!("⚠ {name}: permissions: {warning}");
-        }
-        let source = cfg.key.to_string();
-        let findings = lint::lint(
-            secret.expose(),
-            cfg.provider,
-            upstream.host(),
-            &source,
-            cfg.lint,
-        );
-        if findings.is_empty() {
-            println!("✓ {name}: lint: no copy/paste mistakes found");
-        }
-        for f in &findings {
-            let mark = if f.severity == Severity::Error {
-                "✗"
-            } else {
-                "⚠"
+        // Each key of a pool on its own lines (`openai/b`); a single key as always (`openai`).
+        for key in &cfg.keys {
+            let label = match cfg.is_pool() {
+                true => format!("{}/{}", cfg.name, key.name),
+                false => cfg.name.clone(),
             };
-            failed |= f.severity == Severity::Error;
-            println!("{mark} {name}: lint {}: {}", f.code, f.message);
-        }
-        let fingerprint = Fingerprint::of(secret.expose());
-        let facts = expiry::KeyFacts {
-            fingerprint: fingerprint.as_str(),
-            set_with_rotation: None,
-            the_sources_key: true,
-        };
-        match expiry::expires_at(&cfg.expiry, &facts, now) {
-            None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
-            Some(at) => {
-                let days = expiry::days_left(at, now);
-                let when = expiry::describe(at, now);
-                if days < 0.0 {
+            let name = &label;
+            let (source, policy) = (&key.source, &key.expiry);
+            let secret = match source.read().await {
+                Ok(secret) => secret,
+                Err(e) => {
                     failed = true;
-                    println!("✗ {name}: expiry: the key expired {when}");
-                } else if days < 30.0 {
-                    println!("⚠ {name}: expiry: the key expires {when}");
+                    println!("✗ {name}: key: {e}");
+                    continue;
+                }
+            };
+            println!(
+                "✓ {name}: key present ({}): {}",
+                source,
+                Fingerprint::of(secret.expose())
+            );
+            if let Some(warning) = source.permission_warning() {
+                println!("⚠ {name}: permissions: {warning}");
+            }
+            let source_text = source.to_string();
+            let findings = lint::lint(
+                secret.expose(),
+                cfg.provider,
+                upstream.host(),
+                &source_text,
+                cfg.lint,
+            );
+            if findings.is_empty() {
+                println!("✓ {name}: lint: no copy/paste mistakes found");
+            }
+            for f in &findings {
+                let mark = if f.severity == Severity::Error {
+                    "✗"
                 } else {
-                    println!("✓ {name}: expiry: {when}");
+                    "⚠"
+                };
+                failed |= f.severity == Severity::Error;
+                println!("{mark} {name}: lint {}: {}", f.code, f.message);
+            }
+            let fingerprint = Fingerprint::of(secret.expose());
+            let facts = expiry::KeyFacts {
+                fingerprint: fingerprint.as_str(),
+                set_with_rotation: None,
+                the_sources_key: true,
+            };
+            match expiry::expires_at(policy, &facts, now) {
+                None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
+                Some(at) => {
+                    let days = expiry::days_left(at, now);
+                    let when = expiry::describe(at, now);
+                    if days < 0.0 {
+                        failed = true;
+                        println!("✗ {name}: expiry: the key expired {when}");
+                    } else if days < 30.0 {
+                        println!("⚠ {name}: expiry: the key expires {when}");
+                    } else {
+                        println!("✓ {name}: expiry: {when}");
+                    }
                 }
             }
-        }
-        if probe && lint::first_error(&findings).is_none() {
-            let header =
-                keyproxy::key::store::header_value(&secret, &upstream.auth_prefix, &source)?;
-            match keyproxy::diagnose::probe::probe(&upstream, &header).await {
-                ProbeOutcome::Accepted { status } => {
-                    println!("✓ {name}: probe: the provider accepts the key ({status})")
-                }
-                ProbeOutcome::Refused {
-                    reason, message, ..
-                } => {
-                    failed = true;
-                    println!("✗ {name}: probe: {reason}: {message}");
-                }
-                ProbeOutcome::Failed { message } => {
-                    failed = true;
-                    println!("✗ {name}: probe: {message}");
+            if probe && lint::first_error(&findings).is_none() {
+                let header = keyproxy::key::store::header_value(
+                    &secret,
+                    &upstream.auth_prefix,
+                    &source_text,
+                )?;
+                match keyproxy::diagnose::probe::probe(&upstream, &header).await {
+                    ProbeOutcome::Accepted { status } => {
+                        println!("✓ {name}: probe: the provider accepts the key ({status})")
+                    }
+                    ProbeOutcome::Refused {
+                        reason, message, ..
+                    } => {
+                        failed = true;
+                        println!("✗ {name}: probe: {reason}: {message}");
+                    }
+                    ProbeOutcome::Failed { message } => {
+                        failed = true;
+                        println!("✗ {name}: probe: {message}");
+                    }
                 }
             }
         }

@@ -27,6 +27,7 @@ pub(crate) struct Expiry {
 /// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
 pub(crate) async fn rotate(
     upstream: String,
+    name: Option<String>,
     key_file: Option<PathBuf>,
     admin: Option<String>,
     probe: bool,
@@ -34,6 +35,14 @@ pub(crate) async fn rotate(
     config_path: PathBuf,
 ) -> anyhow::Result<ExitCode> {
     let mut query: Vec<String> = Vec::new();
+    if let Some(name) = &name {
+        // The config allows no other names, so there is nothing to escape.
+        anyhow::ensure!(
+            keyproxy::config::valid_name(name),
+            "--name {name:?}: key names use only letters, digits, '-' and '_' (as in keys = [...])"
+        );
+        query.push(format!("name={name}"));
+    }
     if probe {
         query.push("probe=true".into());
     }

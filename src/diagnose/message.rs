@@ -133,7 +133,8 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
         | Reason::UpstreamTimeout
         | Reason::NoRoute
         | Reason::HostNotAllowed
-        | Reason::OriginNotAllowed => {
+        | Reason::OriginNotAllowed
+        | Reason::KeysExhausted => {
             format!("{name} answered {}{said}.", c.status)
         }
     };

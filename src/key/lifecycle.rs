@@ -54,6 +54,9 @@ pub trait KeyProbe: Sync {
 #[derive(Debug, Clone)]
 pub struct KeySettings {
     pub upstream: Arc<str>,
+    /// What the durable history knows this key by: the upstream's name for a `key = …`
+    /// upstream, `upstream/name` for each key of a pool.
+    pub history: Arc<str>,
     pub provider: Provider,
     /// The upstream's host, for lint (another provider's key is fine on that provider's host).
     pub host: String,
@@ -231,7 +234,7 @@ impl KeyLifecycle {
         if let Some(warning) = self.settings.source.permission_warning() {
             tracing::warn!(upstream = %self.settings.upstream, "{warning}");
         }
-        let stored = self.remember(self.history().recall(&self.settings.upstream));
+        let stored = self.remember(self.history().recall(&self.settings.history));
         let startup = |from_source: bool, keep: bool| Why {
             trigger: Trigger::Startup,
             who: history::who(Trigger::Startup, false),
@@ -592,7 +595,7 @@ impl KeyLifecycle {
         // The key that was in service before a restart is not a new rotation (and is stored already).
         if same_as_before.is_none() {
             let applied = Applied {
-                upstream: &self.settings.upstream,
+                upstream: &self.settings.history,
                 at: now,
                 trigger,
                 who: why.who,
@@ -752,7 +755,7 @@ impl KeyLifecycle {
             .rotation(trigger.as_str(), RotationResult::Rejected.as_str());
         let now = SystemTime::now();
         self.history().refused(&Refused {
-            upstream: &self.settings.upstream,
+            upstream: &self.settings.history,
             at: now,
             trigger,
             who,
@@ -845,7 +848,7 @@ impl KeyLifecycle {
             old.fingerprint
         );
         self.history().sighted(Sighting {
-            upstream: Arc::clone(&self.settings.upstream),
+            upstream: Arc::clone(&self.settings.history),
             fingerprint: old.fingerprint.clone(),
             app: name,
             at: SystemTime::now(),

@@ -38,6 +38,15 @@ pub enum ProxyError {
         provider: Provider,
         why: Unavailable,
     },
+    /// Every key of the upstream's pool is quarantined, cooling or unloaded.
+    KeysExhausted {
+        upstream: Arc<str>,
+        provider: Provider,
+        /// Each key's name, fingerprint, state, cause and until-when.
+        keys: String,
+        /// Some key is only cooling: a later retry can work.
+        cooling: bool,
+    },
     /// The request could not be rewritten for the upstream (an invalid URI after the prefix).
     BadUpstreamRequest(http::uri::InvalidUri),
     /// No response head from the upstream: connect, TLS or a connection lost.
@@ -70,7 +79,9 @@ impl ProxyError {
             ProxyError::ClientUnauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::UncleanPath | ProxyError::BadUpstreamRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoKey { .. } | ProxyError::KeysExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Client(ClientFault::Malformed(_)) => StatusCode::BAD_REQUEST,
@@ -90,6 +101,7 @@ impl ProxyError {
             ProxyError::ClientUnauthorized => Some(Reason::ClientUnauthorized),
             ProxyError::NoRoute { .. } => Some(Reason::NoRoute),
             ProxyError::NoKey { why, .. } => Some(why.reason),
+            ProxyError::KeysExhausted { .. } => Some(Reason::KeysExhausted),
             ProxyError::Unreachable { .. } => Some(Reason::UpstreamUnreachable),
             ProxyError::Timeout { .. } => Some(Reason::UpstreamTimeout),
             ProxyError::Connect
@@ -104,6 +116,7 @@ impl ProxyError {
     pub fn provider(&self) -> Provider {
         match self {
             ProxyError::NoKey { provider, .. }
+            | ProxyError::KeysExhausted { provider, .. }
             | ProxyError::Unreachable { provider, .. }
             | ProxyError::Timeout { provider, .. } => *provider,
             _ => Provider::Openai,
@@ -115,6 +128,8 @@ impl ProxyError {
     pub fn should_retry(&self) -> Option<bool> {
         match self {
             ProxyError::Unreachable { .. } | ProxyError::Timeout { .. } => None,
+            // A cool-down ends by itself; the SDK's own backoff decides when to try again.
+            ProxyError::KeysExhausted { cooling: true, .. } => None,
             _ => Some(false),
         }
     }
@@ -162,6 +177,9 @@ impl ProxyError {
                 "keyproxy has no usable key for upstream {upstream}: {}",
                 why.message
             ),
+            ProxyError::KeysExhausted { upstream, keys, .. } => format!(
+                "no key of upstream {upstream} can be used now: {keys}. A quarantined key comes back when its source yields another key or with POST /keys/{upstream}/NAME/reinstate; a rate-limited one by itself"
+            ),
             ProxyError::BadUpstreamRequest(e) => format!("cannot build the upstream request: {e}"),
             ProxyError::Unreachable {
                 upstream,
@@ -196,7 +214,7 @@ impl ProxyError {
         let reason = self.reason().map_or("", Reason::as_str);
         let path = crate::redact::mask(path);
         match &self {
-            ProxyError::NoKey { upstream, .. } => {
+            ProxyError::NoKey { upstream, .. } | ProxyError::KeysExhausted { upstream, .. } => {
                 tracing::warn!(request_id, %method, %path, %upstream, status, reason, "{}", self.message())
             }
             _ => tracing::info!(request_id, %method, %path, status, reason, "{}", self.message()),

@@ -31,6 +31,7 @@ use crate::metrics::{InFlight, Metrics};
 use crate::provider::{Provider, ANTHROPIC_DEFAULT_VERSION, ANTHROPIC_VERSION};
 use crate::reason::Reason;
 use crate::request_id;
+use crate::upstream::keys::{self, Standing};
 use crate::upstream::pool::{PooledBody, SendError, UpstreamBody};
 use crate::upstream::Upstream;
 use crate::websocket::{self, Sockets};
@@ -43,6 +44,8 @@ use tap::{SseTap, Tap};
 
 static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+/// On an answer that came from another key of the pool than the first one tried.
+pub static FAILOVER_HEADER: HeaderName = HeaderName::from_static("x-keyproxy-failover");
 
 pub struct Proxy {
     pub upstreams: Vec<Upstream>,
@@ -61,7 +64,7 @@ impl crate::key::watch::Watched for Proxy {
     fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)> {
         self.upstreams
             .iter()
-            .map(|u| (&u.key, u as &dyn KeyProbe))
+            .flat_map(|u| u.lifecycles().map(move |key| (key, u as &dyn KeyProbe)))
             .collect()
     }
 }
@@ -100,7 +103,10 @@ impl Proxy {
     /// Re-read every key source (SIGHUP: `force`; file events and the periodic re-read: not).
     pub async fn reload_all(&self, trigger: Trigger, force: bool) {
         for upstream in &self.upstreams {
-            upstream.key.reload(trigger, force, upstream).await;
+            for key in upstream.lifecycles() {
+                key.reload(trigger, force, upstream).await;
+            }
+            upstream.refresh_keys();
         }
     }
 
@@ -162,14 +168,36 @@ impl Proxy {
                 let sent = Instant::now();
                 let timeout = upstream.response_header_timeout;
                 let deadline = tokio::time::Instant::from_std(sent) + timeout;
+                // A pool's request that could go again on another key (never a streamed upload
+                // nor a WebSocket handshake); a single key's request copies nothing. Boxed, so
+                // that `handle`'s future grows by a pointer only.
+                let replay = routed
+                    .slot
+                    .and_then(|_| Replay::of(&req, upgrade.is_some()));
                 let answer = via.send(req, deadline).await;
                 let answered = Instant::now();
+                let mut served_by = None;
                 let response = match answer {
                     Ok(response) => {
                         let upstream_time = answered.duration_since(sent).as_secs_f64();
                         upstream.metrics.upstream_duration.observe(upstream_time);
-                        self.response_phase(upstream, &routed.key, facts, upgrade, response)
-                            .await
+                        let response = self
+                            .response_phase(upstream, &routed.key, facts, upgrade, response)
+                            .await;
+                        match routed.slot {
+                            Some(slot) if refused(&response) => {
+                                let tried = Tried {
+                                    slot,
+                                    key: &routed.key,
+                                };
+                                let (response, next) =
+                                    failing_over(self, upstream, tried, replay, facts, response)
+                                        .await;
+                                served_by = next;
+                                response
+                            }
+                            _ => response,
+                        }
                     }
                     Err(SendError::Client(fault)) => {
                         let failure = ProxyError::Client(fault);
@@ -201,7 +229,19 @@ impl Proxy {
                 let elapsed = answered.duration_since(started);
                 abandoned.armed = false;
                 let status = response.status().as_u16();
-                self.log_phase(upstream, &routed.key, facts, elapsed, status);
+                let key = match &served_by {
+                    Some((slot, key)) => {
+                        upstream.keys.metrics.request(*slot, status);
+                        key
+                    }
+                    None => {
+                        if let Some(slot) = routed.slot {
+                            upstream.keys.metrics.request(slot, status);
+                        }
+                        &routed.key
+                    }
+                };
+                self.log_phase(upstream, key, facts, elapsed, status);
                 response.map(|body| body.in_flight(in_flight))
             }
         };
@@ -341,7 +381,17 @@ impl Proxy {
             .into());
         };
         let upstream = &self.upstreams[index];
-        let key = upstream.key.current();
+        let (key, slot) = match upstream.keys.is_pool() {
+            false => (upstream.key.current(), None),
+            true => match upstream.pick_key(None) {
+                Some((slot, key)) => (key, Some(slot)),
+                None => {
+                    let refusal = keys_exhausted(upstream);
+                    upstream.metrics.request(client, refusal.status().as_u16());
+                    return Err(refusal.into());
+                }
+            },
+        };
         let snapshot = match &*key {
             KeyState::Ready(snapshot) => snapshot,
             KeyState::Unavailable(why) => {
@@ -363,7 +413,9 @@ impl Proxy {
                     headers: req.headers(),
                     peer,
                 };
-                upstream.key.observe_client_credential(sent, app, snapshot);
+                upstream
+                    .lifecycle(slot.unwrap_or(0))
+                    .observe_client_credential(sent, app, snapshot);
             }
         }
         let upgrade = websocket::is_upgrade(req.headers());
@@ -385,6 +437,7 @@ impl Proxy {
             project: header(&OPENAI_PROJECT),
             upstream,
             key,
+            slot,
         })
     }
 }
@@ -424,6 +477,8 @@ pub struct Routed<'a> {
     /// Index of the client whose token the request carried (0 without `[[clients]]`).
     pub client: usize,
     pub key: Arc<KeyState>,
+    /// Which key of a pool `key` is (`None`: a `key = …` upstream).
+    pub slot: Option<usize>,
     /// A WebSocket handshake (its `Upgrade` headers are kept).
     pub upgrade: bool,
     /// What the app asked for, kept for explaining an org/project mismatch.
@@ -479,6 +534,148 @@ fn explaining<'a>(
     response: Response<PooledBody>,
 ) -> Pin<Box<dyn Future<Output = Response<ReplyBody>> + Send + 'a>> {
     Box::pin(explain::explain(upstream, key, facts, response))
+}
+
+/// The 503 for a pool none of whose keys can be used now.
+fn keys_exhausted(upstream: &Upstream) -> ProxyError {
+    let cooling = upstream
+        .keys
+        .standings()
+        .iter()
+        .any(|s| matches!(s, Standing::Cooling { .. }));
+    ProxyError::KeysExhausted {
+        upstream: Arc::clone(&upstream.name),
+        provider: upstream.provider,
+        keys: upstream.keys_sentence(),
+        cooling,
+    }
+}
+
+/// What is kept of a pool's request to send it again on another key: only a request whose body
+/// is empty or was read whole.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: UpstreamBody,
+}
+
+impl Replay {
+    fn of(req: &Request<UpstreamBody>, upgrade: bool) -> Option<Box<Replay>> {
+        let body = match req.body() {
+            _ if upgrade => return None,
+            UpstreamBody::Empty => UpstreamBody::Empty,
+            UpstreamBody::Whole(bytes) => UpstreamBody::Whole(bytes.clone()),
+            UpstreamBody::App(_) | UpstreamBody::Faulted { .. } => return None,
+        };
+        Some(Box::new(Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            body,
+        }))
+    }
+
+    /// The request again, carrying `auth` (another key's header) instead.
+    fn with_key(
+        self: Box<Self>,
+        upstream: &Upstream,
+        auth: &http::HeaderValue,
+    ) -> Request<UpstreamBody> {
+        let Replay {
+            method,
+            uri,
+            headers,
+            body,
+        } = *self;
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        req.headers_mut()
+            .insert(upstream.auth_header.clone(), auth.clone());
+        req
+    }
+}
+
+/// An explained refusal (the diagnosis put its reason on it).
+fn refused(response: &Response<ReplyBody>) -> bool {
+    response.status().is_client_error() && response.headers().contains_key(reply::REASON_HEADER)
+}
+
+/// The key of a pool a request went out with.
+#[derive(Clone, Copy)]
+struct Tried<'a> {
+    slot: usize,
+    key: &'a KeyState,
+}
+
+/// Bench the key as the refusal's diagnosis says; the reason when it was the key's fault.
+fn bench(upstream: &Upstream, tried: Tried<'_>, response: &Response<ReplyBody>) -> Option<Reason> {
+    let reason = response
+        .headers()
+        .get(reply::REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Reason::parse)?;
+    let rest = keys::retry_after(response.headers(), std::time::SystemTime::now());
+    let verdict = keys::Verdict::of(reason, rest, upstream.keys.cooldown)?;
+    if let Some(snapshot) = tried.key.snapshot() {
+        upstream.key_refused(tried.slot, snapshot.generation, verdict);
+    }
+    Some(reason)
+}
+
+/// The answer after a failover, and the key of the pool that gave it (index and snapshot) when
+/// another key did.
+type FailedOver = (Response<ReplyBody>, Option<(usize, Arc<KeyState>)>);
+
+/// A pool's key was refused: bench it, and send a replayable request once more on the next usable
+/// key; the app then sees only that answer (marked `x-keyproxy-failover: 1`). Also returns the
+/// key that answered (its index and snapshot), for the log and the key's metrics. Boxed: the rare path (see `explaining`).
+#[inline(never)]
+fn failing_over<'a>(
+    proxy: &'a Proxy,
+    upstream: &'a Upstream,
+    tried: Tried<'a>,
+    replay: Option<Box<Replay>>,
+    facts: RequestFacts<'a>,
+    response: Response<ReplyBody>,
+) -> Pin<Box<dyn Future<Output = FailedOver> + Send + 'a>> {
+    Box::pin(async move {
+        let Some(reason) = bench(upstream, tried, &response) else {
+            return (response, None);
+        };
+        let Some(replay) = replay else {
+            return (response, None);
+        };
+        let Some((slot, key)) = upstream.pick_key(Some(tried.slot)) else {
+            return (response, None);
+        };
+        let Some(snapshot) = key.snapshot() else {
+            return (response, None);
+        };
+        let req = replay.with_key(upstream, &snapshot.header);
+        let names = &upstream.keys.names;
+        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, reason = reason.as_str(), from = %names[tried.slot], to = %names[slot], key = %snapshot.fingerprint, "failover: key {} was refused ({reason}); the request goes again on key {}", names[tried.slot], names[slot]);
+        upstream.keys.metrics.failover(reason);
+        let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
+        let answer = match upstream.pool.send(req, deadline).await {
+            Ok(answer) => answer,
+            // The second key's exchange failed: the first answer, explained, is the truest.
+            Err(_) => return (response, None),
+        };
+        drop(response);
+        let mut again = proxy
+            .response_phase(upstream, &key, facts, None, answer)
+            .await;
+        if refused(&again) {
+            bench(upstream, Tried { slot, key: &key }, &again);
+        }
+        again
+            .headers_mut()
+            .insert(FAILOVER_HEADER.clone(), http::HeaderValue::from_static("1"));
+        (again, Some((slot, key)))
+    })
 }
 
 /// Watch successful JSON and event-stream bodies for token usage (and streams for in-band errors).

@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
+pub mod keys;
 pub mod pool;
 
 use crate::config::UpstreamConfig;
@@ -28,8 +29,11 @@ pub struct Upstream {
     base_path: String,
     pub auth_header: HeaderName,
     pub auth_prefix: String,
-    /// The key's whole life here: source, key in service, keys rotated out, rotations.
+    /// The key's whole life here: source, key in service, keys rotated out, rotations. In a
+    /// pool, its first key.
     pub key: KeyLifecycle,
+    /// The pool's other keys, every key's name and weight, and their standing.
+    pub keys: keys::KeyPool,
     pub pool: UpstreamPool,
     /// HTTP/1.1-only twin of `pool` whose connections are never reused: WebSocket upgrades.
     pub upgrade_pool: UpstreamPool,
@@ -121,19 +125,39 @@ impl Upstream {
             .auth_prefix
             .clone()
             .unwrap_or_else(|| default_prefix.to_owned());
+        let names: Vec<Arc<str>> = cfg.keys.iter().map(|k| k.name.as_str().into()).collect();
+        let key_metrics = metrics.keys(&cfg.name, &names);
         let metrics = metrics.upstream(&cfg.name);
-        let key = KeyLifecycle::new(
-            KeySettings {
-                upstream: Arc::clone(&name),
-                provider: cfg.provider,
-                host: authority.host().to_owned(),
-                auth_prefix: auth_prefix.clone(),
-                source: cfg.key.clone(),
-                expiry: cfg.expiry.clone(),
-                validate_on_rotate: cfg.validate_on_rotate,
-                lint: cfg.lint,
-            },
-            Arc::clone(&metrics),
+        // `key = …` keeps its history under the upstream's name, as before pools existed.
+        let mut lives = cfg.keys.iter().map(|k| {
+            let history: Arc<str> = match cfg.is_pool() {
+                false => Arc::clone(&name),
+                true => format!("{}/{}", cfg.name, k.name).into(),
+            };
+            KeyLifecycle::new(
+                KeySettings {
+                    upstream: Arc::clone(&name),
+                    history,
+                    provider: cfg.provider,
+                    host: authority.host().to_owned(),
+                    auth_prefix: auth_prefix.clone(),
+                    source: k.source.clone(),
+                    expiry: k.expiry.clone(),
+                    validate_on_rotate: cfg.validate_on_rotate,
+                    lint: cfg.lint,
+                },
+                Arc::clone(&metrics),
+            )
+        });
+        let key = lives
+            .next()
+            .ok_or(pool::PoolError::NoKey(cfg.name.clone()))?;
+        let keys = keys::KeyPool::new(
+            names,
+            cfg.keys.iter().map(|k| k.weight).collect(),
+            lives.collect(),
+            cfg.cooldown,
+            key_metrics,
         );
         Ok(Upstream {
             name,
@@ -147,6 +171,7 @@ impl Upstream {
             auth_header: cfg.auth_header.clone().unwrap_or(default_header),
             auth_prefix,
             key,
+            keys,
             response_header_timeout: cfg.response_header_timeout,
             stream_idle_timeout: cfg.stream_idle_timeout,
             rotate_command: false,

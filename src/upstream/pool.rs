@@ -277,6 +277,8 @@ const MAX_IDLE: usize = 512;
 pub enum PoolError {
     #[error("upstream {0}: base_url has no host")]
     NoHost(String),
+    #[error("upstream {0} has no key")]
+    NoKey(String),
     #[error("upstream {upstream}: TLS setup failed: {source}")]
     Tls {
         upstream: String,

@@ -21,6 +21,7 @@ mod http1_differential;
 mod layers;
 mod observability;
 mod pool;
+mod pools;
 mod rotation;
 mod security;
 mod streaming;
