@@ -57,6 +57,10 @@ pub struct KeySettings {
     /// What the durable history knows this key by: the upstream's name for a `key = …`
     /// upstream, `upstream/name` for each key of a pool.
     pub history: Arc<str>,
+    /// The upstream's first key: the one whose state the upstream-wide key gauges
+    /// (`keyproxy_key_usable`, `_generation`, `_loaded_…`, `_expiry_…`) show. A pool's other keys
+    /// show theirs in `keyproxy_key_state` only, so no key overwrites another's.
+    pub primary: bool,
     pub provider: Provider,
     /// The upstream's host, for lint (another provider's key is fine on that provider's host).
     pub host: String,
@@ -705,6 +709,9 @@ impl KeyLifecycle {
     }
 
     fn publish(&self, key: &KeySnapshot) {
+        if !self.settings.primary {
+            return;
+        }
         self.metrics.key_generation.set(key.generation as i64);
         self.metrics
             .key_loaded
@@ -725,7 +732,9 @@ impl KeyLifecycle {
             message,
             source: self.settings.source.to_string().into(),
         });
-        self.metrics.key_usable.set(0);
+        if self.settings.primary {
+            self.metrics.key_usable.set(0);
+        }
     }
 
     fn record_rejection(

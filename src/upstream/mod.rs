@@ -129,7 +129,7 @@ impl Upstream {
         let key_metrics = metrics.keys(&cfg.name, &names);
         let metrics = metrics.upstream(&cfg.name);
         // `key = …` keeps its history under the upstream's name, as before pools existed.
-        let mut lives = cfg.keys.iter().map(|k| {
+        let mut lives = cfg.keys.iter().enumerate().map(|(i, k)| {
             let history: Arc<str> = match cfg.is_pool() {
                 false => Arc::clone(&name),
                 true => format!("{}/{}", cfg.name, k.name).into(),
@@ -138,6 +138,7 @@ impl Upstream {
                 KeySettings {
                     upstream: Arc::clone(&name),
                     history,
+                    primary: i == 0,
                     provider: cfg.provider,
                     host: authority.host().to_owned(),
                     auth_prefix: auth_prefix.clone(),

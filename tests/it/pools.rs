@@ -431,3 +431,40 @@ async fn a_rate_limited_key_rests_as_long_as_the_provider_says() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_pool_key_that_cannot_be_loaded_is_skipped_and_overwrites_no_other_keys_gauges() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = openai_key("POOLLOADEDA");
+    let provider = StandIn::ok().await;
+    let config = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         keys = [ {{ file = \"{}\" }}, {{ env = \"KEYPROXY_POOLS_TEST_NEVER_SET\" }} ]\n",
+        provider.url(),
+        key_file(dir.path(), "a.key", &a),
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    for _ in 0..4 {
+        assert_eq!(send(chat(&proxy, BODY.to_vec())).await.0.status, 200);
+    }
+    assert!(provider.seen().iter().all(|s| bearer(s) == a));
+    let (ready, _) = get(&proxy.admin_url("/readyz")).await;
+    assert_eq!(ready.status, 200, "a pool serves while any key is loaded");
+    let row = key_row(&proxy, "key-2").await;
+    assert_eq!(row["state"], "unavailable");
+    assert_eq!(row["cause"], "missing_key");
+    let m = metrics(&proxy).await;
+    assert!(
+        m.contains(r#"keyproxy_key_usable{upstream="openai"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"keyproxy_key_state{key="key-2",upstream="openai"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"keyproxy_key_state{key="key-1",upstream="openai"} 0"#),
+        "{m}"
+    );
+    proxy.stop().await;
+}
