@@ -566,6 +566,10 @@ impl Replay {
             _ if upgrade => return None,
             UpstreamBody::Empty => UpstreamBody::Empty,
             UpstreamBody::Whole(bytes) => UpstreamBody::Whole(bytes.clone()),
+            // A request without a body handed to hyper (HTTP/2, h2c) has nothing to lose.
+            UpstreamBody::App(body) if hyper::body::Body::is_end_stream(body) => {
+                UpstreamBody::Empty
+            }
             UpstreamBody::App(_) | UpstreamBody::Faulted { .. } => return None,
         };
         Some(Box::new(Replay {

@@ -468,3 +468,28 @@ async fn a_pool_key_that_cannot_be_loaded_is_skipped_and_overwrites_no_other_key
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_bodiless_http2_request_fails_over_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, good) = (openai_key("POOLHTWOBAD"), openai_key("POOLHTWOGOOD"));
+    let refused = bad.clone();
+    let provider = StandIn::recording(move |seen| match bearer(seen) == refused {
+        true => (401, INVALID.to_owned()),
+        false => (200, OK.to_owned()),
+    })
+    .await;
+    let config = pool_config(dir.path(), &provider.url(), &bad, &good, "");
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let req = Request::get(proxy.url("/v1/models"))
+        .body(full(""))
+        .unwrap();
+    let resp = within("the answer", h2c_client().request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-keyproxy-failover"], "1");
+    assert_eq!(provider.seen().len(), 2);
+    proxy.stop().await;
+}
