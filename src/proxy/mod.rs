@@ -668,6 +668,11 @@ fn failing_over<'a>(
             // The second key's exchange failed: the first answer, explained, is the truest.
             Err(_) => return (response, None),
         };
+        // The refused attempt counts for its key; the answer the app gets, for the next one.
+        upstream
+            .keys
+            .metrics
+            .request(tried.slot, response.status().as_u16());
         drop(response);
         let mut again = proxy
             .response_phase(upstream, &key, facts, None, answer)

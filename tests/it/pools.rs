@@ -124,6 +124,8 @@ async fn a_refused_key_is_quarantined_and_the_request_goes_again_on_the_next_key
         m.contains(r#"keyproxy_key_requests_total{key="b",status="200",upstream="openai"} 6"#),
         "{m}"
     );
+    let a_refused = r#"keyproxy_key_requests_total{key="a",status="401",upstream="openai"} 1"#;
+    assert!(m.contains(a_refused), "{m}");
     assert!(!m.contains(&bad) && !m.contains(&good));
     let s = status(&proxy).await.to_string();
     assert!(!s.contains(&bad) && !s.contains(&good));
