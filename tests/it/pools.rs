@@ -495,3 +495,40 @@ async fn a_bodiless_http2_request_fails_over_too() {
     assert_eq!(provider.seen().len(), 2);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn with_every_key_cooling_keys_exhausted_says_until_when_and_leaves_retrying_to_the_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_key("POOLCOOLA"), openai_key("POOLCOOLB"));
+    let handler: Handler = Arc::new(move |_req: Request<hyper::body::Incoming>| {
+        Box::pin(async move {
+            http::Response::builder()
+                .status(429)
+                .header("content-type", "application/json")
+                .header("retry-after-ms", "90000")
+                .body(full(RATE_LIMITED))
+                .unwrap()
+        })
+    });
+    let addr = serve_plain(handler).await;
+    let config = pool_config(dir.path(), &format!("http://{addr}"), &a, &b, "");
+    let proxy = Proxy::start(&config, dir.path()).await;
+
+    let (resp, _) = send(chat(&proxy, BODY.to_vec())).await;
+    assert_eq!(resp.status, 429, "both keys were tried");
+    assert_eq!(resp.headers["x-keyproxy-failover"], "1");
+    let (resp, body) = send(chat(&proxy, BODY.to_vec())).await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.headers["x-keyproxy-reason"], "keys_exhausted");
+    assert!(resp.headers.get("x-should-retry").is_none());
+    let message = json(&body)["error"]["message"].as_str().unwrap().to_owned();
+    for (name, key) in [("a", &a), ("b", &b)] {
+        let said = format!(
+            "{name} {} rate-limited until 20",
+            Fingerprint::of(key).as_str()
+        );
+        assert!(message.contains(&said), "{message}");
+    }
+    assert_eq!(key_row(&proxy, "b").await["state"], "cooling");
+    proxy.stop().await;
+}
