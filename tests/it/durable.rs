@@ -299,13 +299,12 @@ async fn an_env_source_still_holding_the_retired_key_is_refused_and_the_stored_k
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(
-        stdout.contains(&format!(
-            "✗ openai: env DURABLE_TEST_OPENAI_KEY holds the key retired at "
-        )) && stdout.contains(&format!(
-            "({}); keyproxy refuses it and serves {} instead",
-            fp(&a),
-            fp(&b)
-        )),
+        stdout.contains("✗ openai: env DURABLE_TEST_OPENAI_KEY holds the key retired at ")
+            && stdout.contains(&format!(
+                "({}); keyproxy refuses it and serves {} instead",
+                fp(&a),
+                fp(&b)
+            )),
         "{stdout}"
     );
     assert!(!stdout.contains("ENVKEEP"), "a key leaked: {stdout}");
