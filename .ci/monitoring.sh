@@ -9,6 +9,8 @@ promtool check rules config/prometheus/alerts.yml
 python3 -c 'import json,sys; json.load(open("config/grafana/keyproxy.json"))'
 
 work=$(mktemp -d)
+# The state store of this run only, not the one in $HOME a developer's own keyproxy uses.
+export KEYPROXY_STATE_DIR="$work/state"
 cleanup() { kill "${kp_pid:-}" "${fake_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 

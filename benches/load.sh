@@ -65,7 +65,9 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 KEY="sk-proj-$(python3 -c 'print("BenchKey0" * 17)')"
 TOKEN="bench-admin-token-0123456789abcdef"
-printf '%s\n' "$KEY" > "$work/key"; chmod 600 "$work/key"
+# One key file per keyproxy instance and upstream, and a state store of each instance's own:
+# a rotation through the admin API writes the new key back to its file and retires the old one.
+for f in key key-hold key-tls; do printf '%s\n' "$KEY" > "$work/$f"; chmod 600 "$work/$f"; done
 printf '%s\n' "$TOKEN" > "$work/token"; chmod 600 "$work/token"
 
 # wrk prints "Requests/sec:" and, with --latency, the 50% and 99% lines.
@@ -128,6 +130,7 @@ cat > "$work/keyproxy.toml" <<TOML
 listen = "127.0.0.1:$KP"
 admin_listen = "127.0.0.1:$KA"
 admin_token = { file = "$work/token" }
+state_dir = "$work/state-plain"
 [[upstreams]]
 name = "openai"
 provider = "openai"
@@ -138,7 +141,7 @@ name = "hold"
 provider = "openai"
 base_url = "http://127.0.0.1:$HOLD"
 prefix = "/hold"
-key = { file = "$work/key" }
+key = { file = "$work/key-hold" }
 TOML
 RUST_LOG=warn target/release/keyproxy run --config "$work/keyproxy.toml" 2> "$work/keyproxy.log" & KPID=$!; pids+=("$KPID")
 for port in $UP $NG $KP; do
@@ -219,7 +222,10 @@ error_log $work/nginx-up-tls/error.log error;
 events { worker_connections 4096; }
 http {
   access_log off;
-  keepalive_requests 1000000;
+  # TLS_UPSTREAM_MAX_REQUESTS: after this many requests on a connection the upstream says GOAWAY
+  # (nginx's default is 1000, as real providers' front ends do now and then); requests in flight
+  # above its last stream must be sent again on a new connection, not failed.
+  keepalive_requests ${TLS_UPSTREAM_MAX_REQUESTS:-1000000};
   server {
     listen 127.0.0.1:$UPS ssl$h2;
     ssl_certificate $certs/server.pem;
@@ -292,12 +298,13 @@ cat > "$work/keyproxy-tls.toml" <<TOML
 [server]
 listen = "127.0.0.1:$KPS"
 admin_listen = "127.0.0.1:$KAS"
+state_dir = "$work/state-tls"
 [[upstreams]]
 name = "openai"
 provider = "openai"
 base_url = "https://localhost:$UPS"
 ca_file = "$certs/ca.pem"
-key = { file = "$work/key" }
+key = { file = "$work/key-tls" }
 TOML
 nginx -c "$work/nginx-up-tls/nginx.conf" -g 'daemon off;' & UPID=$!; pids+=("$UPID")
 nginx -c "$work/nginx-proxy-tls/nginx.conf" -g 'daemon off;' & NPID=$!; pids+=("$NPID")

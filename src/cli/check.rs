@@ -30,6 +30,12 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
     }
     let metrics = Metrics::new()?;
     let now = SystemTime::now();
+    // What the server would recall at startup: a source still holding a retired key is refused.
+    let store = config
+        .server
+        .state_dir
+        .as_deref()
+        .and_then(|dir| keyproxy::state::Store::open_read_only(dir).ok());
     for cfg in &config.upstreams {
         let upstream = Upstream::new(cfg, &metrics, 1)?;
         // Each key of a pool on its own lines (`openai/b`); a single key as always (`openai`).
@@ -57,6 +63,10 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                 println!("⚠ {name}: permissions: {warning}");
             }
             let source_text = source.to_string();
+            // A pool's key is remembered as `upstream/name`, which is its label here.
+            if let Some(store) = &store {
+                failed |= stored_history_line(store, name, &source_text, &secret);
+            }
             let findings = lint::lint(
                 secret.expose(),
                 cfg.provider,
@@ -229,4 +239,40 @@ async fn security_checklist(config: &Config) -> bool {
         );
     }
     failed
+}
+
+/// Compare the source's key with what the state store remembers: a retired key is refused by the
+/// server (✗, true), and a key rotated in through the admin API and kept in the store is served
+/// instead of the source's (⚠).
+fn stored_history_line(
+    store: &keyproxy::state::Store,
+    name: &str,
+    source: &str,
+    secret: &keyproxy::key::Secret,
+) -> bool {
+    use keyproxy::key::history::KeyHistory;
+    let recalled = store.recall(name);
+    let hash = keyproxy::key::store::salted_digest(&store.salt(), secret.expose());
+    if let Some(old) = recalled.retired.iter().find(|r| r.digest == hash) {
+        let serving = recalled.in_service.as_ref().map_or(String::new(), |s| {
+            format!(" and serves {} instead", s.fingerprint)
+        });
+        println!(
+            "✗ {name}: {source} holds the key retired at {} ({}); keyproxy refuses it{serving}: put the current key there",
+            keyproxy::time::rfc3339_string(old.retired_at),
+            old.fingerprint
+        );
+        return true;
+    }
+    if let Some(kept) = recalled
+        .in_service
+        .as_ref()
+        .filter(|s| s.hash != hash && s.stored.is_some())
+    {
+        println!(
+            "⚠ {name}: keyproxy serves {} (generation {}), rotated in through the admin API and kept in the state store, not the key in {source}; update {source} to it",
+            kept.fingerprint, kept.generation
+        );
+    }
+    false
 }

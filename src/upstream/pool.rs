@@ -311,7 +311,48 @@ pub enum SendError {
     Client(ClientFault),
 }
 
+/// Whether the HTTP/2 error in `e`'s chain says the stream was never processed.
+fn unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// A copy of a request whose body is in hand (none, or read whole), to send again if the
+/// upstream refuses it unprocessed; `None` for a streamed body, which can only go once.
+fn replay_copy(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    let body = match req.body() {
+        UpstreamBody::Empty => UpstreamBody::Empty,
+        UpstreamBody::Whole(bytes) => UpstreamBody::Whole(bytes.clone()),
+        UpstreamBody::App(_) | UpstreamBody::Faulted { .. } => return None,
+    };
+    let mut copy = Request::new(body);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
 impl SendError {
+    /// True when the upstream says it never processed the request: an HTTP/2 stream refused
+    /// (`REFUSED_STREAM`) or above the last stream a graceful GOAWAY (`NO_ERROR`) accepted. Such a
+    /// request may be sent again, even a POST (RFC 9113 §8.7).
+    pub fn unprocessed(&self) -> bool {
+        let SendError::Http(e) = self else {
+            return false;
+        };
+        unprocessed(e)
+    }
+
     /// True when the failure was the TLS handshake (unknown issuer, wrong name, protocol), told by
     /// the error's type: rustls' own error, raw or carried inside `io::Error`s.
     pub fn is_tls(&self) -> bool {
@@ -371,6 +412,11 @@ struct Slot {
     watching: AtomicBool,
     /// The HTTP/2 connection, shared by this thread's requests while it lives.
     h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// The last dial negotiated HTTP/2: one connection serves every request, so a request that
+    /// finds none waits for a dial in flight instead of dialling one of its own (after a GOAWAY,
+    /// every refused request would otherwise open a connection at once).
+    speaks_h2: AtomicBool,
+    h2_dial: tokio::sync::Mutex<()>,
 }
 
 /// The checkout policy, apart from the sockets: the most recently returned connection goes out
@@ -464,15 +510,13 @@ impl UpstreamPool {
         mut req: Request<UpstreamBody>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<PooledBody>, SendError> {
+        let mut replays = 1u8;
         loop {
             let (conn, reused) = match self.checkout().await {
                 Some(conn) => (conn, true),
                 // Boxed: dialling (DNS, TCP, TLS) is a large future and the rare path; kept
                 // inline it would make every request's future kilobytes bigger.
-                None => match timeout_at(deadline, self.dial()).await {
-                    Ok(conn) => (conn?, false),
-                    Err(_) => return Err(SendError::Timeout),
-                },
+                None => self.dial_or_join(deadline).await?,
             };
             match conn {
                 // The HTTP/1.1 connection keeps the deadline itself (one timer per connection).
@@ -496,9 +540,35 @@ impl UpstreamPool {
                 },
                 Conn::H2(mut sender) => {
                     self.absolute_form(&mut req);
+                    // A request the connection never took (it was closing), or a stream the
+                    // upstream refused unprocessed (GOAWAY, REFUSED_STREAM: RFC 9113 §8.7), goes
+                    // again on a new connection, once; the latter only with its body in hand.
+                    let again = if replays > 0 { replay_copy(&req) } else { None };
                     let watch = app_watch(&req);
-                    let response = watched(deadline, watch, sender.send_request(req)).await?;
-                    return Ok(response.map(|body| PooledBody(Inner::Hyper(body))));
+                    let mut returned = None;
+                    let answer = async {
+                        sender.try_send_request(req).await.map_err(|mut e| {
+                            returned = e.take_message();
+                            e.into_error()
+                        })
+                    };
+                    let answer = watched(deadline, watch, answer).await;
+                    match answer {
+                        Ok(response) => {
+                            return Ok(response.map(|body| PooledBody(Inner::Hyper(body))))
+                        }
+                        Err(e) => {
+                            let retry = match (returned, again) {
+                                (Some(unsent), _) if replays > 0 => unsent,
+                                (_, Some(copy)) if e.unprocessed() => copy,
+                                _ => return Err(e),
+                            };
+                            replays -= 1;
+                            lock(&self.0.slot().h2).take();
+                            req = retry;
+                            continue;
+                        }
+                    }
                 }
                 Conn::Upgrade(mut sender) => {
                     req.headers_mut().insert(HOST, self.0.host.clone());
@@ -532,6 +602,29 @@ impl UpstreamPool {
         }
     }
 
+    /// A new connection; over HTTP/2, the one another request is dialling if there is one.
+    async fn dial_or_join(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Conn, bool), SendError> {
+        let slot = self.0.slot();
+        let _one_dial = if slot.speaks_h2.load(Ordering::Relaxed) {
+            let guard = timeout_at(deadline, slot.h2_dial.lock())
+                .await
+                .map_err(|_| SendError::Timeout)?;
+            if let Some(conn) = self.checkout().await {
+                return Ok((conn, true));
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        match timeout_at(deadline, self.dial()).await {
+            Ok(conn) => Ok((conn?, false)),
+            Err(_) => Err(SendError::Timeout),
+        }
+    }
+
     /// `connect`, boxed in a function of its own so its large future stays out of `send`'s.
     #[inline(never)]
     fn dial(&self) -> Pin<Box<dyn Future<Output = Result<Conn, SendError>> + Send + '_>> {
@@ -559,9 +652,12 @@ impl UpstreamPool {
                     tracing::debug!("upstream HTTP/2 connection ended: {e}");
                 }
             });
-            *lock(&self.0.slot().h2) = Some(sender.clone());
+            let slot = self.0.slot();
+            *lock(&slot.h2) = Some(sender.clone());
+            slot.speaks_h2.store(true, Ordering::Relaxed);
             return Ok(Conn::H2(sender));
         }
+        self.0.slot().speaks_h2.store(false, Ordering::Relaxed);
         if self.0.versions == Versions::Negotiated {
             return Ok(Conn::H1(Box::new(h1::Connection::new(Stream::from(io)))));
         }
@@ -824,6 +920,35 @@ fn connector(cfg: &UpstreamConfig, versions: Versions) -> Result<Connector, Pool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_streams_the_upstream_refused_unprocessed_go_again() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(unprocessed(&refused));
+        for processed in [
+            h2::Reason::CANCEL,
+            h2::Reason::INTERNAL_ERROR,
+            h2::Reason::NO_ERROR,
+        ] {
+            assert!(!unprocessed(&h2::Error::from(processed)), "{processed:?}");
+        }
+        let other = std::io::Error::other("connection reset");
+        assert!(!unprocessed(&other));
+    }
+
+    #[test]
+    fn a_request_is_copied_for_a_replay_only_with_its_body_in_hand() {
+        let mut whole = Request::new(UpstreamBody::Whole(Some(Bytes::from_static(b"{}"))));
+        *whole.method_mut() = http::Method::POST;
+        whole
+            .headers_mut()
+            .insert("x-a", HeaderValue::from_static("1"));
+        let copy = replay_copy(&whole).unwrap();
+        assert_eq!(copy.method(), http::Method::POST);
+        assert_eq!(copy.headers()["x-a"], "1");
+        assert!(matches!(copy.body(), UpstreamBody::Whole(Some(b)) if b == "{}"));
+        assert!(replay_copy(&Request::new(UpstreamBody::Empty)).is_some());
+    }
 
     #[test]
     fn checkout_takes_the_most_recent_fresh_connection_and_drops_expired_ones() {

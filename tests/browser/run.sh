@@ -29,6 +29,8 @@ fi
 echo "== $version"
 
 work=$(mktemp -d)
+# The state store of this run only, not the one in $HOME a developer's own keyproxy uses.
+export KEYPROXY_STATE_DIR="$work/state"
 pids=()
 cleanup() {
   for pid in ${pids[@]+"${pids[@]}"}; do kill "$pid" 2>/dev/null || true; done

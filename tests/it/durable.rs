@@ -288,6 +288,27 @@ async fn an_env_source_still_holding_the_retired_key_is_refused_and_the_stored_k
     assert!(m.contains("trigger=\"sighup\""), "{m}");
     running.stop().await;
 
+    // `check` reads the same store, and says what the server does with that source.
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("DURABLE_TEST_OPENAI_KEY", &a)
+        .env("KEYPROXY_STATE_DIR", dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("✗ openai: env DURABLE_TEST_OPENAI_KEY holds the key retired at ")
+            && stdout.contains(&format!(
+                "({}); keyproxy refuses it and serves {} instead",
+                fp(&a),
+                fp(&b)
+            )),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("ENVKEEP"), "a key leaked: {stdout}");
+
     // Restart with the env var unchanged: the key kept in the store serves, with a warning.
     let running = run_binary(&config, &env);
     let s = status_of(&running).await;
