@@ -113,10 +113,11 @@ const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        // Not `source`: the sentence already says it, and an error chain would say it twice.
+        cause: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {field}: {message}")]
     Invalid {
@@ -406,9 +407,9 @@ impl<'de> Deserialize<'de> for ExpiresAt {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Config::parse(path, &text)
     }

@@ -575,3 +575,29 @@ async fn check_and_the_server_agree_on_every_token() {
         );
     }
 }
+
+/// A missing config file is said once, with its path and the OS's reason, by `run` and `check`.
+#[test]
+fn a_missing_config_file_is_reported_once() {
+    for cmd in ["run", "check"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config", "/nonexistent/keyproxy.toml"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            all.contains("cannot read config file /nonexistent/keyproxy.toml"),
+            "{cmd}: {all}"
+        );
+        assert_eq!(
+            all.matches("No such file or directory").count(),
+            1,
+            "{cmd}: {all}"
+        );
+    }
+}
