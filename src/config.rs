@@ -979,6 +979,8 @@ fn provider_example_url(provider: Provider) -> &'static str {
         Provider::Anthropic => "https://api.anthropic.com",
         Provider::Gemini => "https://generativelanguage.googleapis.com",
         Provider::Azure => "https://YOUR-RESOURCE.openai.azure.com",
+        Provider::Vertex => "https://us-central1-aiplatform.googleapis.com",
+        Provider::Bedrock => "https://bedrock-runtime.us-east-1.amazonaws.com",
         Provider::Generic => "https://api.example.com",
     }
 }

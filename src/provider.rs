@@ -13,6 +13,10 @@ pub enum Provider {
     Anthropic,
     Azure,
     Gemini,
+    /// Google Vertex AI: an OAuth access token (from a service account) as `Authorization: Bearer`.
+    Vertex,
+    /// Amazon Bedrock: SigV4-signed requests (`key = { aws = … }`) or a Bedrock API key as Bearer.
+    Bedrock,
     Generic,
 }
 
@@ -35,6 +39,8 @@ impl Provider {
             Provider::Anthropic => "anthropic",
             Provider::Azure => "azure",
             Provider::Gemini => "gemini",
+            Provider::Vertex => "vertex",
+            Provider::Bedrock => "bedrock",
             Provider::Generic => "generic",
         }
     }
@@ -46,6 +52,8 @@ impl Provider {
             Provider::Anthropic => "Anthropic",
             Provider::Azure => "Azure OpenAI",
             Provider::Gemini => "Google (Gemini)",
+            Provider::Vertex => "Google Vertex AI",
+            Provider::Bedrock => "Amazon Bedrock",
             Provider::Generic => "",
         }
     }
@@ -57,6 +65,8 @@ impl Provider {
             Provider::Anthropic,
             Provider::Gemini,
             Provider::Azure,
+            Provider::Vertex,
+            Provider::Bedrock,
         ]
         .into_iter()
         .find(|p| p.display_name() == display_name)
@@ -67,7 +77,9 @@ impl Provider {
     /// The header each provider reads the key from, and what goes before the key in it.
     pub fn auth_scheme(self) -> (HeaderName, &'static str) {
         match self {
-            Provider::Openai | Provider::Generic => (http::header::AUTHORIZATION, "Bearer "),
+            Provider::Openai | Provider::Vertex | Provider::Bedrock | Provider::Generic => {
+                (http::header::AUTHORIZATION, "Bearer ")
+            }
             Provider::Anthropic => (HeaderName::from_static("x-api-key"), ""),
             Provider::Azure => (HeaderName::from_static("api-key"), ""),
             Provider::Gemini => (HeaderName::from_static("x-goog-api-key"), ""),
@@ -81,6 +93,12 @@ impl Provider {
             Provider::Openai | Provider::Anthropic => ("/v1/models", None),
             Provider::Gemini => ("/v1beta/models", None),
             Provider::Azure => ("/openai/models", Some("api-version=2024-10-21")),
+            // Vertex's URL names the project and region, which keyproxy does not know: the
+            // configured `probe_path` (for example `/v1/projects/P/locations/L/publishers/google/models`).
+            Provider::Vertex => (probe_path.unwrap_or("/v1/publishers/google/models"), None),
+            // The control plane (`bedrock.`) lists models; the runtime host answers this with 404
+            // or 403, which still tells a signed key apart from a refused one.
+            Provider::Bedrock => (probe_path.unwrap_or("/foundation-models"), None),
             Provider::Generic => (probe_path.unwrap_or("/v1/models"), None),
         }
     }
@@ -92,6 +110,10 @@ impl Provider {
             Provider::Anthropic => "https://console.anthropic.com/settings/keys",
             Provider::Gemini => "https://aistudio.google.com/apikey",
             Provider::Azure => "the Azure portal (your resource's Keys and Endpoint page)",
+            Provider::Vertex => {
+                "https://console.cloud.google.com/iam-admin/serviceaccounts (the service account's Keys tab)"
+            }
+            Provider::Bedrock => "the AWS console (IAM access keys, or Bedrock's API keys page)",
             Provider::Generic => "the provider's dashboard",
         }
     }
@@ -105,6 +127,8 @@ impl Provider {
                 "https://aistudio.google.com/usage (or the Google Cloud billing account)"
             }
             Provider::Azure => "the Azure portal (quotas and billing of your subscription)",
+            Provider::Vertex => "https://console.cloud.google.com/billing (and Vertex AI quotas)",
+            Provider::Bedrock => "the AWS console (Billing, and Service Quotas for Bedrock)",
             Provider::Generic => "the provider's billing page",
         }
     }
@@ -115,7 +139,7 @@ impl Provider {
             Provider::Openai => key.starts_with("sk-"),
             Provider::Anthropic => key.starts_with("sk-ant-"),
             Provider::Gemini => key.starts_with("AIza"),
-            Provider::Azure | Provider::Generic => true,
+            Provider::Azure | Provider::Vertex | Provider::Bedrock | Provider::Generic => true,
         }
     }
 
@@ -157,7 +181,8 @@ impl Provider {
             ),
             Provider::Gemini => (30, None, "Gemini API keys are at least 39 characters"),
             Provider::Azure => (32, None, "Azure OpenAI keys are at least 32 characters"),
-            Provider::Generic => (0, None, ""),
+            // Tokens minted by keyproxy and Bedrock API keys: no fixed shape worth a lint.
+            Provider::Vertex | Provider::Bedrock | Provider::Generic => (0, None, ""),
         };
         KeyLength {
             min,

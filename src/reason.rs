@@ -31,10 +31,13 @@ pub enum Reason {
     OriginNotAllowed,
     /// Every key of an upstream's pool is quarantined, cooling or unloaded.
     KeysExhausted,
+    /// A short-lived credential (OAuth2, Entra ID, Google service account) could not be minted
+    /// or refreshed: the token endpoint refused it or could not be reached.
+    CredentialRefreshFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MissingKey,
         Reason::MalformedKey,
         Reason::InvalidKey,
@@ -58,6 +61,7 @@ impl Reason {
         Reason::HostNotAllowed,
         Reason::OriginNotAllowed,
         Reason::KeysExhausted,
+        Reason::CredentialRefreshFailed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Reason {
             Reason::HostNotAllowed => "host_not_allowed",
             Reason::OriginNotAllowed => "origin_not_allowed",
             Reason::KeysExhausted => "keys_exhausted",
+            Reason::CredentialRefreshFailed => "credential_refresh_failed",
         }
     }
 
@@ -100,6 +105,7 @@ impl Reason {
                 | Reason::HostNotAllowed
                 | Reason::OriginNotAllowed
                 | Reason::KeysExhausted
+                | Reason::CredentialRefreshFailed
         )
     }
 
@@ -113,7 +119,8 @@ impl Reason {
             Reason::UpstreamUnreachable
             | Reason::UpstreamTimeout
             | Reason::UnknownAuthError
-            | Reason::KeysExhausted => None,
+            | Reason::KeysExhausted
+            | Reason::CredentialRefreshFailed => None,
             _ => Some(false),
         }
     }

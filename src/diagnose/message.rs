@@ -134,7 +134,8 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
         | Reason::NoRoute
         | Reason::HostNotAllowed
         | Reason::OriginNotAllowed
-        | Reason::KeysExhausted => {
+        | Reason::KeysExhausted
+        | Reason::CredentialRefreshFailed => {
             format!("{name} answered {}{said}.", c.status)
         }
     };

@@ -249,8 +249,13 @@ pub fn refusal(
             "error": { "type": anthropic_type(status), "message": text },
             "keyproxy": keyproxy,
         }),
-        Provider::Gemini => serde_json::json!({
+        Provider::Gemini | Provider::Vertex => serde_json::json!({
             "error": { "code": status.as_u16(), "message": text, "status": google_status(status) },
+            "keyproxy": keyproxy,
+        }),
+        // What botocore reads for an error's text (its code comes from `x-amzn-ErrorType`).
+        Provider::Bedrock => serde_json::json!({
+            "message": text,
             "keyproxy": keyproxy,
         }),
         Provider::Openai | Provider::Azure | Provider::Generic => serde_json::json!({
