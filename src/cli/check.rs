@@ -92,7 +92,7 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                 set_with_rotation: None,
                 the_sources_key: true,
             };
-            match expiry::expires_at(policy, &facts, now) {
+            match expiry::expires_at_of(secret.expose(), policy, &facts, now) {
                 None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
                 Some(at) => {
                     let days = expiry::days_left(at, now);

@@ -20,6 +20,8 @@ pub enum LintCode {
     WrongLength,
     BadCharacters,
     UnknownFormat,
+    /// A key that says when it stops working (a Bedrock short-term API key), past that time.
+    Expired,
 }
 
 impl LintCode {
@@ -38,6 +40,7 @@ impl LintCode {
             LintCode::WrongLength => "wrong_length",
             LintCode::BadCharacters => "bad_characters",
             LintCode::UnknownFormat => "unknown_format",
+            LintCode::Expired => "expired",
         }
     }
 }
@@ -94,6 +97,9 @@ pub fn lint(
             belongs_to: None,
         })
     };
+    if super::aws::is_bundle(key) {
+        return finish(super::aws::lint(key, source), mode);
+    }
     if key.trim().is_empty() {
         add(
             LintCode::Empty,
@@ -174,6 +180,9 @@ pub fn lint(
     }
     if provider != Provider::Generic {
         format_findings(core, provider, host, source, &mut findings);
+    }
+    if provider == Provider::Bedrock {
+        super::aws::api_key_findings(core, source, std::time::SystemTime::now(), &mut findings);
     }
     finish(findings, mode)
 }

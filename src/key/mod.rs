@@ -2,6 +2,7 @@
 //! how it is held in memory (`secret`), how requests read it lock-free (`store`), how it is
 //! rotated (`lifecycle`, `watch`) and what of that must outlive a restart (`history`).
 
+pub mod aws;
 pub mod expiry;
 pub mod fingerprint;
 pub mod history;

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
@@ -22,6 +23,9 @@ pub enum KeySource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+    /// `{ aws = { access_key_id = …, secret_access_key = …, session_token = …, region = … } }`:
+    /// AWS credentials for SigV4, each part a source of its own (see `aws`).
+    Aws(Arc<super::aws::AwsSpec>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,13 @@ pub enum KeyError {
     CommandEmpty,
     #[error("the key from {0} is not valid UTF-8 text (a binary file?)")]
     NotUtf8(String),
+    #[error("aws {part}: {cause}")]
+    AwsPart {
+        part: &'static str,
+        cause: Box<KeyError>,
+    },
+    #[error("an aws credential's parts are plain sources ({{ env }}, {{ file }} or {{ command }}), not another aws table")]
+    AwsNested,
 }
 
 /// Relative paths in the config are relative to the config file's directory.
@@ -68,6 +79,7 @@ impl KeySource {
     pub fn resolved(self, config_path: &Path) -> KeySource {
         match self {
             KeySource::File(p) => KeySource::File(resolve(config_path, &p)),
+            KeySource::Aws(spec) => KeySource::Aws(Arc::new(spec.resolved(config_path))),
             other => other,
         }
     }
@@ -85,6 +97,9 @@ impl KeySource {
             },
             KeySource::File(path) => read_file(path)?,
             KeySource::Command(argv) => run_command(argv).await?,
+            KeySource::Aws(spec) if spec.nested() => return Err(KeyError::AwsNested),
+            // Boxed: the parts are read with this same function.
+            KeySource::Aws(spec) => return Box::pin(spec.read()).await,
         };
         let mut text = String::from_utf8(raw).map_err(|e| {
             let mut bytes = e.into_bytes();
@@ -97,8 +112,20 @@ impl KeySource {
 }
 
 impl KeySource {
+    /// The key files this source reads (watched for rotation): its own, or an aws table's parts'.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            KeySource::File(path) => vec![path.as_path()],
+            KeySource::Aws(spec) => spec.files().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// A warning when a key file can be read by other users (group or world bits set).
     pub fn permission_warning(&self) -> Option<String> {
+        if let KeySource::Aws(spec) = self {
+            return spec.permission_warning();
+        }
         #[cfg(unix)]
         if let KeySource::File(path) = self {
             use std::os::unix::fs::PermissionsExt;
@@ -261,6 +288,7 @@ impl fmt::Display for KeySource {
                 Some((program, args)) => write!(f, "command {program} ({} arguments)", args.len()),
                 None => f.write_str("command (empty)"),
             },
+            KeySource::Aws(spec) => write!(f, "{spec}"),
         }
     }
 }
@@ -326,6 +354,13 @@ impl<'de> Visitor<'de> for SourceVisitor {
                 KeySource::File(path)
             }
             "command" => KeySource::Command(map.next_value()?),
+            "aws" => {
+                let spec: super::aws::AwsSpec = map.next_value()?;
+                if spec.nested() {
+                    return Err(de::Error::custom(KeyError::AwsNested.to_string()));
+                }
+                KeySource::Aws(Arc::new(spec))
+            }
             // The table's own key could be anything a person pasted: not repeated.
             _ => return Err(de::Error::custom(format!("unknown key source; {one_of}"))),
         };

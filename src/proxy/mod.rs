@@ -18,6 +18,7 @@ pub mod explain;
 pub mod guard;
 pub mod reply;
 pub mod route;
+pub mod sign;
 pub mod tap;
 
 pub use error::ProxyError;
@@ -138,6 +139,21 @@ impl Proxy {
                 let refused = ProxyError::Guard(refusal).refuse(rid, &method, uri.path());
                 (None, Err(refused))
             }
+        };
+        // SigV4 upstreams only: read the body (bounded) and sign what will be sent.
+        let routed = match routed {
+            Ok(r) if r.upstream.signs() => {
+                match sign::signing(r.upstream, &r.key, &mut req).await {
+                    Ok(()) => Ok(r),
+                    Err(refusal) => {
+                        r.upstream
+                            .metrics
+                            .request(r.client, refusal.status().as_u16());
+                        Err(refusal.refuse(rid, &method, uri.path()))
+                    }
+                }
+            }
+            other => other,
         };
         let mut response = match routed {
             Err(answer) => answer,

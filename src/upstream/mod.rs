@@ -183,6 +183,12 @@ impl Upstream {
         })
     }
 
+    /// Signs each request with SigV4 (`key = { aws = … }`) instead of sending a key header.
+    #[inline]
+    pub fn signs(&self) -> bool {
+        matches!(self.key.source(), crate::key::KeySource::Aws(_))
+    }
+
     /// The upstream's host, for lint (another provider's key is fine on that provider's host).
     pub fn host(&self) -> &str {
         self.authority.host()
