@@ -489,7 +489,7 @@ fn retired_status(u: &Upstream, store: Option<&Arc<Store>>) -> Value {
 
 fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) -> Value {
     let state = u.key.current();
-    let key = match state.snapshot() {
+    let mut key = match state.snapshot() {
         Some(k) => json!({
             "usable": true,
             "fingerprint": k.fingerprint.as_str(),
@@ -510,6 +510,9 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
             })
         }
     };
+    if let Some(k) = state.snapshot() {
+        credential_status(k, &mut key);
+    }
     json!({
         "name": &*u.name,
         "provider": u.provider.as_str(),
@@ -527,6 +530,17 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "client_credentials": u.metrics.credential_counts(),
         "recent_diagnoses": u.recent_diagnoses(),
     })
+}
+
+/// Which credential a Bedrock upstream holds (`aws`, `bedrock_api_key`) and the region AWS
+/// credentials sign for; nothing for other keys.
+fn credential_status(k: &crate::key::KeySnapshot, key: &mut Value) {
+    if let Some(kind) = crate::key::aws::snapshot_kind(k) {
+        key["credential"] = json!(kind);
+    }
+    if let Some(aws) = &k.aws {
+        key["region"] = json!(aws.region);
+    }
 }
 
 /// Every key of the upstream (one for `key = …`) with its state, cause and until-when.

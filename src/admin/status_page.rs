@@ -89,6 +89,17 @@ fn upstream(page: &mut String, up: &Value) {
             esc(str_of(&key["loaded_at"])),
             uptime(key["age_seconds"].as_u64().unwrap_or(0))
         );
+        if let Some(kind) = key["credential"].as_str() {
+            let region = match key["region"].as_str() {
+                Some(r) => format!(", region {}", esc(r)),
+                None => String::new(),
+            };
+            let _ = write!(
+                page,
+                "<tr><th>credential</th><td>{}{region}</td></tr>",
+                esc(kind)
+            );
+        }
         match key["days_to_expiry"].as_f64() {
             Some(days) => {
                 let class = if days < 0.0 {
@@ -100,6 +111,9 @@ fn upstream(page: &mut String, up: &Value) {
                 };
                 let text = if days < 0.0 {
                     format!("expired {:.0} days ago", -days)
+                } else if days < 1.0 {
+                    // Short-lived credentials (a Bedrock short-term API key lasts 12 hours at most).
+                    format!("in {:.1} hours", days * 24.0)
                 } else {
                     format!("in {days:.0} days")
                 };

@@ -59,6 +59,13 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                 source,
                 Fingerprint::of(secret.expose())
             );
+            if let Some(kind) = keyproxy::key::aws::kind(secret.expose()) {
+                let region = keyproxy::key::aws::region_of(secret.expose())
+                    .map_or(String::new(), |r| {
+                        format!(", signing for region {r} (SigV4)")
+                    });
+                println!("✓ {name}: credential: {kind}{region}");
+            }
             if let Some(warning) = source.permission_warning() {
                 println!("⚠ {name}: permissions: {warning}");
             }

@@ -142,6 +142,36 @@ pub const CATALOGUE: &[Entry] = &[
     Entry::says("missing authentication token", Reason::MissingKey, COMMON),
 ];
 
+/// What to do about AWS credentials, after the reason's own sentence: `signed` when keyproxy
+/// signed with `key = { aws = … }` (else a Bedrock API key was sent).
+pub fn advice(reason: Reason, said: &str, signed: bool) -> Option<&'static str> {
+    let said = said.to_ascii_lowercase();
+    Some(match reason {
+        Reason::InvalidKey if said.contains("signature expired") => {
+            "AWS refused the signature's time: this machine's clock is more than 5 minutes off (AWS's message names both times). Sync the clock (NTP: chrony, systemd-timesyncd); the credentials themselves may be fine."
+        }
+        Reason::InvalidKey if signed && said.contains("signature") => {
+            "The secret access key does not belong to the access key id: keyproxy signs with the pair its aws table names, so put the secret of that same access key (or of the same STS response) in secret_access_key."
+        }
+        Reason::InvalidKey if signed => {
+            "AWS does not know this access key id: it was deleted or deactivated in IAM, or temporary (ASIA…) credentials came with another session's token. Put current credentials in the aws table's sources; keyproxy re-reads key files as they change."
+        }
+        Reason::InvalidKey => {
+            "The Bedrock API key was deleted or belongs to another account: generate a new one on Bedrock's API keys page (or use IAM credentials with key = { aws = … })."
+        }
+        Reason::ExpiredKey if signed => {
+            "These are temporary (STS) credentials and their session has ended: refresh them (aws sts assume-role, aws sso login, or whatever writes the files the aws table names); keyproxy re-reads them as they change and swaps the new ones in without a restart."
+        }
+        Reason::ExpiredKey => {
+            "Bedrock short-term API keys last 12 hours at most: generate a new one, or use a long-term key or IAM credentials (key = { aws = … }), which keyproxy signs with itself."
+        }
+        Reason::InsufficientPermissions => {
+            "On Bedrock that is IAM and model access: the principal needs bedrock:InvokeModel (and bedrock:InvokeModelWithResponseStream to stream) on the model's ARN, and the model must be enabled for the account in this region (Bedrock console, Model access)."
+        }
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,6 +139,13 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             format!("{name} answered {}{said}.", c.status)
         }
     };
+    if c.provider == Provider::Bedrock {
+        let signed = c.key.is_some_and(|k| k.aws.is_some());
+        if let Some(more) = super::bedrock::advice(reason, c.provider_message, signed) {
+            text.push(' ');
+            text.push_str(more);
+        }
+    }
     // A refused new key explains a refusal of the key in use, and nothing else.
     let about_the_key = matches!(
         reason,

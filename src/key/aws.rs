@@ -437,6 +437,18 @@ pub fn kind(key: &str) -> Option<&'static str> {
     }
 }
 
+/// Which Bedrock credential the key in service is, from what the snapshot keeps (never the key).
+pub fn snapshot_kind(k: &super::KeySnapshot) -> Option<&'static str> {
+    let shown = k.fingerprint.as_str();
+    if k.aws.is_some() {
+        Some("aws")
+    } else if shown.starts_with(SHORT_TERM) || shown.starts_with(LONG_TERM) {
+        Some("bedrock_api_key")
+    } else {
+        None
+    }
+}
+
 /// Lint of a Bedrock API key (a plain key on `provider = "bedrock"`).
 pub fn api_key_findings(key: &str, source: &str, now: SystemTime, out: &mut Vec<Finding>) {
     if !key.starts_with(SHORT_TERM) {
