@@ -132,7 +132,7 @@ impl AwsSpec {
         text.push_str(&Zeroizing::new(
             serde_json::to_string(&wire).unwrap_or_default(),
         ));
-        Ok(Secret::new(text))
+        Ok(Secret::bundle(text))
     }
 }
 
