@@ -160,3 +160,16 @@ def test_keyproxys_own_refusal_has_a_code_and_a_sentence_in_botocore(bedrock):
     text = str(refused.value)
     assert "keyproxy has no usable key for upstream bedrock_nokey" in text, text
     assert "KEYPROXY_SDK_TEST_UNSET" in text
+
+
+def test_anthropic_bedrock_with_dummy_credentials_works_through_keyproxy(bedrock):
+    import anthropic
+    proxy, base = bedrock
+    c = anthropic.AnthropicBedrock(
+        aws_access_key="AKIADUMMYDUMMYDUMMY1", aws_secret_key="dummy-secret-the-app-holds",
+        aws_region="us-east-1", base_url=proxy, max_retries=0,
+    )
+    out = c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "hi from AnthropicBedrock"}])
+    assert out.content[0].text == "bedrock heard: hi from AnthropicBedrock"
+    counts = verified(base)
+    assert counts["failed"] == 0, counts["last_failure"]
