@@ -537,6 +537,12 @@ fn prepare<B>(
     if upstream.provider == Provider::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
         headers.insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
+    // boto3 signs even when keyproxy holds the credential: its SigV4 headers go with its key.
+    if upstream.provider == Provider::Bedrock {
+        for name in crate::key::aws::APP_SIGV4_HEADERS {
+            headers.remove(name);
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! SigV4 on the forwarding path, for upstreams with `key = { aws = … }` only (every other
-//! upstream never comes here): the app's own SigV4 headers go, the body is read whole — bounded,
+//! upstream never comes here): the body is read whole — bounded,
 //! a 413 above `SIGNED_BODY_LIMIT` — to be hashed, and the request is signed as it will be sent
 //! (the upstream's `Host`, the rewritten path and query).
 
@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::ProxyError;
 use crate::http1::ClientFault;
-use crate::key::aws::{APP_SIGV4_HEADERS, SIGNED_BODY_LIMIT};
+use crate::key::aws::SIGNED_BODY_LIMIT;
 use crate::key::KeyState;
 use crate::upstream::pool::UpstreamBody;
 use crate::upstream::Upstream;
@@ -49,10 +49,8 @@ async fn sign(
         provider: upstream.provider,
         limit: SIGNED_BODY_LIMIT,
     };
-    let headers = req.headers_mut();
-    for name in APP_SIGV4_HEADERS {
-        headers.remove(name);
-    }
+    // (The app's own SigV4 headers were dropped with its credentials, in `prepare`.)
+    let headers = req.headers();
     // Refused before a byte is read: the app learns at once, and never waits on an upload.
     let declared = headers
         .get(http::header::CONTENT_LENGTH)

@@ -227,14 +227,18 @@ async fn a_short_term_api_keys_own_expiry_is_tracked_and_shown() {
         key_file(dir.path(), "key", &key)
     );
     let proxy = Proxy::start(&config, dir.path()).await;
-    let (parts, _) = send(
-        Request::post(proxy.url("/model/m/converse"))
-            .body(full("{}"))
-            .unwrap(),
-    )
-    .await;
+    // boto3 signs with its dummy credentials even here: its SigV4 headers go, the key is sent.
+    let (parts, _) = send(invoke(&proxy, "{}")).await;
     assert_eq!(parts.status, 200);
     assert_eq!(last_bearer(&bedrock).as_deref(), Some(key.as_str()));
+    let seen = bedrock.seen().pop().unwrap();
+    assert_eq!(header(&seen, "authorization"), format!("Bearer {key}"));
+    for name in ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the upstream"
+        );
+    }
     let expires = whole_seconds(signed) + 43200;
     let status = status(&proxy).await;
     let shown = &status["upstreams"][0]["key"];
