@@ -100,16 +100,7 @@ fn sign(
             upstream.name
         ));
     };
-    let (scheme, host) = upstream.pool.host();
-    creds
-        .sign_request(
-            req,
-            scheme.as_str(),
-            host.to_str().unwrap_or_default(),
-            b"",
-            SystemTime::now(),
-        )
-        .map_err(|e| e.to_string())
+    upstream.sign(&creds, req, b"").map_err(|e| e.to_string())
 }
 
 /// The diagnosis classifier decides (reading AWS's `x-amzn-ErrorType` header as the proxy does);

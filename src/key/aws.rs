@@ -320,6 +320,16 @@ pub const APP_SIGV4_HEADERS: [&str; 3] =
 #[error("the request could not be signed with SigV4: {0}")]
 pub struct SignError(String);
 
+/// A finding that refuses the credential.
+fn error(out: &mut Vec<Finding>, code: LintCode, message: String) {
+    out.push(Finding {
+        code,
+        severity: Severity::Error,
+        message,
+        belongs_to: None,
+    });
+}
+
 /// Lint of a bundle: each part's shape, in sentences that name the part and its source, never
 /// its value.
 pub fn lint(key: &str, source: &str) -> Vec<Finding> {
@@ -327,14 +337,7 @@ pub fn lint(key: &str, source: &str) -> Vec<Finding> {
     let Some((_, p)) = parts(key) else {
         return out;
     };
-    let mut error = |code, message: String| {
-        out.push(Finding {
-            code,
-            severity: Severity::Error,
-            message,
-            belongs_to: None,
-        })
-    };
+    let mut error = |code, message| error(&mut out, code, message);
     let id = p.id.as_str();
     let well_formed_id = id.len() == 20
         && (id.starts_with("AKIA") || id.starts_with("ASIA"))
@@ -454,14 +457,7 @@ pub fn api_key_findings(key: &str, source: &str, now: SystemTime, out: &mut Vec<
     if !key.starts_with(SHORT_TERM) {
         return;
     }
-    let mut error = |code, message: String| {
-        out.push(Finding {
-            code,
-            severity: Severity::Error,
-            message,
-            belongs_to: None,
-        })
-    };
+    let mut error = |code, message| error(out, code, message);
     match api_key_expires_at(key) {
         None => error(
             LintCode::UnknownFormat,

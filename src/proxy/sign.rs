@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::Request;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -69,15 +68,8 @@ async fn sign(
             ))
         }
     };
-    let (scheme, host) = upstream.pool.host();
-    creds
-        .sign_request(
-            req,
-            scheme.as_str(),
-            host.to_str().unwrap_or_default(),
-            &body,
-            SystemTime::now(),
-        )
+    upstream
+        .sign(creds, req, &body)
         .map_err(|e| unsigned(e.to_string()))?;
     *req.body_mut() = match body.is_empty() {
         true => UpstreamBody::Empty,

@@ -9,10 +9,8 @@ Run by .ci/run in a virtualenv: pytest tests/sdk
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
-import time
 import urllib.request
 
 import boto3
@@ -20,22 +18,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("KEYPROXY_BIN", str(ROOT / "target" / "debug" / "keyproxy"))
+from test_sdks import BIN, ROOT, wait_for
+
 AWS_ID = "ASIAQWERTY2345BOTOCO"
 AWS_SECRET = "BotocoreVerifiesThisSecret0123456789abcd"
 AWS_TOKEN = "IQoJb3JpZ2luX2VjEBotocoreSessionToken" + "SeSsIoN" * 20 + "=="
 MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
-
-
-def wait_for(predicate, what, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
