@@ -4,8 +4,8 @@ the signature with `botocore.auth.SigV4Auth` and the credentials keyproxy was gi
 InvalidSignatureException (as AWS does) when they differ. So a request succeeds only if keyproxy's
 signature (made by the `aws-sigv4` crate) is one botocore would have made.
 
-Answers InvokeModel (an Anthropic-shaped body), Converse, and ConverseStream as a binary AWS event
-stream; a model id containing "denied" gets AccessDeniedException. GET /__verified says how many
+Answers InvokeModel (an Anthropic-shaped body), Converse, ConverseStream as a binary AWS event
+stream, and ListAsyncInvokes (what `keyproxy check --probe` asks); a model id containing "denied" gets AccessDeniedException. GET /__verified says how many
 signatures verified and failed. The expected credentials come from STANDIN_AWS_ID, STANDIN_AWS_SECRET,
 STANDIN_AWS_TOKEN and STANDIN_AWS_REGION.
 Usage: python3 bedrock_stand_in.py PORT_FILE   (binds 127.0.0.1:0 and writes the port to PORT_FILE)
@@ -121,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
         if "denied" in path:
             return self._send(403, json.dumps({"message": "You don't have access to the model with the specified model ID."}),
                               error_type="AccessDeniedException")
+        if path == "/async-invoke":
+            return self._send(200, json.dumps({"asyncInvokeSummaries": []}))
         if path.endswith("/invoke"):
             request = json.loads(body or b"{}")
             said = request.get("messages", [{}])[-1].get("content", "")
