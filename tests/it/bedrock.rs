@@ -565,3 +565,40 @@ async fn check_probe_signs_its_request_and_reads_the_error_type_header() {
         "the header names the error: {out}"
     );
 }
+
+#[tokio::test]
+async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
+    let bedrock = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = key_file(
+        dir.path(),
+        "admin-token",
+        "admin-token-for-tests-0123456789",
+    );
+    let config = format!(
+        "admin_token = {{ file = \"{token}\" }}\n{}",
+        aws_config(&bedrock.url(), dir.path())
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let (parts, body) = send(
+        Request::post(proxy.admin_url("/keys/bedrock"))
+            .header("authorization", "Bearer admin-token-for-tests-0123456789")
+            .body(full(
+                "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlLWF0LTEyMzQ1Njc4OTAxMjpzZWNyZXQ=",
+            ))
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(parts.status, 422, "{text}");
+    assert!(
+        text.contains("update the sources the aws table names"),
+        "{text}"
+    );
+    // The credentials in service still sign.
+    let (parts, _) = send(invoke(&proxy, "{}")).await;
+    assert_eq!(parts.status, 200);
+    let seen = bedrock.seen().pop().unwrap();
+    assert!(header(&seen, "authorization").contains(&format!("Credential={ID}/")));
+    proxy.stop().await;
+}
