@@ -127,11 +127,12 @@ impl AwsSpec {
             secret: Cow::Borrowed(secret.expose()),
             token: token.as_ref().map(|t| Cow::Borrowed(t.expose())),
         };
-        let mut text = String::from(BUNDLE);
         // Serializing strings into a String cannot fail.
-        text.push_str(&Zeroizing::new(
-            serde_json::to_string(&wire).unwrap_or_default(),
-        ));
+        let json = Zeroizing::new(serde_json::to_string(&wire).unwrap_or_default());
+        // Sized once: a growing String would leave copies of the secret behind in freed memory.
+        let mut text = String::with_capacity(BUNDLE.len() + json.len());
+        text.push_str(BUNDLE);
+        text.push_str(&json);
         Ok(Secret::bundle(text))
     }
 }
