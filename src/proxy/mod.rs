@@ -140,20 +140,22 @@ impl Proxy {
                 (None, Err(refused))
             }
         };
-        // SigV4 upstreams only: read the body (bounded) and sign what will be sent.
-        let routed = match routed {
-            Ok(r) if r.upstream.signs() => {
-                match sign::signing(r.upstream, &r.key, &mut req).await {
-                    Ok(()) => Ok(r),
-                    Err(refusal) => {
-                        r.upstream
-                            .metrics
-                            .request(r.client, refusal.status().as_u16());
-                        Err(refusal.refuse(rid, &method, uri.path()))
-                    }
-                }
-            }
-            other => other,
+        // SigV4 upstreams only: read the body (bounded) and sign what will be sent. (Every other
+        // request only tests `signs()`.)
+        let unsigned = match &routed {
+            Ok(r) if r.upstream.signs() => sign::signing(r.upstream, &r.key, &mut req)
+                .await
+                .err()
+                .map(|refusal| {
+                    let status = refusal.status().as_u16();
+                    r.upstream.metrics.request(r.client, status);
+                    refusal.refuse(rid, &method, uri.path())
+                }),
+            _ => None,
+        };
+        let routed = match unsigned {
+            Some(answer) => Err(answer),
+            None => routed,
         };
         let mut response = match routed {
             Err(answer) => answer,
