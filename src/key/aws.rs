@@ -354,7 +354,7 @@ pub fn lint(key: &str, source: &str) -> Vec<Finding> {
             "does not start with AKIA (an IAM user's access key) or ASIA (temporary STS credentials); it is not an access key id"
         };
         error(
-            LintCode::UnknownFormat,
+            LintCode::AwsCredentials,
             format!("the AWS access key id from {source} {what}"),
         );
     }
@@ -378,7 +378,7 @@ pub fn lint(key: &str, source: &str) -> Vec<Finding> {
     }
     match &p.token {
         None if id.starts_with("ASIA") => error(
-            LintCode::UnknownFormat,
+            LintCode::AwsCredentials,
             format!("the AWS access key id from {source} starts with ASIA: these are temporary (STS) credentials, which need their session token; add session_token = {{ env = \"AWS_SESSION_TOKEN\" }} (or a file or command) to the aws table"),
         ),
         Some(t) if t.trim().is_empty() => error(
@@ -461,7 +461,7 @@ pub fn api_key_findings(key: &str, source: &str, now: SystemTime, out: &mut Vec<
     let mut error = |code, message| error(out, code, message);
     match api_key_expires_at(key) {
         None => error(
-            LintCode::UnknownFormat,
+            LintCode::WrongLength,
             format!("the key from {source} starts like a Bedrock short-term API key (bedrock-api-key-…) but does not hold the presigned URL such keys are made of; it was probably cut when copied: generate a new one"),
         ),
         Some(at) if at <= now => error(
@@ -532,6 +532,8 @@ mod tests {
         assert!(!short[0].message.contains("wJalr"));
         let session = lint(&bundle("ASIAIOSFODNN7EXAMPLE", SECRET, None), "aws x");
         assert!(session[0].message.contains("session token"), "{session:?}");
+        assert_eq!(session[0].code, LintCode::AwsCredentials);
+        assert_eq!(session[0].code.as_str(), "aws_credentials");
         let odd = lint(&bundle("AKIAIOSFODNN7EXAMPL1", SECRET, None), "aws x");
         assert!(odd[0].message.contains("A-Z and 2-7"), "{odd:?}");
         let not_one = lint(&bundle("AIDAIOSFODNN7EXAMPLE", SECRET, None), "aws x");

@@ -22,6 +22,9 @@ pub enum LintCode {
     UnknownFormat,
     /// A key that says when it stops working (a Bedrock short-term API key), past that time.
     Expired,
+    /// An aws table's parts that cannot work together or are not AWS's shape (an access key id
+    /// that is not `AKIA…`/`ASIA…` + 16, temporary credentials without their session token).
+    AwsCredentials,
 }
 
 impl LintCode {
@@ -41,6 +44,7 @@ impl LintCode {
             LintCode::BadCharacters => "bad_characters",
             LintCode::UnknownFormat => "unknown_format",
             LintCode::Expired => "expired",
+            LintCode::AwsCredentials => "aws_credentials",
         }
     }
 }
