@@ -602,3 +602,38 @@ async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
     assert!(header(&seen, "authorization").contains(&format!("Credential={ID}/")));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_short_term_api_key_that_expires_in_service_is_explained_as_expired() {
+    let addr = refusing(
+        "UnrecognizedClientException",
+        "The security token included in the request is invalid.",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Signed so that it expires one to two seconds from now.
+    let now = whole_seconds(SystemTime::now());
+    let key = short_term_key(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(now + 2 - 43200),
+        43200,
+    );
+    let config = format!(
+        "[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"http://{addr}\"\nkey = {{ file = \"{}\" }}\n",
+        key_file(dir.path(), "key", &key)
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let (parts, _) = send(invoke(&proxy, "{}")).await;
+    assert_eq!(
+        parts.headers["x-keyproxy-reason"], "invalid_key",
+        "still valid by its own date: AWS's word stands"
+    );
+    eventually("the key's own expiry to explain the refusal", || async {
+        let (parts, _) = send(invoke(&proxy, "{}")).await;
+        parts.headers["x-keyproxy-reason"] == "expired_key"
+    })
+    .await;
+    let (_, body) = send(invoke(&proxy, "{}")).await;
+    let said = json(&body)["message"].as_str().unwrap().to_owned();
+    assert!(said.contains("12 hours at most"), "{said}");
+    proxy.stop().await;
+}
