@@ -93,6 +93,18 @@ async fn requests_are_signed_with_our_credentials_and_the_apps_signature_is_gone
     // Signed over what was sent: the stand-in's own authority.
     assert_eq!(header(&seen, "host"), bedrock.addr.to_string());
 
+    // An app speaking HTTP/2 (h2c): its body comes through hyper, and is read and signed the same.
+    let resp = within(
+        "an h2c answer",
+        h2c_client().request(invoke(&proxy, r#"{"over":"h2"}"#)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = bedrock.seen().pop().unwrap();
+    assert_eq!(seen.body, Bytes::from_static(br#"{"over":"h2"}"#));
+    assert!(header(&seen, "authorization").contains(&format!("Credential={ID}/")));
+
     // A request without a body (GET) is signed too, with the empty body's hash.
     let (parts, _) = get(&proxy.url("/async-invoke?maxResults=1")).await;
     assert_eq!(parts.status, 200);
