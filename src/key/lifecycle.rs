@@ -470,7 +470,7 @@ impl KeyLifecycle {
             && !super::aws::is_bundle(secret.expose())
         {
             return Err(Refusal::Lint {
-                code: LintCode::WrongProvider,
+                code: LintCode::AwsCredentials,
                 message: format!("upstream {} signs its requests with the AWS credentials of its aws table; a key from {source} cannot replace them: update the sources the aws table names", self.settings.upstream),
             });
         }

@@ -607,6 +607,7 @@ async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
         text.contains("update the sources the aws table names"),
         "{text}"
     );
+    assert!(text.contains("aws_credentials"), "{text}");
     // The credentials in service still sign.
     let (parts, _) = send(invoke(&proxy, "{}")).await;
     assert_eq!(parts.status, 200);
