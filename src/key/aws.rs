@@ -25,7 +25,8 @@ use super::Secret;
 pub const SERVICE: &str = "bedrock";
 
 /// The largest request body keyproxy reads whole to hash it for a signature; above it, 413.
-/// (Bedrock's own limit for a request is 20 MB too; images and documents go base64 in the body.)
+/// Room for the images and documents apps send base64 in the body, and a bound on the memory
+/// each request may hold.
 pub const SIGNED_BODY_LIMIT: usize = 20 * 1024 * 1024;
 
 /// What a bundle starts with: a JSON object follows, so any bytes a source holds survive the trip.
@@ -274,9 +275,7 @@ impl Credentials {
             })
             .collect()
     }
-}
 
-impl Credentials {
     /// Sign `req` (origin-form URI) as it will go to `scheme://host`, with `body` as its body:
     /// the forwarding path and the probe alike.
     pub fn sign_request<B>(

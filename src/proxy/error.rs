@@ -218,7 +218,7 @@ impl ProxyError {
             ),
             ProxyError::Client(fault) => fault.to_string(),
             ProxyError::BodyTooLarge { upstream, limit, .. } => format!(
-                "the request body is larger than {} MiB: upstream {upstream} signs each request with AWS SigV4, which hashes the whole body, so keyproxy reads at most that much; send a smaller request (Bedrock's own limit is about the same)",
+                "the request body is larger than {} MiB: upstream {upstream} signs each request with AWS SigV4, which hashes the whole body, so keyproxy reads at most that much; send a smaller request (fewer or smaller images and documents)",
                 limit / (1024 * 1024)
             ),
             ProxyError::Unsigned { upstream, message, .. } => format!(
