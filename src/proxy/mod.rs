@@ -24,7 +24,7 @@ pub use error::ProxyError;
 
 use crate::headers::{presented_credential, strip_for_upstream, strip_key_param};
 use crate::http1::drop_hop_by_hop;
-use crate::key::lifecycle::{App, KeyLifecycle, KeyProbe};
+use crate::key::lifecycle::{App, KeyProbe, KeyRef};
 use crate::key::rotation::Trigger;
 use crate::key::{KeySnapshot, KeyState};
 use crate::metrics::{InFlight, Metrics};
@@ -61,11 +61,21 @@ pub struct Proxy {
 }
 
 impl crate::key::watch::Watched for Proxy {
-    fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)> {
+    fn lifecycles(&self) -> Vec<(KeyRef<'_>, &dyn KeyProbe)> {
         self.upstreams
             .iter()
-            .flat_map(|u| u.lifecycles().map(move |key| (key, u as &dyn KeyProbe)))
+            .flat_map(|u| {
+                u.lifecycles()
+                    .into_iter()
+                    .map(move |key| (key, u as &dyn KeyProbe))
+            })
             .collect()
+    }
+
+    fn reloaded(&self) {
+        for upstream in self.upstreams.iter().filter(|u| u.keys.is_pool()) {
+            upstream.refresh_keys();
+        }
     }
 }
 
@@ -231,12 +241,12 @@ impl Proxy {
                 let status = response.status().as_u16();
                 let key = match &served_by {
                     Some((slot, key)) => {
-                        upstream.keys.metrics.request(*slot, status);
+                        upstream.keys.request(*slot, status);
                         key
                     }
                     None => {
                         if let Some(slot) = routed.slot {
-                            upstream.keys.metrics.request(slot, status);
+                            upstream.keys.request(slot, status);
                         }
                         &routed.key
                     }
@@ -413,9 +423,7 @@ impl Proxy {
                     headers: req.headers(),
                     peer,
                 };
-                upstream
-                    .lifecycle(slot.unwrap_or(0))
-                    .observe_client_credential(sent, app, snapshot);
+                upstream.observe_credential(slot, sent, app, snapshot);
             }
         }
         let upgrade = websocket::is_upgrade(req.headers());
@@ -659,8 +667,8 @@ fn failing_over<'a>(
             return (response, None);
         };
         let req = replay.with_key(upstream, &snapshot.header);
-        let names = &upstream.keys.names;
-        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, reason = reason.as_str(), from = %names[tried.slot], to = %names[slot], key = %snapshot.fingerprint, "failover: key {} was refused ({reason}); the request goes again on key {}", names[tried.slot], names[slot]);
+        let (from, to) = (upstream.keys.name(tried.slot), upstream.keys.name(slot));
+        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, reason = reason.as_str(), from = %from, to = %to, key = %snapshot.fingerprint, "failover: key {from} was refused ({reason}); the request goes again on key {to}");
         upstream.keys.metrics.failover(reason);
         let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
         let answer = match upstream.pool.send(req, deadline).await {
@@ -671,7 +679,6 @@ fn failing_over<'a>(
         // The refused attempt counts for its key; the answer the app gets, for the next one.
         upstream
             .keys
-            .metrics
             .request(tried.slot, response.status().as_u16());
         drop(response);
         let mut again = proxy

@@ -4,6 +4,7 @@
 //! for the lifecycle. Nothing here runs per request: sightings and diagnoses go to a writer
 //! thread over a bounded channel and are dropped when it is behind.
 
+pub mod pool;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ use std::time::SystemTime;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::key::history::{Applied, InService, KeyHistory, Recalled, Refused, Sighting};
+use crate::key::history::{
+    Applied, InService, KeyHistory, Recalled, Refused, Retirement, Sighting,
+};
 use crate::key::rotation::RetiredKey;
 use crate::key::{Fingerprint, Secret};
 use crate::metrics::UsageSink;
@@ -60,6 +63,7 @@ enum Write {
     Sighting(Sighting),
     Diagnosis(DiagnosisRow),
     Usage(UsageRow),
+    Standing(pool::StandingWrite),
 }
 
 /// Tokens by day, upstream, client and model.
@@ -494,6 +498,7 @@ fn apply(conn: &Connection, write: Write) -> Result<(), rusqlite::Error> {
                 params![d.upstream, DIAGNOSES_KEPT],
             )?;
         }
+        Write::Standing(w) => pool::apply_standing(conn, w)?,
         Write::Usage(mut u) => {
             let known: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM usage_daily WHERE day = ?1 AND upstream = ?2 AND model = ?3)",
@@ -685,6 +690,40 @@ impl KeyHistory for Store {
 
     fn sighted(&self, sighting: Sighting) {
         self.queue(Write::Sighting(sighting));
+    }
+
+    fn retired(&self, r: &Retirement<'_>) {
+        if let Err(e) = self.try_retired(r) {
+            tracing::warn!(
+                upstream = r.upstream,
+                "state store: cannot record the retired key: {e}"
+            );
+        }
+    }
+}
+
+impl Store {
+    fn try_retired(&self, r: &Retirement<'_>) -> Result<(), rusqlite::Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = rfc3339_string(r.at);
+        let old = r.retired;
+        tx.execute(
+            "INSERT INTO rotations (at, upstream, trigger, who, result, from_fingerprint, from_generation)
+             VALUES (?1, ?2, 'admin', ?3, 'retired', ?4, ?5)",
+            params![at, r.upstream, r.who, old.fingerprint.as_str(), old.generation],
+        )?;
+        tx.execute(
+            "INSERT INTO retired_keys (upstream, fingerprint, key_hash, key_length, generation, retired_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (upstream, key_hash) DO UPDATE SET generation = excluded.generation, retired_at = excluded.retired_at",
+            params![r.upstream, old.fingerprint.as_str(), &old.digest[..], old.len, old.generation, at],
+        )?;
+        tx.execute(
+            "DELETE FROM keys_in_service WHERE upstream = ?1",
+            [r.upstream],
+        )?;
+        tx.commit()
     }
 }
 

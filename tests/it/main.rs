@@ -21,6 +21,7 @@ mod http1_differential;
 mod layers;
 mod observability;
 mod pool;
+mod pool_membership;
 mod pools;
 mod rotation;
 mod security;
