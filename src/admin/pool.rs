@@ -127,7 +127,7 @@ pub async fn add(
                 .await
             {
                 Ok(r) => {
-                    json!({"key": old, "fingerprint": r.fingerprint.as_str(), "at": rfc3339_string(r.retired_at)})
+                    json!({"key": old, "fingerprint": r.fingerprint.as_str(), "retired_at": rfc3339_string(r.retired_at)})
                 }
                 Err(e) => json!({"key": old, "error": e.to_string()}),
             },

@@ -543,3 +543,73 @@ async fn under_load_a_pool_loses_a_key_to_revocation_a_rate_limit_and_expiry_and
     );
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyproxy_rotate_adds_with_a_grace_and_retires_with_the_same_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_key("CLIPOOLA"), openai_key("CLIPOOLB"));
+    let provider = StandIn::recording(|_| (200, OK.to_owned())).await;
+    let text = config(
+        dir.path(),
+        &provider.url(),
+        &[("a", &a), ("c", &openai_key("CLIPOOLC"))],
+        "",
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    let admin = proxy.admin_url("");
+    let new_key = dir.path().join("new-key");
+    std::fs::write(&new_key, format!("{b}\n")).unwrap();
+    let rotate = |args: &[&str]| {
+        let mut all: Vec<String> = vec!["rotate".into(), "--upstream".into(), "openai".into()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        all.extend(["--admin".to_owned(), admin.clone()]);
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+                .args(&all)
+                .env("KEYPROXY_ADMIN_TOKEN", TOKEN)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        })
+    };
+    let key_file_arg = new_key.display().to_string();
+    let (ok, out) = rotate(&[
+        "--mode",
+        "add",
+        "--name",
+        "b",
+        "--key-file",
+        &key_file_arg,
+        "--retire",
+        "a",
+        "--grace",
+        "1h",
+    ])
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("✓ openai: b added"), "{out}");
+    assert!(out.contains("a retires at"), "{out}");
+    assert!(!out.contains("CLIPOOLB"), "the key was printed: {out}");
+    assert!(key_row(&proxy, "a").await.unwrap()["retires_at"].is_string());
+
+    let (ok, out) = rotate(&["--mode", "retire", "--name", "a"]).await.unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("key a retired"), "{out}");
+    let (ok, out) = rotate(&["--mode", "retire", "--name", "zz"]).await.unwrap();
+    assert!(!ok);
+    assert!(out.contains("no key named \"zz\""), "{out}");
+    let (ok, out) = rotate(&["--mode", "retire"]).await.unwrap();
+    assert!(!ok);
+    assert!(out.contains("--mode retire needs --name"), "{out}");
+    let (ok, out) = rotate(&["--mode", "add", "--name", "d"]).await.unwrap();
+    assert!(!ok);
+    assert!(out.contains("--key-file PATH or --key-stdin"), "{out}");
+    proxy.stop().await;
+}
