@@ -613,3 +613,76 @@ async fn keyproxy_rotate_adds_with_a_grace_and_retires_with_the_same_sentences()
     assert!(out.contains("--key-file PATH or --key-stdin"), "{out}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_refusal_is_explained_with_the_refused_keys_own_last_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (openai_key("EXPLAINA"), openai_key("EXPLAINB"));
+    let refused = b.clone();
+    let provider = StandIn::recording(move |seen| match bearer(seen) == refused {
+        true => (401, INVALID.to_owned()),
+        false => (200, OK.to_owned()),
+    })
+    .await;
+    let text = config(dir.path(), &provider.url(), &[("a", &a), ("b", &b)], "");
+    let proxy = Proxy::start(&text, dir.path()).await;
+    // b's last rotation was refused (a quoted key); a's never was.
+    let quoted = format!("\"{}\"", openai_key("EXPLAINQUOTED"));
+    let (code, _) = admin_post(&proxy, "name=b", &quoted).await;
+    assert_eq!(code, 422);
+    for _ in 0..3 {
+        assert_eq!(send(chat(&proxy)).await.0.status, 200);
+    }
+    let s = status(&proxy).await;
+    let diagnoses = s["upstreams"][0]["recent_diagnoses"].as_array().unwrap();
+    let about_b = diagnoses
+        .iter()
+        .find(|d| d["key_fingerprint"] == Fingerprint::of(&b).as_str())
+        .unwrap_or_else(|| panic!("{s}"));
+    let message = about_b["message"].as_str().unwrap();
+    assert!(
+        message.contains("was refused") && message.contains(Fingerprint::of(&quoted).as_str()),
+        "b's refusal names b's refused rotation: {message}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_key_of_a_pool_is_named_in_its_lifecycle_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, fresh) = (
+        openai_key("LOGNAMEA"),
+        openai_key("LOGNAMEB"),
+        openai_key("LOGNAMEFRESH"),
+    );
+    let provider = StandIn::ok().await;
+    let text = config(dir.path(), &provider.url(), &[("a", &a), ("b", &b)], "");
+    let path = dir.path().join("keyproxy.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{text}"),
+    )
+    .unwrap();
+    let mut running = run_binary(&path, &[]);
+    let mut loaded = Vec::new();
+    for _ in 0..2 {
+        let line = running.wait_log("key loaded").await;
+        assert_eq!(line["upstream"], "openai");
+        loaded.push((line["key"].clone(), line["fingerprint"].clone()));
+    }
+    loaded.sort_by_key(|(k, _)| k.to_string());
+    assert_eq!(
+        loaded,
+        vec![
+            ("a".into(), Fingerprint::of(&a).as_str().into()),
+            ("b".into(), Fingerprint::of(&b).as_str().into())
+        ]
+    );
+    key_file(dir.path(), "b", &fresh);
+    let rotated = running.wait_log("key rotated").await;
+    assert_eq!(rotated["key"], "b", "{rotated}");
+    let logs = running.stop().await;
+    for key in [&a, &b, &fresh] {
+        assert!(!logs.contains(key.as_str()), "a key reached the log");
+    }
+}
