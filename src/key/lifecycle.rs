@@ -928,6 +928,10 @@ impl KeyLifecycle {
         });
         self.metrics
             .rotation(Trigger::Admin.as_str(), RotationResult::Applied.as_str());
+        // The upstream-wide expiry gauge must not keep warning about a key no longer in use.
+        if self.settings.primary {
+            self.metrics.set_expiry(None);
+        }
         tracing::info!(upstream = %self.settings.upstream, key = self.pool_key(), fingerprint = %old.fingerprint, generation = old.generation, who, "key {} retired: {why}", old.fingerprint);
         Some(old)
     }

@@ -307,8 +307,15 @@ async fn a_grace_period_retires_the_replaced_key_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (openai_key("GRACEOLD"), openai_key("GRACENEW"));
     let provider = StandIn::recording(|_| (200, OK.to_owned())).await;
-    let text = config(dir.path(), &provider.url(), &[("old", &old)], "");
+    let text = config(
+        dir.path(),
+        &provider.url(),
+        &[("old", &old)],
+        "max_age = \"30d\"",
+    );
     let proxy = Proxy::start(&text, dir.path()).await;
+    let expiry = r#"keyproxy_key_expiry_timestamp_seconds{upstream="openai"}"#;
+    assert!(metrics(&proxy).await.contains(expiry));
 
     let (code, body) = admin_post(&proxy, "mode=add&name=new&retire=old&grace=1s", &new).await;
     assert_eq!(code, 404, "{body}");
@@ -338,6 +345,13 @@ async fn a_grace_period_retires_the_replaced_key_by_itself() {
         assert_eq!(send(chat(&proxy)).await.0.status, 200);
     }
     assert!(keys_seen(&provider)[before..].iter().all(|k| *k == new));
+    // The retired key's expiry warns no more; the key in use shows its own.
+    let m = metrics(&proxy).await;
+    assert!(!m.contains(expiry), "{m}");
+    assert!(
+        m.contains(r#"keyproxy_pool_key_expiry_timestamp_seconds{key="new",upstream="openai"}"#),
+        "{m}"
+    );
     proxy.stop().await;
 }
 
