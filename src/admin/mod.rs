@@ -53,7 +53,11 @@ fn expiry_param(query: &str) -> Result<Option<SystemTime>, String> {
             "max_age" => {
                 let age = crate::time::parse_duration(&value)
                     .map_err(|e| format!("max_age={value:?}: {e}; write e.g. 365d"))?;
-                return Ok(SystemTime::now().checked_add(age));
+                return pool::writable(SystemTime::now().checked_add(age))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!("max_age={value:?} ends beyond any date; write e.g. 365d")
+                    });
             }
             _ => {}
         }

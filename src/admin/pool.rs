@@ -25,6 +25,16 @@ use crate::upstream::Upstream;
 /// The heaviest weight a key added at run time may take (as in the config).
 const MAX_WEIGHT: u32 = 1000;
 
+/// `at`, when RFC 3339 can write it (before the year 10000): a duration from a request or the
+/// config must not end where no timestamp can say.
+pub fn writable(at: Option<SystemTime>) -> Option<SystemTime> {
+    const YEAR_10000: std::time::Duration = std::time::Duration::from_secs(253_402_300_800);
+    at.filter(|t| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .is_ok_and(|d| d < YEAR_10000)
+    })
+}
+
 /// The value of `field` in a query string (`name=value`).
 pub fn param<'q>(query: &'q str, field: &str) -> Option<&'q str> {
     query
@@ -91,6 +101,18 @@ pub async fn add(
             return membership_error(upstream, upstream.unknown_key(old));
         }
     }
+    // Everything that can be wrong with the request is said before the key joins.
+    let grace = grace.filter(|g| !g.is_zero() && old.is_some());
+    let due = match grace.map(|g| (g, writable(SystemTime::now().checked_add(g)))) {
+        None => None,
+        Some((g, Some(at))) => Some((g, at)),
+        Some((_, None)) => {
+            let raw = param(query, "grace").unwrap_or_default();
+            return bad(format!(
+                "grace={raw:?} ends beyond any date; write e.g. 24h"
+            ));
+        }
+    };
     if let Err(why) = &admin.state {
         return admin_error(
             StatusCode::CONFLICT,
@@ -121,27 +143,24 @@ pub async fn add(
     });
     if let Some(old) = old {
         let who = history::who(Trigger::Admin, options.from_cli);
-        answer["retires"] = match grace.filter(|g| !g.is_zero()) {
+        answer["retires"] = match due {
             None => match upstream
                 .retire_key(old, who, &format!("replaced by {name}"))
                 .await
             {
                 Ok(r) => {
-                    json!({"key": old, "fingerprint": r.fingerprint.as_str(), "retired_at": rfc3339_string(r.retired_at)})
+                    json!({"key": old, "fingerprint": r.as_ref().map(|r| r.fingerprint.as_str()), "retired_at": rfc3339_string(SystemTime::now())})
                 }
                 Err(e) => json!({"key": old, "error": e.to_string()}),
             },
-            Some(grace) => {
-                let at = SystemTime::now() + grace;
-                match upstream.retire_later(old, Some(at)) {
-                    Ok(()) => {
-                        arm_retirement(&admin.proxy, &upstream.name, old.into(), at);
-                        tracing::info!(upstream = %upstream.name, key = old, "key {old} retires at {} (grace {}): {name} and {old} serve together until then", rfc3339_string(at), humantime::format_duration(grace));
-                        json!({"key": old, "at": rfc3339_string(at)})
-                    }
-                    Err(e) => json!({"key": old, "error": e.to_string()}),
+            Some((grace, at)) => match upstream.retire_later(old, Some(at)) {
+                Ok(()) => {
+                    arm_retirement(&admin.proxy, &upstream.name, old.into(), at);
+                    tracing::info!(upstream = %upstream.name, key = old, "key {old} retires at {} (grace {}): {name} and {old} serve together until then", rfc3339_string(at), humantime::format_duration(grace));
+                    json!({"key": old, "at": rfc3339_string(at)})
                 }
-            }
+                Err(e) => json!({"key": old, "error": e.to_string()}),
+            },
         };
     }
     json_response(StatusCode::OK, &answer)
@@ -168,9 +187,9 @@ pub async fn retire(upstream: &Upstream, query: &str, from_cli: bool) -> Respons
                 "key": name,
                 "mode": "retire",
                 "result": "retired",
-                "fingerprint": r.fingerprint.as_str(),
-                "generation": r.generation,
-                "retired_at": rfc3339_string(r.retired_at),
+                "fingerprint": r.as_ref().map(|r| r.fingerprint.as_str()),
+                "generation": r.as_ref().map(|r| r.generation),
+                "retired_at": rfc3339_string(r.map_or_else(SystemTime::now, |r| r.retired_at)),
             }),
         ),
         Err(refused) => membership_error(upstream, refused),

@@ -147,14 +147,14 @@ impl Upstream {
         Ok(rotated)
     }
 
-    /// `mode=retire`: key `name` leaves the pool, its key remembered as retired. Never the last
-    /// usable key.
+    /// `mode=retire`: key `name` leaves the pool, its key remembered as retired (`None`: it had
+    /// no key loaded). Never the last usable key.
     pub async fn retire_key(
         &self,
         name: &str,
         who: &'static str,
         why: &str,
-    ) -> Result<RetiredKey, Membership> {
+    ) -> Result<Option<RetiredKey>, Membership> {
         let _one_at_a_time = self.keys.changing.lock().await;
         let Some(i) = self.keys.position(name) else {
             return Err(self.unknown_key(name));
@@ -219,9 +219,7 @@ impl Upstream {
             }
         }
         self.refresh_keys();
-        retired.ok_or_else(|| {
-            Membership::Failed(format!("key {name} had no key loaded; it left the pool"))
-        })
+        Ok(retired)
     }
 
     /// Key `name` retires by itself at `at` (a grace period; `None`: no longer): remembered in

@@ -195,6 +195,31 @@ async fn a_bad_key_never_joins() {
     );
     let (code, _) = admin_post(&proxy, "mode=add", &openai_key("OTHER")).await;
     assert_eq!(code, 400);
+    // A name is a file name under the state directory: nothing but letters, digits, - and _.
+    for hostile in ["..%2F..%2Fevil", "../../evil", "a+b", "%00"] {
+        let (code, body) = admin_post(
+            &proxy,
+            &format!("mode=add&name={hostile}"),
+            &openai_key("OTHER"),
+        )
+        .await;
+        assert_eq!(
+            (code, body["error"]["code"].clone()),
+            (409, "bad_name".into()),
+            "{hostile}"
+        );
+    }
+    let (code, _) = admin_post(
+        &proxy,
+        "mode=add&name=c&retire=openai&grace=999999999999d",
+        &openai_key("C"),
+    )
+    .await;
+    assert_eq!(code, 400, "a grace beyond any date");
+    assert!(
+        key_row(&proxy, "c").await.is_none(),
+        "and the key did not join"
+    );
     let (code, body) = admin_post(&proxy, "mode=add&name=c", &a).await;
     assert_eq!(
         (code, body["error"]["code"].clone()),
