@@ -220,6 +220,17 @@ async fn a_bad_key_never_joins() {
         key_row(&proxy, "c").await.is_none(),
         "and the key did not join"
     );
+    for query in [
+        "mode=add&name=c&max_age=999999999999d",
+        "max_age=999999999999d",
+    ] {
+        let (code, body) = admin_post(&proxy, query, &openai_key("C")).await;
+        assert_eq!(
+            (code, body["error"]["code"].clone()),
+            (400, "bad_expiry".into()),
+            "{query}"
+        );
+    }
     let (code, body) = admin_post(&proxy, "mode=add&name=c", &a).await;
     assert_eq!(
         (code, body["error"]["code"].clone()),
