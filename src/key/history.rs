@@ -37,7 +37,8 @@ pub struct InService {
     pub len: usize,
     pub generation: u64,
     /// The key itself, only for a key rotated in through the admin API whose source cannot be
-    /// rewritten (env, command, a read-only file).
+    /// rewritten (env, command, a read-only file). The store keeps it in a 0600 file beside the
+    /// database, never in it.
     pub stored: Option<Secret>,
 }
 

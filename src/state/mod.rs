@@ -4,6 +4,7 @@
 //! for the lifecycle. Nothing here runs per request: sightings and diagnoses go to a writer
 //! thread over a bounded channel and are dropped when it is behind.
 
+mod kept;
 pub mod pool;
 pub mod schema;
 
@@ -19,7 +20,7 @@ use crate::key::history::{
     Applied, InService, KeyHistory, Recalled, Refused, Retirement, Sighting,
 };
 use crate::key::rotation::RetiredKey;
-use crate::key::{Fingerprint, Secret};
+use crate::key::Fingerprint;
 use crate::metrics::UsageSink;
 use crate::time::rfc3339_string;
 
@@ -140,6 +141,7 @@ impl Store {
         let mut conn = Connection::open(&path).map_err(sql)?;
         configure(&conn).map_err(sql)?;
         migrate(&mut conn, &path)?;
+        kept::move_out_of_the_database(&conn, dir).map_err(sql)?;
         let salt = read_salt(&conn).map_err(sql)?;
         let writer_conn = Connection::open(&path).map_err(sql)?;
         configure(&writer_conn).map_err(sql)?;
@@ -544,7 +546,7 @@ impl Store {
         let conn = self.conn();
         let in_service = conn
             .query_row(
-                "SELECT fingerprint, key_hash, key_length, generation, key FROM keys_in_service WHERE upstream = ?1",
+                "SELECT fingerprint, key_hash, key_length, generation, key_file FROM keys_in_service WHERE upstream = ?1",
                 [upstream],
                 |r| {
                     let fingerprint: String = r.get(0)?;
@@ -553,7 +555,9 @@ impl Store {
                         hash: hash_of(r.get(1)?),
                         len: r.get(2)?,
                         generation: r.get(3)?,
-                        stored: r.get::<_, Option<String>>(4)?.map(Secret::new),
+                        stored: r
+                            .get::<_, Option<String>>(4)?
+                            .and_then(|file| kept::read(upstream, Path::new(&file))),
                     })
                 },
             )
@@ -630,12 +634,15 @@ impl Store {
             "DELETE FROM retired_keys WHERE upstream = ?1 AND key_hash = ?2",
             params![a.upstream, &a.hash[..]],
         )?;
+        // A key kept for the next start goes to a 0600 file beside the store, never into it.
+        let key_file = kept::keep(&self.dir(), a.upstream, a.keep)?;
         tx.execute(
-            "INSERT INTO keys_in_service (upstream, fingerprint, key_hash, key_length, generation, since, key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO keys_in_service (upstream, fingerprint, key_hash, key_length, generation, since, key, key_file)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)
              ON CONFLICT (upstream) DO UPDATE SET fingerprint = excluded.fingerprint, key_hash = excluded.key_hash,
-                key_length = excluded.key_length, generation = excluded.generation, since = excluded.since, key = excluded.key",
-            params![a.upstream, a.fingerprint.as_str(), &a.hash[..], a.len, a.generation, at, a.keep.map(Secret::expose)],
+                key_length = excluded.key_length, generation = excluded.generation, since = excluded.since,
+                key = NULL, key_file = excluded.key_file",
+            params![a.upstream, a.fingerprint.as_str(), &a.hash[..], a.len, a.generation, at, key_file.map(|f| f.display().to_string())],
         )?;
         if let (true, Some(expires)) = (a.explicit_expiry, a.expires_at) {
             tx.execute(
@@ -723,6 +730,7 @@ impl Store {
             "DELETE FROM keys_in_service WHERE upstream = ?1",
             [r.upstream],
         )?;
+        kept::keep(&self.dir(), r.upstream, None)?;
         tx.commit()
     }
 }
@@ -787,6 +795,65 @@ mod tests {
             store.diagnoses(&query).unwrap().is_empty(),
             "the new tables exist"
         );
+    }
+
+    #[test]
+    fn a_key_an_older_store_kept_moves_to_a_private_file_and_leaves_no_trace_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let key = format!("sk-proj-KEPTINTHEDB{}", "x".repeat(140));
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO keys_in_service VALUES ('openai', 'sk-proj-…xxxx:01020304', x'00', 160, 2, '2026-12-01T10:00:00Z', ?1)",
+                [&key],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let kept = dir.path().join("kept/openai");
+        assert_eq!(std::fs::read_to_string(&kept).unwrap().trim_end(), key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let recalled = store.recall("openai");
+        let stored = recalled.in_service.unwrap().stored.unwrap();
+        assert_eq!(stored.expose(), key, "the next start still finds it");
+        drop(store);
+        for name in [FILE_NAME, "keyproxy.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(name)).unwrap_or_default();
+            assert!(
+                !bytes.windows(19).any(|w| w == b"sk-proj-KEPTINTHEDB"),
+                "{name} still holds the key"
+            );
+        }
+        // A later rotation from the source keeps nothing: the file goes.
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .applied(&Applied {
+                upstream: "openai",
+                at: SystemTime::now(),
+                trigger: crate::key::rotation::Trigger::File,
+                who: "file",
+                retired: None,
+                fingerprint: &Fingerprint::from_stored("sk-proj-…yyyy:01020304"),
+                generation: 3,
+                hash: [1; 32],
+                len: 160,
+                expires_at: None,
+                explicit_expiry: false,
+                keep: None,
+            })
+            .unwrap();
+        assert!(!kept.exists());
+        assert!(store.recall("openai").in_service.unwrap().stored.is_none());
     }
 
     #[test]

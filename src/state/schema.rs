@@ -81,8 +81,10 @@ pub const MIGRATIONS: &[&str] = &[
     );",
     // 3: a pool's run-time membership and each key's standing, so both outlive a restart. A key
     // added at run time lives in a 0600 file under the state directory: `file` names it, the key
-    // itself is never here.
-    "CREATE TABLE pool_members (
+    // itself is never here. Likewise a key kept for the next start (`keys_in_service.key_file`;
+    // `Store::open` moves what the old `key` column held out to such files and clears it).
+    "ALTER TABLE keys_in_service ADD COLUMN key_file TEXT;
+    CREATE TABLE pool_members (
         upstream   TEXT NOT NULL,
         name       TEXT NOT NULL,
         file       TEXT,
