@@ -105,6 +105,16 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
+/// A stand-in provider that refuses `key` as invalid and accepts every other.
+async fn refusing(key: &str) -> StandIn {
+    let refused = key.to_owned();
+    StandIn::recording(move |seen| match bearer(seen) == refused {
+        true => (401, INVALID.to_owned()),
+        false => (200, OK.to_owned()),
+    })
+    .await
+}
+
 /// Which keys the stand-in saw, in order.
 fn keys_seen(provider: &StandIn) -> Vec<String> {
     provider.seen().iter().map(bearer).collect()
@@ -166,12 +176,7 @@ async fn an_added_key_joins_serves_and_is_still_there_after_a_restart() {
 async fn a_bad_key_never_joins() {
     let dir = tempfile::tempdir().unwrap();
     let (a, refused) = (openai_key("BADJOINA"), openai_key("BADJOINREFUSED"));
-    let no = refused.clone();
-    let provider = StandIn::recording(move |seen| match bearer(seen) == no {
-        true => (401, INVALID.to_owned()),
-        false => (200, OK.to_owned()),
-    })
-    .await;
+    let provider = refusing(&refused).await;
     let text = config(dir.path(), &provider.url(), &[("a", &a)], "");
     let proxy = Proxy::start(&text, dir.path()).await;
 
@@ -668,12 +673,7 @@ async fn keyproxy_rotate_adds_with_a_grace_and_retires_with_the_same_sentences()
 async fn a_refusal_is_explained_with_the_refused_keys_own_last_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (openai_key("EXPLAINA"), openai_key("EXPLAINB"));
-    let refused = b.clone();
-    let provider = StandIn::recording(move |seen| match bearer(seen) == refused {
-        true => (401, INVALID.to_owned()),
-        false => (200, OK.to_owned()),
-    })
-    .await;
+    let provider = refusing(&b).await;
     let text = config(dir.path(), &provider.url(), &[("a", &a), ("b", &b)], "");
     let proxy = Proxy::start(&text, dir.path()).await;
     // b's last rotation was refused (a quoted key); a's never was.
