@@ -167,6 +167,8 @@ pub struct KeyLifecycle {
     metrics: Arc<UpstreamMetrics>,
     /// The durable memory, attached once before the first load (none: `Forgetful`).
     history: OnceLock<Arc<dyn KeyHistory>>,
+    /// One key of several: without a key it leaves requests to the others (see `in_pool`).
+    pooled: std::sync::atomic::AtomicBool,
 }
 
 impl KeyLifecycle {
@@ -179,6 +181,7 @@ impl KeyLifecycle {
             rotating: tokio::sync::Mutex::new(()),
             metrics,
             history: OnceLock::new(),
+            pooled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -722,17 +725,24 @@ impl KeyLifecycle {
     }
 
     fn unusable(&self, reason: Reason, message: String) {
-        tracing::error!(
-            upstream = %self.settings.upstream, key = self.pool_key(),
-            reason = %reason,
-            "NO USABLE KEY: {message}. Requests to this upstream get 503 and /readyz stays 503 until it is fixed."
-        );
+        let pooled = self.pooled.load(std::sync::atomic::Ordering::Relaxed);
+        if pooled {
+            let name = self.pool_key().unwrap_or(&self.settings.upstream);
+            tracing::warn!(upstream = %self.settings.upstream, key = name, reason = %reason, "key {name} has no usable key: {message}; requests use the pool's other keys");
+        } else {
+            tracing::error!(
+                upstream = %self.settings.upstream, key = self.pool_key(),
+                reason = %reason,
+                "NO USABLE KEY: {message}. Requests to this upstream get 503 and /readyz stays 503 until it is fixed."
+            );
+        }
         self.store.mark_unavailable(Unavailable {
             reason,
             message,
             source: self.settings.source.to_string().into(),
         });
-        if self.settings.primary {
+        // In a pool the upstream still has a key while another is loaded (`/readyz` says which).
+        if self.settings.primary && !pooled {
             self.metrics.key_usable.set(0);
         }
     }
@@ -895,6 +905,13 @@ impl KeyLifecycle {
             .strip_prefix('/')
     }
 
+    /// This key is one of several of its upstream (a pool, or a `key = …` upstream a key was
+    /// added to): without a key of its own it says so as one key of a pool, not as the upstream.
+    pub fn in_pool(&self) {
+        self.pooled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What the durable history knows this key by (`upstream` or `upstream/name`).
     pub fn history_name(&self) -> &str {
         &self.settings.history
@@ -932,7 +949,6 @@ impl KeyLifecycle {
         if self.settings.primary {
             self.metrics.set_expiry(None);
         }
-        tracing::info!(upstream = %self.settings.upstream, key = self.pool_key(), fingerprint = %old.fingerprint, generation = old.generation, who, "key {} retired: {why}", old.fingerprint);
         Some(old)
     }
 

@@ -515,6 +515,7 @@ impl Upstream {
     fn publish_key_states(&self) {
         let state = self.keys.state.load();
         let pooled = self.keys.is_pool();
+        let mut any_loaded = false;
         for (i, (member, standing)) in state
             .members
             .iter()
@@ -526,6 +527,7 @@ impl Upstream {
                 continue;
             }
             let key = self.life(&state, i).current();
+            any_loaded |= key.snapshot().is_some();
             let code = match &*key {
                 KeyState::Unavailable(_) => 3,
                 KeyState::Ready(_) => standing.code(),
@@ -535,6 +537,10 @@ impl Upstream {
                 let at = key.snapshot().and_then(|k| k.expires_at);
                 member.metric.expiry(at.map(crate::time::unix_seconds));
             }
+        }
+        // A pool has a usable key while any of its keys is loaded (as `/readyz` says).
+        if pooled {
+            self.metrics.key_usable.set(i64::from(any_loaded));
         }
     }
 

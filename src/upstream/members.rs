@@ -142,6 +142,9 @@ impl Upstream {
         }
         self.keys
             .join(self.member(name, add.weight, Some(Arc::clone(&life))));
+        for key in self.lifecycles() {
+            key.in_pool();
+        }
         tracing::info!(upstream = %self.name, key = name, fingerprint = %rotated.fingerprint, "key {name} ({}) joined the pool of {}", rotated.fingerprint, self.name);
         self.refresh_keys();
         Ok(rotated)
@@ -203,6 +206,7 @@ impl Upstream {
             generation,
             fingerprint: fingerprint.clone(),
         };
+        tracing::info!(upstream = %self.name, key = name, fingerprint = %fingerprint, generation, who, "key {name} ({fingerprint}) left the pool of {}: {why}", self.name);
         self.keys.set_retiring(i, None);
         self.keys.redraw_now(|s| s[i] = standing.clone());
         if let Some(store) = self.store.get() {
@@ -246,8 +250,18 @@ impl Upstream {
     }
 
     /// Startup, before the keys are loaded: the keys added at run time that are still in the
-    /// pool join it again, and grace periods still running are picked up.
+    /// pool join it again, and grace periods still running are picked up. (Also where every key of
+    /// a pool learns it is one.)
     pub fn restore_members(&self) {
+        self.restore_added_members();
+        if self.keys.is_pool() {
+            for key in self.lifecycles() {
+                key.in_pool();
+            }
+        }
+    }
+
+    fn restore_added_members(&self) {
         let Some(store) = self.store.get() else {
             return;
         };

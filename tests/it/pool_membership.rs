@@ -736,3 +736,25 @@ async fn each_key_of_a_pool_is_named_in_its_lifecycle_log_lines() {
         assert!(!logs.contains(key.as_str()), "a key reached the log");
     }
 }
+
+#[tokio::test]
+async fn a_pool_whose_first_key_cannot_be_loaded_still_has_a_usable_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = openai_key("FIRSTMISSINGB");
+    let provider = StandIn::ok().await;
+    let text = format!(
+        "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         keys = [ {{ env = \"KEYPROXY_MEMBERSHIP_TEST_NEVER_SET\", name = \"a\" }}, {{ file = \"{}\", name = \"b\" }} ]\n",
+        provider.url(),
+        key_file(dir.path(), "b", &b),
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    assert_eq!(send(chat(&proxy)).await.0.status, 200);
+    let m = metrics(&proxy).await;
+    assert!(
+        m.contains(r#"keyproxy_key_usable{upstream="openai"} 1"#),
+        "no KeyproxyKeyNotUsable page while b serves: {m}"
+    );
+    assert!(m.contains(r#"keyproxy_key_state{key="a",upstream="openai"} 3"#));
+    proxy.stop().await;
+}
