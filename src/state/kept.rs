@@ -37,16 +37,7 @@ pub(super) fn keep(
         }
         return Ok(None);
     };
-    let written = (|| {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        if let Some(parent) = file.parent() {
-            builder.create(parent)?;
-        }
-        write_atomically(&file, key)
-    })();
+    let written = super::private_dir(&dir.join("kept")).and_then(|()| write_atomically(&file, key));
     written.map_err(|e| {
         rusqlite::Error::ToSqlConversionFailure(
             format!("cannot keep the key in {}: {e}", file.display()).into(),

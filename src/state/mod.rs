@@ -447,10 +447,14 @@ fn read_salt(conn: &Connection) -> Result<[u8; 32], rusqlite::Error> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StateError> {
-    let err = |source| StateError::Dir {
+    private_dir(dir).map_err(|source| StateError::Dir {
         path: dir.to_owned(),
         source,
-    };
+    })
+}
+
+/// `dir` and its missing parents, created 0700 (the state directory, and where keys are kept in it).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -458,7 +462,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(err)
+    builder.create(dir)
 }
 
 /// The file exists 0600 before SQLite opens it (its -wal and -shm files take the same mode).

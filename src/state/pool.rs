@@ -55,6 +55,14 @@ impl Store {
             .map_or_else(|| PathBuf::from("."), ToOwned::to_owned)
     }
 
+    /// Where key `name` of `upstream`, added at run time, is kept: `<state_dir>/keys/<upstream>/
+    /// <name>` (its directory made 0700 if need be). The file itself is the caller's to write.
+    pub fn added_key_file(&self, upstream: &str, name: &str) -> std::io::Result<PathBuf> {
+        let dir = self.dir().join("keys").join(upstream);
+        super::private_dir(&dir)?;
+        Ok(dir.join(name))
+    }
+
     /// Every key of `upstream` the store knows something about.
     pub fn pool_members(&self, upstream: &str) -> Result<Vec<MemberRow>, rusqlite::Error> {
         let conn = self.conn();

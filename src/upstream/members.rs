@@ -32,11 +32,6 @@ pub struct Addition {
 }
 
 impl Upstream {
-    /// Where a key added at run time is kept: `<state_dir>/keys/<upstream>/<name>`.
-    fn added_key_file(store: &Store, upstream: &str, name: &str) -> PathBuf {
-        store.dir().join("keys").join(upstream).join(name)
-    }
-
     /// A lifecycle for a key of this upstream read from `file` (a key added at run time).
     fn added_lifecycle(&self, name: &str, file: PathBuf, store: &Arc<Store>) -> Arc<KeyLifecycle> {
         let mut settings = self.keys.template.clone();
@@ -113,15 +108,11 @@ impl Upstream {
                 });
             }
         }
-        let file = Self::added_key_file(store, &self.name, name);
-        if let Some(dir) = file.parent() {
-            create_private_dir(dir).map_err(|e| {
-                Membership::Failed(format!(
-                    "cannot create {} for the new key: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
+        let file = store.added_key_file(&self.name, name).map_err(|e| {
+            Membership::Failed(format!(
+                "cannot make a place for the new key under the state directory: {e}"
+            ))
+        })?;
         let life = self.added_lifecycle(name, file.clone(), store);
         life.recall();
         let rotated = match life
@@ -408,13 +399,4 @@ impl Upstream {
         };
         self.metrics.credential(seen);
     }
-}
-
-/// `keys/` and `keys/<upstream>/` under the state directory, 0700 like the directory itself.
-fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
 }
