@@ -341,6 +341,20 @@ async fn a_retired_key_leaves_the_pool_and_an_app_still_sending_it_is_named() {
     .await;
     proxy.stop().await;
     assert!(!contains(&store_bytes(dir.path()), &a));
+    // `keyproxy history` tells the retirement apart from a rotation and a refusal.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+        .args(["history", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let told = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        told.contains(&format!(
+            "openai/a  retired   by admin API  {} (generation 1) left the pool",
+            Fingerprint::of(&a)
+        )),
+        "{told}"
+    );
 }
 
 #[tokio::test]
