@@ -727,7 +727,7 @@ impl KeyLifecycle {
     fn unusable(&self, reason: Reason, message: String) {
         let pooled = self.pooled.load(std::sync::atomic::Ordering::Relaxed);
         if pooled {
-            let name = self.pool_key().unwrap_or(&self.settings.upstream);
+            let name = self.pool_key().unwrap_or_default();
             tracing::warn!(upstream = %self.settings.upstream, key = name, reason = %reason, "key {name} has no usable key: {message}; requests use the pool's other keys");
         } else {
             tracing::error!(
@@ -897,12 +897,21 @@ impl KeyLifecycle {
 /// A pool's run-time membership: a key added through the admin API joins, a key retired from the
 /// pool leaves for good (its key remembered as retired).
 impl KeyLifecycle {
-    /// The key's name in its pool (`None` for a `key = …` upstream's key), for log lines.
+    /// The key's name in its pool, for log lines: `None` for the one key of a `key = …`
+    /// upstream, which is named after the upstream once a key is added to it.
     pub fn pool_key(&self) -> Option<&str> {
-        self.settings
+        let named = self
+            .settings
             .history
-            .strip_prefix(&*self.settings.upstream)?
-            .strip_prefix('/')
+            .strip_prefix(&*self.settings.upstream)
+            .and_then(|rest| rest.strip_prefix('/'));
+        match named {
+            Some(name) => Some(name),
+            None if self.pooled.load(std::sync::atomic::Ordering::Relaxed) => {
+                Some(&self.settings.upstream)
+            }
+            None => None,
+        }
     }
 
     /// This key is one of several of its upstream (a pool, or a `key = …` upstream a key was
