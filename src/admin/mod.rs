@@ -288,6 +288,9 @@ impl Admin {
                 None => return pool::membership_error(upstream, upstream.unknown_key(key)),
             },
         };
+        if let Err(refused) = upstream.replaceable(slot) {
+            return pool::membership_error(upstream, refused);
+        }
         let Some(key) = upstream.lifecycle(slot) else {
             return pool::membership_error(upstream, upstream.unknown_key(""));
         };

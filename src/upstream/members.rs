@@ -217,6 +217,24 @@ impl Upstream {
         Ok(retired)
     }
 
+    /// Whether key `i` may be rotated in place: a key added at run time and retired since is gone
+    /// (its file with it); it comes back only as a new key. (A configured key that was retired
+    /// rejoins with the new key, as when its source yields one.)
+    pub fn replaceable(&self, i: usize) -> Result<(), Membership> {
+        let added = i > self.keys.others.len();
+        match self.keys.standings().get(i) {
+            Some(Standing::Retired { .. }) if added => Err(Membership::Conflict {
+                code: "retired_key",
+                message: format!(
+                    "key {} of {} was retired; add a key with mode=add",
+                    self.keys.name(i),
+                    self.name
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Key `name` retires by itself at `at` (a grace period; `None`: no longer): remembered in
     /// the store so a restart keeps the appointment. The caller arms the timer.
     pub fn retire_later(&self, name: &str, at: Option<SystemTime>) -> Result<(), Membership> {

@@ -169,6 +169,18 @@ async fn an_added_key_joins_serves_and_is_still_there_after_a_restart() {
         assert_eq!(send(chat(&proxy)).await.0.status, 200);
     }
     assert!(keys_seen(&provider)[before..].contains(&b));
+    // Retired, an added key and its file are gone; it is not rotated back in place.
+    let (code, body) = admin_post(&proxy, "mode=retire&name=b", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(!file.exists(), "the retired key's file is removed");
+    let (code, body) = admin_post(&proxy, "name=b", &openai_key("ADDTHIRD")).await;
+    assert_eq!(
+        (code, body["error"]["code"].clone()),
+        (409, "retired_key".into())
+    );
+    proxy.stop().await;
+    let proxy = Proxy::start(&text, dir.path()).await;
+    assert!(key_row(&proxy, "b").await.is_none(), "gone after a restart");
     proxy.stop().await;
 }
 
