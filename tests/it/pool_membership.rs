@@ -431,7 +431,7 @@ async fn a_grace_period_running_at_shutdown_ends_after_the_restart() {
         dir.path(),
         &provider.url(),
         &[("x", &old), ("y", &openai_key("GRACERESTY"))],
-        "grace = \"2s\"",
+        "grace = \"4s\"",
     );
     let proxy = Proxy::start(&text, dir.path()).await;
     // The upstream's `grace` applies when the request names none.
