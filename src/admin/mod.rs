@@ -189,10 +189,7 @@ impl Admin {
         let mut problems = String::new();
         for upstream in &self.proxy.upstreams {
             // A pool is ready while any of its keys is loaded (the first key's problem is shown).
-            let any = upstream
-                .lifecycles()
-                .iter()
-                .any(|k| k.key_problem().is_none());
+            let any = upstream.lifecycles().any(|k| k.key_problem().is_none());
             if let Some(why) = upstream.key.key_problem().filter(|_| !any) {
                 problems.push_str(&format!(
                     "upstream {}: no usable key ({}): {}\n",
@@ -291,9 +288,7 @@ impl Admin {
         if let Err(refused) = upstream.replaceable(slot) {
             return pool::membership_error(upstream, refused);
         }
-        let Some(key) = upstream.lifecycle(slot) else {
-            return pool::membership_error(upstream, upstream.unknown_key(""));
-        };
+        let key = upstream.lifecycle(slot);
         let from_cli = from_cli(&req);
         let declared = req
             .headers()
@@ -467,7 +462,7 @@ fn history(store: &Store, upstream: Option<&str>) -> Value {
 /// Retired keys with the apps seen sending each: from the store when there is one (it remembers
 /// across restarts), else from memory. In a pool, every key's (each under `upstream/name`).
 fn retired_status(u: &Upstream, store: Option<&Arc<Store>>) -> Value {
-    let keys: Vec<_> = (0..u.keys.count()).filter_map(|i| u.lifecycle(i)).collect();
+    let keys: Vec<_> = (0..u.keys.count()).map(|i| u.lifecycle(i)).collect();
     let mut names: Vec<&str> = keys.iter().map(|k| k.history_name()).collect();
     names.dedup();
     if let Some(store) = store {
@@ -558,9 +553,7 @@ fn keys_status(u: &Upstream) -> Value {
         .iter()
         .enumerate()
         .map(|(i, standing)| {
-            let Some(key) = u.lifecycle(i).map(|l| l.current()) else {
-                return json!({"name": &*u.keys.name(i)});
-            };
+            let key = u.lifecycle(i).current();
             let snapshot = key.snapshot();
             let mut row = json!({
                 "name": &*u.keys.name(i),

@@ -138,7 +138,7 @@ pub async fn add(
         "fingerprint": added.fingerprint.as_str(),
         "generation": added.generation,
         "weight": weight,
-        "expires_at": upstream.keys.position(name).and_then(|i| upstream.lifecycle(i)).and_then(|l| l.current().snapshot().and_then(|k| k.expires_at)).map(rfc3339_string),
+        "expires_at": upstream.keys.position(name).and_then(|i| upstream.lifecycle(i).current().snapshot().and_then(|k| k.expires_at)).map(rfc3339_string),
         "warnings": added.warnings.iter().map(|w| json!({"code": w.code.as_str(), "message": w.message})).collect::<Vec<_>>(),
     });
     if let Some(old) = old {

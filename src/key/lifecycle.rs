@@ -978,21 +978,3 @@ impl KeyLifecycle {
         }
     }
 }
-
-/// A key lifecycle borrowed from its upstream (a configured key) or shared with the pool's member
-/// list (a key added at run time).
-pub enum KeyRef<'a> {
-    Borrowed(&'a KeyLifecycle),
-    Shared(Arc<KeyLifecycle>),
-}
-
-impl std::ops::Deref for KeyRef<'_> {
-    type Target = KeyLifecycle;
-
-    fn deref(&self) -> &KeyLifecycle {
-        match self {
-            KeyRef::Borrowed(life) => life,
-            KeyRef::Shared(life) => life,
-        }
-    }
-}

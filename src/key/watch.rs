@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::lifecycle::{KeyProbe, KeyRef};
+use super::lifecycle::{KeyLifecycle, KeyProbe};
 use super::rotation::Trigger;
 use super::KeySource;
 
 /// The key lifecycles to watch, each with the probe that vouches for its candidates.
 pub trait Watched: Send + Sync + 'static {
-    fn lifecycles(&self) -> Vec<(KeyRef<'_>, &dyn KeyProbe)>;
+    fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)>;
     /// After each round of re-reads (a pool's picture follows its keys' generations).
     fn reloaded(&self) {}
 }

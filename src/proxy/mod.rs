@@ -24,7 +24,7 @@ pub use error::ProxyError;
 
 use crate::headers::{presented_credential, strip_for_upstream, strip_key_param};
 use crate::http1::drop_hop_by_hop;
-use crate::key::lifecycle::{App, KeyProbe, KeyRef};
+use crate::key::lifecycle::{App, KeyLifecycle, KeyProbe};
 use crate::key::rotation::Trigger;
 use crate::key::{KeySnapshot, KeyState};
 use crate::metrics::{InFlight, Metrics};
@@ -61,14 +61,10 @@ pub struct Proxy {
 }
 
 impl crate::key::watch::Watched for Proxy {
-    fn lifecycles(&self) -> Vec<(KeyRef<'_>, &dyn KeyProbe)> {
+    fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)> {
         self.upstreams
             .iter()
-            .flat_map(|u| {
-                u.lifecycles()
-                    .into_iter()
-                    .map(move |key| (key, u as &dyn KeyProbe))
-            })
+            .flat_map(|u| u.lifecycles().map(move |key| (key, u as &dyn KeyProbe)))
             .collect()
     }
 

@@ -5,13 +5,13 @@
 //! touches any of it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use super::Upstream;
-use crate::key::lifecycle::{KeyLifecycle, KeyRef, KeySettings};
+use crate::key::lifecycle::{KeyLifecycle, KeySettings};
 use crate::key::rotation::Attempt;
 use crate::key::KeyState;
 use crate::metrics::{KeyMetric, KeyMetrics, UpstreamMetrics};
@@ -29,6 +29,10 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 pub struct KeyPool {
     /// Configured keys 1.. of the pool (fixed for the life of the process).
     pub others: Box<[KeyLifecycle]>,
+    /// Keys added at run time, each set once and kept until the process ends (a retired one
+    /// too), so a reference to one lives as long as the upstream: key `others.len() + 1 + k` is
+    /// `added[k]`. Bounded by `members::MAX_MEMBERS`.
+    pub(super) added: Box<[OnceLock<Box<KeyLifecycle>>]>,
     state: ArcSwap<PoolState>,
     /// More than one member: requests choose among them. A `key = …` upstream reads only this
     /// flag until a key is added to it.
@@ -51,8 +55,6 @@ pub struct KeyPool {
 pub struct Member {
     pub name: Arc<str>,
     pub weight: u32,
-    /// A key added at run time; `None` for a configured key (`Upstream::key` or `others`).
-    pub added: Option<Arc<KeyLifecycle>>,
     pub metric: KeyMetric,
 }
 
@@ -295,6 +297,9 @@ impl KeyPool {
         let state = PoolState::draw(members, standing, vec![None; n].into(), Instant::now());
         KeyPool {
             others: others.into_boxed_slice(),
+            added: (0..super::members::MAX_MEMBERS)
+                .map(|_| OnceLock::new())
+                .collect(),
             state: ArcSwap::from_pointee(state),
             pooled: AtomicBool::new(n > 1),
             cursor: AtomicUsize::new(0),
@@ -402,8 +407,16 @@ impl KeyPool {
         self.redraw(Instant::now(), change);
     }
 
-    /// A key joins the pool (active at once).
-    pub(super) fn join(&self, member: Member) {
+    /// A key joins the pool (active at once); `added`: its lifecycle, for a key added at run
+    /// time. Joins are one at a time (`changing`, or startup), and `members::MAX_MEMBERS` was
+    /// checked: the next slot is free.
+    pub(super) fn join(&self, member: Member, added: Option<KeyLifecycle>) {
+        if let Some(life) = added {
+            let slot = self.count().saturating_sub(1 + self.others.len());
+            if let Some(Err(_)) = self.added.get(slot).map(|s| s.set(Box::new(life))) {
+                tracing::error!(key = %member.name, "a pool slot for an added key was taken twice");
+            }
+        }
         let member = Arc::new(member);
         self.state.rcu(|old| {
             let mut members = old.members.to_vec();
@@ -433,50 +446,34 @@ fn weights(members: &[Arc<Member>]) -> Vec<u32> {
 }
 
 impl Upstream {
-    /// Key `i` of the pool, from `state` (0 is `self.key`, then the configured keys, then those
-    /// added at run time).
-    fn life<'a>(&'a self, state: &'a PoolState, i: usize) -> &'a KeyLifecycle {
-        if let Some(j) = i.checked_sub(1) {
-            if let Some(life) = self.keys.others.get(j) {
-                return life;
-            }
-            if let Some(added) = state.members.get(i).and_then(|m| m.added.as_deref()) {
-                return added;
-            }
+    /// Key `i` of the pool: 0 is `self.key`, then the configured keys, then those added at run
+    /// time. (`self.key` for an index the pool never handed out.)
+    pub fn lifecycle(&self, i: usize) -> &KeyLifecycle {
+        let Some(j) = i.checked_sub(1) else {
+            return &self.key;
+        };
+        if let Some(life) = self.keys.others.get(j) {
+            return life;
         }
-        &self.key
-    }
-
-    /// Key `i` of the pool (0 is `self.key`).
-    pub fn lifecycle(&self, i: usize) -> Option<KeyRef<'_>> {
-        match i.checked_sub(1) {
-            None => Some(KeyRef::Borrowed(&self.key)),
-            Some(j) => match self.keys.others.get(j) {
-                Some(life) => Some(KeyRef::Borrowed(life)),
-                None => {
-                    let state = self.keys.state.load();
-                    let added = state.members.get(i)?.added.as_ref()?;
-                    Some(KeyRef::Shared(Arc::clone(added)))
-                }
-            },
-        }
+        self.keys
+            .added
+            .get(j - self.keys.others.len())
+            .and_then(OnceLock::get)
+            .map_or(&self.key, |life| &**life)
     }
 
     /// Every key that is read from its source: the configured ones (a retired one rejoins when
     /// its source yields another key) and those added at run time that are still in the pool.
-    pub fn lifecycles(&self) -> Vec<KeyRef<'_>> {
+    pub fn lifecycles(&self) -> impl Iterator<Item = &KeyLifecycle> {
         let state = self.keys.state.load();
-        let configured = std::iter::once(&self.key)
+        let configured = 1 + self.keys.others.len();
+        let added: Vec<&KeyLifecycle> = (configured..state.members.len())
+            .filter(|&i| !matches!(state.plan.standing.get(i), Some(Standing::Retired { .. })))
+            .map(|i| self.lifecycle(i))
+            .collect();
+        std::iter::once(&self.key)
             .chain(self.keys.others.iter())
-            .map(KeyRef::Borrowed);
-        let added = state
-            .members
-            .iter()
-            .zip(state.plan.standing.iter())
-            .filter(|(_, s)| !matches!(s, Standing::Retired { .. }))
-            .filter_map(|(m, _)| m.added.as_ref())
-            .map(|life| KeyRef::Shared(Arc::clone(life)));
-        configured.chain(added).collect()
+            .chain(added)
     }
 
     /// The key for the next request of a pool, other than `except`: its index and snapshot, or
@@ -489,7 +486,7 @@ impl Upstream {
                 .plan
                 .quarantined
                 .iter()
-                .any(|&(i, g)| self.life(&state, usize::from(i)).store.generation() != g);
+                .any(|&(i, g)| self.lifecycle(usize::from(i)).store.generation() != g);
         if stale || state.plan.schedule.is_empty() {
             self.refresh_keys();
             state = pool.state.load();
@@ -502,7 +499,7 @@ impl Upstream {
             if Some(i) == except {
                 continue;
             }
-            let key = self.life(&state, i).current();
+            let key = self.lifecycle(i).current();
             if key.snapshot().is_some() {
                 return Some((i, key));
             }
@@ -526,7 +523,7 @@ impl Upstream {
                 member.metric.remove();
                 continue;
             }
-            let key = self.life(&state, i).current();
+            let key = self.lifecycle(i).current();
             any_loaded |= key.snapshot().is_some();
             let code = match &*key {
                 KeyState::Unavailable(_) => 3,
@@ -549,7 +546,7 @@ impl Upstream {
     pub fn refresh_keys(&self) {
         let state = self.keys.state.load();
         let generations: Vec<u64> = (0..state.members.len())
-            .map(|i| self.life(&state, i).store.generation())
+            .map(|i| self.lifecycle(i).store.generation())
             .collect();
         let lifted: Vec<(usize, bool)> = state
             .plan
@@ -639,8 +636,7 @@ impl Upstream {
     fn lifecycle_generation(&self, name: &str) -> u64 {
         self.keys
             .position(name)
-            .and_then(|i| self.lifecycle(i))
-            .and_then(|l| l.current().snapshot().map(|k| k.generation))
+            .and_then(|i| self.lifecycle(i).current().snapshot().map(|k| k.generation))
             .unwrap_or(0)
     }
 
@@ -653,7 +649,7 @@ impl Upstream {
         let digest = key.snapshot()?.digest;
         let state = self.keys.state.load();
         (0..state.members.len())
-            .map(|i| self.life(&state, i))
+            .map(|i| self.lifecycle(i))
             .find(|l| l.current().snapshot().is_some_and(|k| k.digest == digest))
             .unwrap_or(&self.key)
             .last_attempt()
@@ -662,10 +658,7 @@ impl Upstream {
     /// The provider refused key `i` (as of `generation`) for `reason`: bench it as the verdict
     /// says. A refusal of a key already rotated out is old news and changes nothing.
     pub fn key_refused(&self, i: usize, generation: u64, verdict: Verdict) {
-        let Some(life) = self.lifecycle(i) else {
-            return;
-        };
-        let current = life.current();
+        let current = self.lifecycle(i).current();
         let Some(snapshot) = current.snapshot().filter(|s| s.generation == generation) else {
             return;
         };
@@ -755,7 +748,7 @@ impl Upstream {
         let mut parts = Vec::with_capacity(state.members.len());
         for (i, standing) in state.plan.standing.iter().enumerate() {
             let name = &state.members[i].name;
-            let key = self.life(&state, i).current();
+            let key = self.lifecycle(i).current();
             let fingerprint = key
                 .snapshot()
                 .map_or_else(|| "no key".to_owned(), |s| s.fingerprint.to_string());

@@ -33,23 +33,22 @@ pub struct Addition {
 
 impl Upstream {
     /// A lifecycle for a key of this upstream read from `file` (a key added at run time).
-    fn added_lifecycle(&self, name: &str, file: PathBuf, store: &Arc<Store>) -> Arc<KeyLifecycle> {
+    fn added_lifecycle(&self, name: &str, file: PathBuf, store: &Arc<Store>) -> KeyLifecycle {
         let mut settings = self.keys.template.clone();
         settings.history = format!("{}/{name}", self.name).into();
         settings.primary = false;
         settings.source = KeySource::File(file);
         let life = KeyLifecycle::new(settings, Arc::clone(&self.keys.upstream_metrics));
         life.attach_history(Arc::clone(store) as Arc<dyn KeyHistory>);
-        Arc::new(life)
+        life
     }
 
-    fn member(&self, name: &str, weight: u32, added: Option<Arc<KeyLifecycle>>) -> Member {
+    fn member(&self, name: &str, weight: u32) -> Member {
         let name: Arc<str> = name.into();
         Member {
             metric: self.keys.metrics.member(&name),
             name,
             weight,
-            added,
         }
     }
 
@@ -89,10 +88,7 @@ impl Upstream {
         let wanted = digest(add.secret.expose());
         let state = self.keys.standings();
         for (i, standing) in state.iter().enumerate() {
-            let Some(life) = self.lifecycle(i) else {
-                continue;
-            };
-            let current = life.current();
+            let current = self.lifecycle(i).current();
             let Some(k) = current.snapshot() else {
                 continue;
             };
@@ -131,8 +127,7 @@ impl Upstream {
                 "the state store could not record the new key, so it did not join: {e}"
             )));
         }
-        self.keys
-            .join(self.member(name, add.weight, Some(Arc::clone(&life))));
+        self.keys.join(self.member(name, add.weight), Some(life));
         for key in self.lifecycles() {
             key.in_pool();
         }
@@ -165,9 +160,7 @@ impl Upstream {
             });
         }
         let usable = |j: usize| {
-            let loaded = self
-                .lifecycle(j)
-                .is_some_and(|l| l.current().snapshot().is_some());
+            let loaded = self.lifecycle(j).current().snapshot().is_some();
             loaded
                 && !matches!(
                     standings[j],
@@ -180,9 +173,7 @@ impl Upstream {
                 message: format!("key {name} is the last usable key of {}: requests would have no key; add another first (POST /keys/{}?mode=add&name=…), or reinstate one", self.name, self.name),
             });
         }
-        let Some(life) = self.lifecycle(i) else {
-            return Err(self.unknown_key(name));
-        };
+        let life = self.lifecycle(i);
         let retired = life.retire_in_service(who, why).await;
         let generation = life.store.generation();
         let fingerprint = retired
@@ -190,7 +181,6 @@ impl Upstream {
             .map_or_else(|| "no key".to_owned(), |r| r.fingerprint.to_string());
         // Keys 0..=others.len() are configured; the rest were added at run time.
         let added = (i > self.keys.others.len()).then(|| life.source().clone());
-        drop(life);
         let at = SystemTime::now();
         let standing = Standing::Retired {
             at,
@@ -286,7 +276,7 @@ impl Upstream {
                 (None, Some(file)) if row.retired.is_none() && self.keys.count() < MAX_MEMBERS => {
                     let life = self.added_lifecycle(&row.name, file.clone(), store);
                     self.keys
-                        .join(self.member(&row.name, row.weight, Some(life)));
+                        .join(self.member(&row.name, row.weight), Some(life));
                 }
                 _ => {}
             }
@@ -312,9 +302,7 @@ impl Upstream {
                 else {
                     continue;
                 };
-                let Some(life) = self.lifecycle(i) else {
-                    continue;
-                };
+                let life = self.lifecycle(i);
                 if life.current().snapshot().is_none() || life.store.generation() == generation {
                     restored.push((
                         i,
@@ -338,9 +326,7 @@ impl Upstream {
             let Some(i) = self.keys.position(&row.name) else {
                 continue;
             };
-            let same_key = self
-                .lifecycle(i)
-                .and_then(|l| l.current().snapshot().map(|k| k.generation))
+            let same_key = self.lifecycle(i).current().snapshot().map(|k| k.generation)
                 == Some(row.generation);
             let standing = match (row.state.as_str(), row.until) {
                 _ if !same_key => None,
@@ -399,9 +385,7 @@ impl Upstream {
         if slot.is_none() || !self.keys.is_pool() {
             return self.key.observe_client_credential(sent, app, snapshot);
         }
-        let keys: Vec<_> = (0..self.keys.count())
-            .filter_map(|i| self.lifecycle(i))
-            .collect();
+        let keys: Vec<_> = (0..self.keys.count()).map(|i| self.lifecycle(i)).collect();
         let hashed = digest(sent);
         let current = keys.iter().any(|l| {
             l.current()

@@ -168,7 +168,6 @@ impl Upstream {
                     metric: key_metrics.member(&name),
                     name,
                     weight: k.weight,
-                    added: None,
                 }
             })
             .collect();
