@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped monitoring, checked against the real thing: promtool checks the alert rules, then
 # scrapes /metrics from a live keyproxy after real traffic (success, a 401, a rotation, a refused
-# rotation) through the stand-in provider, and checks that too.
+# rotation) through the stand-in provider, with a pool's per-key series, and checks that too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +41,12 @@ provider = "openai"
 base_url = "http://127.0.0.1:$port"
 prefix = "/stale"
 key = { file = "$work/bad" }
+[[upstreams]]
+name = "pooled"
+provider = "openai"
+base_url = "http://127.0.0.1:$port"
+prefix = "/pooled"
+keys = [ { file = "$work/good", name = "a", max_age = "365d" }, { file = "$work/bad", name = "b", max_age = "90d" } ]
 TOML
 
 ./target/debug/keyproxy --log-format json run --config "$work/keyproxy.toml" 2> "$work/log" &
@@ -71,6 +77,8 @@ curl -sS -X POST "http://$admin/keys/openai" -H 'authorization: Bearer monitorin
 curl -fsS "http://$admin/metrics" > "$work/metrics"
 grep -q 'keyproxy_auth_failures_total{reason="invalid_key",upstream="stale"} 1' "$work/metrics"
 grep -q 'keyproxy_tokens_total{kind="input",upstream="openai"} 5' "$work/metrics"
+grep -q 'keyproxy_key_state{key="b",upstream="pooled"} 0' "$work/metrics"
+grep -q 'keyproxy_pool_key_expiry_timestamp_seconds{key="b",upstream="pooled"}' "$work/metrics"
 promtool check metrics < "$work/metrics"
 if grep -q -e "$good" -e "$bad" "$work/metrics" "$work/log"; then
   echo "a key leaked into /metrics or the log" >&2

@@ -80,6 +80,8 @@ pub struct UpstreamConfig {
     pub keys: Vec<PoolKeyConfig>,
     /// How long a rate-limited key rests when the provider names no `Retry-After`.
     pub cooldown: Duration,
+    /// How long a key replaced with `mode=add&retire=…` keeps serving (`grace`; default: none).
+    pub grace: Option<Duration>,
     pub ca_certs: Vec<CertificateDer<'static>>,
     pub auth_header: Option<HeaderName>,
     pub auth_prefix: Option<String>,
@@ -236,6 +238,8 @@ struct RawUpstream {
     keys: Option<Spanned<toml::Value>>,
     #[serde(default)]
     cooldown: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    grace: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     ca_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
@@ -803,6 +807,7 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         key: keys[0].source.clone(),
         keys,
         cooldown: duration_or(&up.cooldown, DEFAULT_COOLDOWN),
+        grace: up.grace.as_ref().map(|d| d.get_ref().0),
         ca_certs,
         auth_header,
         auth_prefix: up.auth_prefix.map(Spanned::into_inner),

@@ -72,15 +72,12 @@ enum Command {
         /// The upstream whose key to replace.
         #[arg(long)]
         upstream: String,
-        /// Which key of the upstream's pool (`keys = [...]`) to replace; default the first.
+        /// Which key of the upstream's pool (`keys = [...]`) to replace; default the first. With
+        /// `--mode add` the new key's name, with `--mode retire` the key to retire.
         #[arg(long)]
         name: Option<String>,
         /// Read the new key from this file.
-        #[arg(
-            long,
-            conflicts_with = "key_stdin",
-            required_unless_present = "key_stdin"
-        )]
+        #[arg(long, conflicts_with = "key_stdin")]
         key_file: Option<PathBuf>,
         /// Read the new key from standard input.
         #[arg(long)]
@@ -93,6 +90,8 @@ enum Command {
         probe: bool,
         #[command(flatten)]
         expiry: cli::rotate::Expiry,
+        #[command(flatten)]
+        pool: cli::rotate::PoolChange,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -138,18 +137,20 @@ fn main() -> ExitCode {
             upstream,
             name,
             key_file,
-            key_stdin: _,
+            key_stdin,
             admin,
             probe,
             expiry,
+            pool,
             config,
         } => runtime.block_on(cli::rotate::rotate(
             upstream,
             name,
-            key_file,
+            (key_file, key_stdin),
             admin,
             probe,
             expiry,
+            pool,
             config.config,
         )),
         Command::History(args) => cli::history::run(args),

@@ -37,6 +37,7 @@ pub struct Metrics {
     key_state: IntGaugeVec,
     key_requests: IntCounterVec,
     failovers: IntCounterVec,
+    pool_key_expiry: GaugeVec,
     /// Requests the browser guard turned away, by listener and reason (pre-resolved at startup).
     refusals: [IntCounter; 4],
     /// `keyproxy_client_errors_total` by kind, in `ClientError::ALL` order.
@@ -131,40 +132,41 @@ impl ClientError {
     }
 }
 
-/// The series of one upstream's keys, by index in the config.
+/// The families of one upstream's keys; each key's own series come from `member`.
 pub struct KeyMetrics {
     upstream: String,
-    names: Box<[Arc<str>]>,
-    state: Box<[IntGauge]>,
-    /// `key_requests_total` by key, then by status code (resolved on first use of each code).
-    requests: Box<[Box<[OnceLock<IntCounter>]>]>,
+    state: IntGaugeVec,
     family: IntCounterVec,
+    expiry: GaugeVec,
     failovers: IntCounterVec,
 }
 
-impl KeyMetrics {
-    /// Key `key`'s state code (see `keyproxy_key_state`).
-    pub fn state(&self, key: usize, code: i64) {
-        if let Some(g) = self.state.get(key) {
-            g.set(code);
-        }
-    }
+/// One key of a pool: its state gauge and request counters, resolved when it joins.
+pub struct KeyMetric {
+    upstream: String,
+    name: Arc<str>,
+    state: IntGauge,
+    /// `key_requests_total` by status code (resolved on first use of each code).
+    requests: Box<[OnceLock<IntCounter>]>,
+    family: IntCounterVec,
+    state_family: IntGaugeVec,
+    expiry: GaugeVec,
+}
 
-    /// One request answered through key `key`.
-    pub fn request(&self, key: usize, status: u16) {
-        let Some(by_status) = self.requests.get(key) else {
-            return;
-        };
-        if let Some(slot) = by_status.get(usize::from(status).wrapping_sub(100)) {
-            slot.get_or_init(|| {
-                let status = status.to_string();
-                self.family.with_label_values(&[
-                    self.upstream.as_str(),
-                    &*self.names[key],
-                    status.as_str(),
-                ])
-            })
-            .inc();
+impl KeyMetrics {
+    /// The series of key `name`, at zero from now.
+    pub fn member(&self, name: &Arc<str>) -> KeyMetric {
+        let labels = [self.upstream.as_str(), &**name];
+        self.family
+            .with_label_values(&[labels[0], labels[1], "200"]);
+        KeyMetric {
+            upstream: self.upstream.clone(),
+            name: Arc::clone(name),
+            state: self.state.with_label_values(&labels),
+            requests: (0..500).map(|_| OnceLock::new()).collect(),
+            family: self.family.clone(),
+            state_family: self.state.clone(),
+            expiry: self.expiry.clone(),
         }
     }
 
@@ -173,6 +175,46 @@ impl KeyMetrics {
         self.failovers
             .with_label_values(&[self.upstream.as_str(), reason.as_str()])
             .inc();
+    }
+}
+
+impl KeyMetric {
+    /// The key's state code (see `keyproxy_key_state`).
+    pub fn state(&self, code: i64) {
+        self.state.set(code);
+    }
+
+    /// One request answered through this key.
+    pub fn request(&self, status: u16) {
+        if let Some(slot) = self.requests.get(usize::from(status).wrapping_sub(100)) {
+            slot.get_or_init(|| {
+                let status = status.to_string();
+                self.family.with_label_values(&[
+                    self.upstream.as_str(),
+                    &*self.name,
+                    status.as_str(),
+                ])
+            })
+            .inc();
+        }
+    }
+
+    /// `keyproxy_pool_key_expiry_timestamp_seconds`: shown only when known.
+    pub fn expiry(&self, unix_seconds: Option<f64>) {
+        let labels = [self.upstream.as_str(), &*self.name];
+        match unix_seconds {
+            Some(at) => self.expiry.with_label_values(&labels).set(at),
+            None => {
+                let _ = self.expiry.remove_label_values(&labels);
+            }
+        }
+    }
+
+    /// The key left the pool: its series go (an alert must not count it).
+    pub fn remove(&self) {
+        let labels = [self.upstream.as_str(), &*self.name];
+        let _ = self.state_family.remove_label_values(&labels);
+        let _ = self.expiry.remove_label_values(&labels);
     }
 }
 
@@ -355,6 +397,11 @@ impl Metrics {
                 "Requests sent again on another key of the pool after a key-class refusal, by the refusal's reason.",
                 &["upstream", "reason"],
             )?,
+            pool_key_expiry: gauge(
+                "keyproxy_pool_key_expiry_timestamp_seconds",
+                "When each key of an upstream with several keys expires (Unix time), by its name; absent when unknown.",
+                &["upstream", "key"],
+            )?,
             refusals: {
                 let family = counter(
                     "keyproxy_refusals_total",
@@ -438,24 +485,13 @@ impl Metrics {
         })
     }
 
-    /// The series of one upstream's keys (`names` as configured), at zero from startup.
-    pub fn keys(&self, upstream: &str, names: &[Arc<str>]) -> KeyMetrics {
+    /// The families of one upstream's keys (each key's series: `KeyMetrics::member`).
+    pub fn keys(&self, upstream: &str) -> KeyMetrics {
         KeyMetrics {
             upstream: upstream.to_owned(),
-            state: names
-                .iter()
-                .map(|n| self.key_state.with_label_values(&[upstream, &**n]))
-                .collect(),
-            requests: names
-                .iter()
-                .map(|n| {
-                    self.key_requests
-                        .with_label_values(&[upstream, &**n, "200"]);
-                    (0..500).map(|_| OnceLock::new()).collect()
-                })
-                .collect(),
-            names: names.to_vec().into_boxed_slice(),
+            state: self.key_state.clone(),
             family: self.key_requests.clone(),
+            expiry: self.pool_key_expiry.clone(),
             failovers: self.failovers.clone(),
         }
     }

@@ -108,15 +108,19 @@ impl Server {
                     .metrics
                     .attach_usage(store.usage_sink(&upstream.name));
             }
+            // Keys added to a pool at run time join it again before anything is loaded.
+            upstream.restore_members();
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             for key in upstream.lifecycles() {
                 let _ = key.load_initial().await;
             }
             upstream.refresh_keys();
+            upstream.restore_standings();
         }
         let token = AdminToken::load(config.server.admin_token.as_ref()).await;
         let admin_guard = Guard::new(server.admin_listen.ip(), &server.allowed_hosts, &[]);
         let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard).with_state(state));
+        crate::admin::resume_retirements(&proxy);
         let proxy_for_watch = Arc::clone(&proxy);
         for upstream in &config.upstreams {
             for warning in upstream.warnings() {

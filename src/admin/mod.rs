@@ -1,8 +1,11 @@
 //! The admin listener: `GET /healthz /readyz /status /metrics` for people, probes and Prometheus (no
 //! token), and `POST /keys/{upstream}` to rotate a key, which always requires the admin token.
 
+pub mod pool;
 pub mod recent;
 pub mod status_page;
+
+pub use pool::resume_retirements;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -50,7 +53,11 @@ fn expiry_param(query: &str) -> Result<Option<SystemTime>, String> {
             "max_age" => {
                 let age = crate::time::parse_duration(&value)
                     .map_err(|e| format!("max_age={value:?}: {e}; write e.g. 365d"))?;
-                return Ok(SystemTime::now().checked_add(age));
+                return pool::writable(SystemTime::now().checked_add(age))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!("max_age={value:?} ends beyond any date; write e.g. 365d")
+                    });
             }
             _ => {}
         }
@@ -217,16 +224,8 @@ impl Admin {
                 &format!("no upstream named {upstream:?} is configured"),
             );
         };
-        if !u.reinstate_key(key) {
-            let names: Vec<&str> = u.keys.names.iter().map(|n| &**n).collect();
-            return admin_error(
-                StatusCode::NOT_FOUND,
-                "unknown_key",
-                &format!(
-                    "upstream {upstream} has no key named {key:?}; its keys are {}",
-                    names.join(", ")
-                ),
-            );
+        if let Err(refused) = u.reinstate_key(key) {
+            return pool::membership_error(u, refused);
         }
         json_response(
             StatusCode::OK,
@@ -253,7 +252,8 @@ impl Admin {
                 &format!("no upstream named {name:?} is configured"),
             );
         };
-        let query = req.uri().query().unwrap_or("");
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let query = query.as_str();
         let probe = query
             .split('&')
             .any(|p| p == "probe=true" || p == "probe=1" || p == "probe");
@@ -263,40 +263,33 @@ impl Admin {
                 return admin_error(StatusCode::BAD_REQUEST, "bad_expiry", &message);
             }
         };
-        // `?name=` picks the key of a pool (default: the first); only `mode=replace` (the default)
-        // is served so far.
-        let param = |field: &str| {
-            query
-                .split('&')
-                .find_map(|p| p.strip_prefix(field)?.strip_prefix('='))
-        };
-        if let Some(mode) = param("mode").filter(|m| *m != "replace") {
+        // `?name=` picks the key of a pool (default: the first); `mode=add|retire` change who is
+        // in the pool (`admin::pool`), `mode=replace` (the default) rotates a key in place.
+        let param = |field: &str| pool::param(query, field);
+        let mode = param("mode").unwrap_or("replace");
+        if !matches!(mode, "replace" | "add" | "retire") {
             return admin_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_mode",
-                &format!("mode={mode:?} is not supported yet; mode=replace (the default) rotates the named key in place"),
+                &format!("mode={mode:?}: use mode=add (a new key joins the pool), mode=replace (the default: the named key is rotated in place) or mode=retire (the named key leaves the pool)"),
             );
         }
-        let slot = match param("name") {
-            None => 0,
-            Some(key) => match upstream.keys.names.iter().position(|n| &**n == key) {
+        if mode == "retire" {
+            return pool::retire(upstream, query, from_cli(&req)).await;
+        }
+        let slot = match (mode, param("name")) {
+            ("add", _) => 0,
+            (_, None) => 0,
+            (_, Some(key)) => match upstream.keys.position(key) {
                 Some(slot) => slot,
-                None => {
-                    return admin_error(
-                        StatusCode::NOT_FOUND,
-                        "unknown_key",
-                        &format!("upstream {name} has no key named {key:?}"),
-                    )
-                }
+                None => return pool::membership_error(upstream, upstream.unknown_key(key)),
             },
         };
+        if let Err(refused) = upstream.replaceable(slot) {
+            return pool::membership_error(upstream, refused);
+        }
         let key = upstream.lifecycle(slot);
-        // `keyproxy rotate` says who it is, so the history can tell the CLI from other clients.
-        let from_cli = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ua| ua.starts_with(ROTATE_USER_AGENT));
+        let from_cli = from_cli(&req);
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -331,6 +324,9 @@ impl Admin {
             from_cli,
             expires_at,
         };
+        if mode == "add" {
+            return pool::add(self, upstream, query, secret, options).await;
+        }
         let rotated = key
             .rotate_with(secret, Trigger::Admin, options, upstream)
             .await;
@@ -341,7 +337,7 @@ impl Admin {
                 StatusCode::OK,
                 &json!({
                     "upstream": &*upstream.name,
-                    "key": &*upstream.keys.names[slot],
+                    "key": &*upstream.keys.name(slot),
                     "result": if done.changed { "applied" } else { "unchanged" },
                     "fingerprint": done.fingerprint.as_str(),
                     "generation": done.generation,
@@ -464,26 +460,46 @@ fn history(store: &Store, upstream: Option<&str>) -> Value {
 }
 
 /// Retired keys with the apps seen sending each: from the store when there is one (it remembers
-/// across restarts), else from memory.
+/// across restarts), else from memory. In a pool, every key's (each under `upstream/name`).
 fn retired_status(u: &Upstream, store: Option<&Arc<Store>>) -> Value {
-    let query = Query {
-        upstream: Some(u.name.to_string()),
-        since: None,
-        limit: 50,
-    };
-    if let Some(rows) = store.and_then(|s| s.retired(&query).ok()) {
-        return json!(rows);
+    let keys: Vec<_> = (0..u.keys.count()).map(|i| u.lifecycle(i)).collect();
+    let mut names: Vec<&str> = keys.iter().map(|k| k.history_name()).collect();
+    names.dedup();
+    if let Some(store) = store {
+        let mut rows = Vec::new();
+        for name in &names {
+            let query = Query {
+                upstream: Some((*name).to_owned()),
+                since: None,
+                limit: 50,
+            };
+            match store.retired(&query) {
+                Ok(found) => rows.extend(found),
+                Err(_) => {
+                    rows.clear();
+                    break;
+                }
+            }
+        }
+        if !rows.is_empty() || names.len() == 1 {
+            return json!(rows);
+        }
     }
-    json!(u
-        .key
-        .retired()
+    json!(keys
         .iter()
-        .map(|r| json!({
-            "fingerprint": r.fingerprint.as_str(),
-            "generation": r.generation,
-            "retired_at": rfc3339_string(r.retired_at),
-            "sightings": [],
-        }))
+        .flat_map(|k| {
+            k.retired()
+                .iter()
+                .map(|r| {
+                    json!({
+                        "fingerprint": r.fingerprint.as_str(),
+                        "generation": r.generation,
+                        "retired_at": rfc3339_string(r.retired_at),
+                        "sightings": [],
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
         .collect::<Vec<_>>())
 }
 
@@ -546,6 +562,7 @@ fn credential_status(k: &crate::key::KeySnapshot, key: &mut Value) {
 /// Every key of the upstream (one for `key = …`) with its state, cause and until-when.
 fn keys_status(u: &Upstream) -> Value {
     let standings = u.keys.standings();
+    let retiring = u.keys.retiring();
     let rows: Vec<Value> = standings
         .iter()
         .enumerate()
@@ -553,15 +570,27 @@ fn keys_status(u: &Upstream) -> Value {
             let key = u.lifecycle(i).current();
             let snapshot = key.snapshot();
             let mut row = json!({
-                "name": &*u.keys.names[i],
+                "name": &*u.keys.name(i),
                 "fingerprint": snapshot.map(|k| k.fingerprint.as_str()),
                 "generation": snapshot.map(|k| k.generation),
-                "state": match snapshot {
-                    Some(_) => standing.as_str(),
-                    None => "unavailable",
+                "state": match (snapshot, standing) {
+                    (_, Standing::Retired { .. }) | (Some(_), _) => standing.as_str(),
+                    (None, _) => "unavailable",
                 },
             });
+            if let Some((_, at)) = retiring.iter().find(|(n, _)| **n == *u.keys.name(i)) {
+                row["retires_at"] = json!(rfc3339_string(*at));
+            }
             match (standing, &*key) {
+                (
+                    Standing::Retired {
+                        at, fingerprint, ..
+                    },
+                    _,
+                ) => {
+                    row["fingerprint"] = json!(fingerprint);
+                    row["since"] = json!(rfc3339_string(*at));
+                }
                 (Standing::Quarantined { cause, at, .. }, _) => {
                     row["cause"] = json!(cause.as_str());
                     row["since"] = json!(rfc3339_string(*at));
@@ -623,4 +652,12 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// `keyproxy rotate` says who it is, so the history can tell the CLI from other clients.
+fn from_cli<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with(ROTATE_USER_AGENT))
 }

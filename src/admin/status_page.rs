@@ -234,7 +234,12 @@ fn pool(page: &mut String, up: &Value) {
                     format!(" ({} since {})", esc(cause), esc(since))
                 }
                 (Some(cause), None, None) => format!(" ({})", esc(cause)),
+                (None, None, Some(since)) => format!(" (since {})", esc(since)),
                 _ => String::new(),
+            };
+            let why = match k["retires_at"].as_str() {
+                Some(at) => format!("{why}, retires at {}", esc(at)),
+                None => why,
             };
             format!(
                 "{} <code>{}</code> <span class=\"{class}\">{}</span>{why}",
@@ -399,5 +404,30 @@ mod tests {
             "openai: no usable key (missing_key): environment variable OPENAI_API_KEY is not set"
         ));
         assert!(page.contains("class=\"bad\">503 × 2"), "{page}");
+    }
+
+    #[test]
+    fn a_pool_shows_each_key_with_its_state_a_retirement_and_a_grace_period() {
+        let mut page = String::new();
+        pool(
+            &mut page,
+            &serde_json::json!({"keys": [
+                {"name": "a", "fingerprint": "sk-…a", "state": "retired", "since": "2026-12-06T10:00:00Z"},
+                {"name": "b", "fingerprint": "sk-…b", "state": "active", "retires_at": "2026-12-07T10:00:00Z"},
+                {"name": "c", "fingerprint": "sk-…c", "state": "cooling", "cause": "rate_limited", "until": "2026-12-06T10:01:00Z"},
+            ]}),
+        );
+        assert!(
+            page.contains("class=\"bad\">retired</span> (since 2026-12-06T10:00:00Z)"),
+            "{page}"
+        );
+        assert!(
+            page.contains("class=\"ok\">active</span>, retires at 2026-12-07T10:00:00Z"),
+            "{page}"
+        );
+        assert!(
+            page.contains("(rate_limited until 2026-12-06T10:01:00Z)"),
+            "{page}"
+        );
     }
 }

@@ -79,7 +79,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
             (Some(fp), None) => fp.clone(),
             _ => "no key".into(),
         };
-        if r.result == "applied" {
+        if r.result == "retired" {
+            println!(
+                "  {}  {}  retired   by {:<9}  {} left the pool",
+                r.at,
+                r.upstream,
+                r.who,
+                key(&r.from_fingerprint, r.from_generation)
+            );
+        } else if r.result == "applied" {
             println!(
                 "  {}  {}  applied   by {:<9}  {} → {}",
                 r.at,

@@ -24,17 +24,96 @@ pub(crate) struct Expiry {
     pub max_age: Option<String>,
 }
 
+/// What the rotation does to the upstream's pool of keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// The new key joins the pool under --name (with --retire OLD, OLD leaves after --grace).
+    Add,
+    /// The key named --name (default: the first) is rotated in place.
+    #[default]
+    Replace,
+    /// The key named --name leaves the pool (no new key is read).
+    Retire,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Add => "add",
+            Mode::Replace => "replace",
+            Mode::Retire => "retire",
+        }
+    }
+}
+
+/// `--mode`, and what `--mode add` may say besides.
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct PoolChange {
+    /// add: a new key joins the pool; replace (default): a key is rotated in place; retire: a key
+    /// leaves the pool.
+    #[arg(long, value_enum, default_value_t = Mode::Replace)]
+    pub mode: Mode,
+    /// With --mode add: the key the new one replaces; it leaves the pool after --grace (or the
+    /// upstream's `grace`), or at once.
+    #[arg(long, value_name = "OLD_NAME")]
+    pub retire: Option<String>,
+    /// With --mode add --retire OLD: how long both keys serve before OLD retires (24h, 1h, 30m).
+    #[arg(long, requires = "retire")]
+    pub grace: Option<String>,
+    /// With --mode add: the new key's share of the requests (default 1).
+    #[arg(long)]
+    pub weight: Option<u32>,
+}
+
 /// `keyproxy rotate`: POST the new key to a running keyproxy's admin API.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn rotate(
     upstream: String,
     name: Option<String>,
-    key_file: Option<PathBuf>,
+    (key_file, key_stdin): (Option<PathBuf>, bool),
     admin: Option<String>,
     probe: bool,
     expiry: Expiry,
+    pool: PoolChange,
     config_path: PathBuf,
 ) -> anyhow::Result<ExitCode> {
+    let mode = pool.mode;
     let mut query: Vec<String> = Vec::new();
+    anyhow::ensure!(
+        mode == Mode::Retire || key_file.is_some() || key_stdin,
+        "give the new key with --key-file PATH or --key-stdin"
+    );
+    anyhow::ensure!(
+        mode != Mode::Replace || (pool.retire.is_none() && pool.weight.is_none()),
+        "--retire, --grace and --weight go with --mode add"
+    );
+    anyhow::ensure!(
+        name.is_some() || mode == Mode::Replace,
+        "--mode {} needs --name (the key to {})",
+        mode.as_str(),
+        match mode {
+            Mode::Add => "add",
+            _ => "retire",
+        }
+    );
+    if mode != Mode::Replace {
+        query.push(format!("mode={}", mode.as_str()));
+    }
+    if let Some(old) = &pool.retire {
+        anyhow::ensure!(
+            keyproxy::config::valid_name(old),
+            "--retire {old:?}: key names use only letters, digits, '-' and '_'"
+        );
+        query.push(format!("retire={old}"));
+    }
+    if let Some(grace) = &pool.grace {
+        keyproxy::time::parse_duration(grace)
+            .map_err(|e| anyhow::anyhow!("--grace {grace:?}: {e}; write e.g. 24h"))?;
+        query.push(format!("grace={grace}"));
+    }
+    if let Some(weight) = pool.weight {
+        query.push(format!("weight={weight}"));
+    }
     if let Some(name) = &name {
         // The config allows no other names, so there is nothing to escape.
         anyhow::ensure!(
@@ -81,9 +160,10 @@ pub(crate) async fn rotate(
             ),
         },
     };
-    let key = match key_file {
-        Some(path) => KeySource::File(path).read().await?,
-        None => read_key_from_stdin(&upstream)?,
+    let key = match (mode, key_file) {
+        (Mode::Retire, _) => Secret::new(String::new()),
+        (_, Some(path)) => KeySource::File(path).read().await?,
+        (_, None) => read_key_from_stdin(&upstream)?,
     };
     let url = format!(
         "{}/keys/{upstream}{}{}",
@@ -119,13 +199,44 @@ pub(crate) async fn rotate(
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    if status.is_success() {
+    if status.is_success() && mode == Mode::Retire {
         println!(
-            "✓ {upstream}: {} {} (generation {})",
+            "✓ {upstream}: key {} retired ({}); apps still sending it are named in the log and on /status",
+            v["key"].as_str().unwrap_or("?"),
+            v["fingerprint"].as_str().unwrap_or("?"),
+        );
+        Ok(ExitCode::SUCCESS)
+    } else if status.is_success() {
+        // `add` names the key that joined; a rotation in place reads as it always did.
+        let key = match mode {
+            Mode::Add => format!("{} ", v["key"].as_str().unwrap_or("?")),
+            _ => String::new(),
+        };
+        println!(
+            "✓ {upstream}: {key}{} {} (generation {})",
             v["result"].as_str().unwrap_or("applied"),
             v["fingerprint"].as_str().unwrap_or("?"),
             v["generation"]
         );
+        match (&v["retires"]["at"], &v["retires"]["error"]) {
+            (_, serde_json::Value::String(e)) => println!(
+                "⚠ {upstream}: {} stays in the pool: {e}",
+                v["retires"]["key"].as_str().unwrap_or("?")
+            ),
+            (serde_json::Value::String(at), _) => println!(
+                "  {} retires at {at}; both keys serve until then",
+                v["retires"]["key"].as_str().unwrap_or("?")
+            ),
+            _ => {
+                if let Some(at) = v["retires"]["retired_at"].as_str() {
+                    println!(
+                        "  {} retired at {at} ({})",
+                        v["retires"]["key"].as_str().unwrap_or("?"),
+                        v["retires"]["fingerprint"].as_str().unwrap_or("?")
+                    );
+                }
+            }
+        }
         match v["expires_at"].as_str() {
             Some(at) => println!("  expires {at}"),
             None => println!("  expiry unknown (give --expires-at or --max-age to be warned before it stops working)"),

@@ -20,6 +20,8 @@ pub trait KeyHistory: Send + Sync {
     fn refused(&self, refusal: &Refused<'_>);
     /// An app sent a retired key. Must not block: called on the request path.
     fn sighted(&self, sighting: Sighting);
+    /// A key left its pool for good, with no key taking its place.
+    fn retired(&self, _retirement: &Retirement<'_>) {}
     /// Whether what it is told outlives the process.
     fn durable(&self) -> bool {
         true
@@ -35,7 +37,8 @@ pub struct InService {
     pub len: usize,
     pub generation: u64,
     /// The key itself, only for a key rotated in through the admin API whose source cannot be
-    /// rewritten (env, command, a read-only file).
+    /// rewritten (env, command, a read-only file). The store keeps it in a 0600 file beside the
+    /// database, never in it.
     pub stored: Option<Secret>,
 }
 
@@ -95,6 +98,15 @@ pub struct Refused<'a> {
     pub kept: Option<(&'a Fingerprint, u64)>,
     pub code: &'a str,
     pub sentence: &'a str,
+}
+
+/// A key retired from its pool (`KeyLifecycle::retire_in_service`).
+#[derive(Debug)]
+pub struct Retirement<'a> {
+    pub upstream: &'a str,
+    pub at: SystemTime,
+    pub who: &'a str,
+    pub retired: &'a RetiredKey,
 }
 
 /// A retired key seen in a request, and the app that sent it.

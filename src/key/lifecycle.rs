@@ -167,6 +167,8 @@ pub struct KeyLifecycle {
     metrics: Arc<UpstreamMetrics>,
     /// The durable memory, attached once before the first load (none: `Forgetful`).
     history: OnceLock<Arc<dyn KeyHistory>>,
+    /// One key of several: without a key it leaves requests to the others (see `in_pool`).
+    pooled: std::sync::atomic::AtomicBool,
 }
 
 impl KeyLifecycle {
@@ -179,6 +181,7 @@ impl KeyLifecycle {
             rotating: tokio::sync::Mutex::new(()),
             metrics,
             history: OnceLock::new(),
+            pooled: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -236,7 +239,7 @@ impl KeyLifecycle {
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.settings.source.to_string();
         if let Some(warning) = self.settings.source.permission_warning() {
-            tracing::warn!(upstream = %self.settings.upstream, "{warning}");
+            tracing::warn!(upstream = %self.settings.upstream, key = self.pool_key(), "{warning}");
         }
         let stored = self.remember(self.history().recall(&self.settings.history));
         let startup = |from_source: bool, keep: bool| Why {
@@ -252,7 +255,7 @@ impl KeyLifecycle {
             Ok(secret) => secret,
             Err(e) => {
                 if let Some(stored) = stored {
-                    tracing::warn!(upstream = %self.settings.upstream, "{e}; using the key rotated in through the admin API and kept in the state store ({})", Fingerprint::of(stored.expose()));
+                    tracing::warn!(upstream = %self.settings.upstream, key = self.pool_key(), "{e}; using the key rotated in through the admin API and kept in the state store ({})", Fingerprint::of(stored.expose()));
                     return self.admit(&stored, &startup(false, true), None).await;
                 }
                 let refusal = Refusal::Source(e.to_string());
@@ -266,7 +269,7 @@ impl KeyLifecycle {
             let refusal = self.retired_refusal(&source, &old);
             if let Some(stored) = stored.filter(|k| self.retired_match(k.expose()).is_none()) {
                 tracing::warn!(
-                    upstream = %self.settings.upstream,
+                    upstream = %self.settings.upstream, key = self.pool_key(),
                     "{refusal}; until then the key rotated in through the admin API and kept in the state store ({}) is used",
                     Fingerprint::of(stored.expose())
                 );
@@ -488,7 +491,7 @@ impl KeyLifecycle {
             });
         }
         for warning in findings.iter().filter(|f| f.severity == Severity::Warning) {
-            tracing::warn!(upstream = %self.settings.upstream, lint = %warning.code, "{}", warning.message);
+            tracing::warn!(upstream = %self.settings.upstream, key = self.pool_key(), lint = %warning.code, "{}", warning.message);
         }
         Ok(findings)
     }
@@ -621,13 +624,13 @@ impl KeyLifecycle {
                 keep: keep.then_some(secret),
             };
             if let Err(e) = self.history().applied(&applied) {
-                tracing::error!(upstream = %self.settings.upstream, "the state store could not record the rotation ({e}); the new key is in service, and after a restart keyproxy may not remember it");
+                tracing::error!(upstream = %self.settings.upstream, key = self.pool_key(), "the state store could not record the rotation ({e}); the new key is in service, and after a restart keyproxy may not remember it");
             }
         }
         self.store.swap_in(Arc::clone(&state));
         match &retired {
             Some(old) => tracing::info!(
-                upstream = %self.settings.upstream,
+                upstream = %self.settings.upstream, key = self.pool_key(),
                 trigger = trigger.as_str(),
                 who = why.who,
                 from = %old.fingerprint,
@@ -637,7 +640,7 @@ impl KeyLifecycle {
                 "key rotated"
             ),
             None => {
-                tracing::info!(upstream = %self.settings.upstream, trigger = trigger.as_str(), key = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded")
+                tracing::info!(upstream = %self.settings.upstream, key = self.pool_key(), trigger = trigger.as_str(), fingerprint = %new.fingerprint, generation = new.generation, source = %new.source, "key loaded")
             }
         }
         self.publish(new);
@@ -680,12 +683,12 @@ impl KeyLifecycle {
                     false
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %upstream, "cannot rewrite the key file {} ({e}); {kept_where}", path.display());
+                    tracing::warn!(upstream = %upstream, key = self.pool_key(), "cannot rewrite the key file {} ({e}); {kept_where}", path.display());
                     true
                 }
             },
             other => {
-                tracing::warn!(upstream = %upstream, "{other} still holds the key this rotation retired; {kept_where}; update {other}");
+                tracing::warn!(upstream = %upstream, key = self.pool_key(), "{other} still holds the key this rotation retired; {kept_where}; update {other}");
                 true
             }
         }
@@ -730,17 +733,24 @@ impl KeyLifecycle {
     }
 
     fn unusable(&self, reason: Reason, message: String) {
-        tracing::error!(
-            upstream = %self.settings.upstream,
-            reason = %reason,
-            "NO USABLE KEY: {message}. Requests to this upstream get 503 and /readyz stays 503 until it is fixed."
-        );
+        let pooled = self.pooled.load(std::sync::atomic::Ordering::Relaxed);
+        if pooled {
+            let name = self.pool_key().unwrap_or_default();
+            tracing::warn!(upstream = %self.settings.upstream, key = name, reason = %reason, "key {name} has no usable key: {message}; requests use the pool's other keys");
+        } else {
+            tracing::error!(
+                upstream = %self.settings.upstream, key = self.pool_key(),
+                reason = %reason,
+                "NO USABLE KEY: {message}. Requests to this upstream get 503 and /readyz stays 503 until it is fixed."
+            );
+        }
         self.store.mark_unavailable(Unavailable {
             reason,
             message,
             source: self.settings.source.to_string().into(),
         });
-        if self.settings.primary {
+        // In a pool the upstream still has a key while another is loaded (`/readyz` says which).
+        if self.settings.primary && !pooled {
             self.metrics.key_usable.set(0);
         }
     }
@@ -756,7 +766,7 @@ impl KeyLifecycle {
         let kept = in_service.snapshot();
         match kept {
             Some(k) => tracing::warn!(
-                upstream = %self.settings.upstream,
+                upstream = %self.settings.upstream, key = self.pool_key(),
                 trigger = trigger.as_str(),
                 code = refusal.code(),
                 kept = %k.fingerprint,
@@ -765,7 +775,7 @@ impl KeyLifecycle {
                 k.generation
             ),
             None => {
-                tracing::warn!(upstream = %self.settings.upstream, trigger = trigger.as_str(), code = refusal.code(), "key refused: {refusal}")
+                tracing::warn!(upstream = %self.settings.upstream, key = self.pool_key(), trigger = trigger.as_str(), code = refusal.code(), "key refused: {refusal}")
             }
         }
         self.metrics
@@ -812,16 +822,16 @@ impl KeyLifecycle {
         let when = expiry::describe(at, now);
         if threshold == 0 {
             tracing::warn!(
-                upstream = %self.settings.upstream,
-                key = %key.fingerprint,
+                upstream = %self.settings.upstream, key = self.pool_key(),
+                fingerprint = %key.fingerprint,
                 "the key {} expired {when}; requests still go, and the provider will refuse them: create a new key and rotate it in (update {}, or `keyproxy rotate`)",
                 key.fingerprint,
                 key.source
             );
         } else {
             tracing::warn!(
-                upstream = %self.settings.upstream,
-                key = %key.fingerprint,
+                upstream = %self.settings.upstream, key = self.pool_key(),
+                fingerprint = %key.fingerprint,
                 warned_at_days = threshold,
                 "the key {} expires {when}; create a new key and rotate it in before then (update {}, or `keyproxy rotate`)",
                 key.fingerprint,
@@ -858,7 +868,7 @@ impl KeyLifecycle {
         tracing::warn!(
             client = %app.peer,
             app = %name,
-            upstream = %self.settings.upstream,
+            upstream = %self.settings.upstream, key = self.pool_key(),
             retired_key = %old.fingerprint,
             rotated_out_at = %when,
             "this app ({name}) still holds the key that was rotated out at {when} ({}); remove it from the app — keyproxy supplies the key",
@@ -888,6 +898,91 @@ impl KeyLifecycle {
         match &*self.store.current() {
             KeyState::Ready(_) => None,
             KeyState::Unavailable(why) => Some(why.clone()),
+        }
+    }
+}
+
+/// A pool's run-time membership: a key added through the admin API joins, a key retired from the
+/// pool leaves for good (its key remembered as retired).
+impl KeyLifecycle {
+    /// The key's name in its pool, for log lines: `None` for the one key of a `key = …`
+    /// upstream, which is named after the upstream once a key is added to it.
+    pub fn pool_key(&self) -> Option<&str> {
+        let named = self
+            .settings
+            .history
+            .strip_prefix(&*self.settings.upstream)
+            .and_then(|rest| rest.strip_prefix('/'));
+        match named {
+            Some(name) => Some(name),
+            None if self.pooled.load(std::sync::atomic::Ordering::Relaxed) => {
+                Some(&self.settings.upstream)
+            }
+            None => None,
+        }
+    }
+
+    /// This key is one of several of its upstream (a pool, or a `key = …` upstream a key was
+    /// added to): without a key of its own it says so as one key of a pool, not as the upstream.
+    pub fn in_pool(&self) {
+        self.pooled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What the durable history knows this key by (`upstream` or `upstream/name`).
+    pub fn history_name(&self) -> &str {
+        &self.settings.history
+    }
+
+    /// A key joining a pool at run time: take in what the store remembers of its name (retired
+    /// keys, generations) before its first key is admitted through `rotate_with`.
+    pub fn recall(&self) {
+        let _ = self.remember(self.history().recall(&self.settings.history));
+    }
+
+    /// Take the key in service out of use for good (it leaves its pool): it is remembered as
+    /// retired — an app still sending it is told, a source still holding it is refused — and
+    /// this lifecycle holds no key until its source yields another one.
+    pub async fn retire_in_service(&self, who: &'static str, why: &str) -> Option<RetiredKey> {
+        let _one_at_a_time = self.rotating.lock().await;
+        let now = SystemTime::now();
+        let mut old = self.memory().in_service.take()?;
+        old.retired_at = now;
+        self.retire(Some(old.clone()), [0; 32]);
+        self.history().retired(&history::Retirement {
+            upstream: &self.settings.history,
+            at: now,
+            who,
+            retired: &old,
+        });
+        self.store.mark_unavailable(Unavailable {
+            reason: Reason::RevokedKey,
+            message: format!("the key {} was retired: {why}", old.fingerprint),
+            source: self.settings.source.to_string().into(),
+        });
+        self.metrics
+            .rotation(Trigger::Admin.as_str(), RotationResult::Applied.as_str());
+        // The upstream-wide expiry gauge must not keep warning about a key no longer in use.
+        if self.settings.primary {
+            self.metrics.set_expiry(None);
+        }
+        Some(old)
+    }
+
+    /// `sent` is one of this key's retired keys: the app is named (as `observe_client_credential`
+    /// does) and true is returned.
+    pub fn sighted_retired(&self, sent: &str, app: App<'_>) -> bool {
+        let retired = self.retired.load();
+        if !retired.iter().any(|r| r.len == sent.len()) {
+            return false;
+        }
+        let hash = self.salted(sent);
+        match retired.iter().find(|r| r.digest == hash) {
+            Some(old) => {
+                self.sighted(old, app);
+                true
+            }
+            None => false,
         }
     }
 }

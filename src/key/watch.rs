@@ -20,6 +20,8 @@ use super::rotation::Trigger;
 /// The key lifecycles to watch, each with the probe that vouches for its candidates.
 pub trait Watched: Send + Sync + 'static {
     fn lifecycles(&self) -> Vec<(&KeyLifecycle, &dyn KeyProbe)>;
+    /// After each round of re-reads (a pool's picture follows its keys' generations).
+    fn reloaded(&self) {}
 }
 
 /// Writers touch a file several times in a row (truncate, write, rename): events this close
@@ -207,6 +209,7 @@ pub fn spawn<W: Watched>(
                 }
                 key.reload(trigger, false, probe).await;
             }
+            watched.reloaded();
         }
     })
 }

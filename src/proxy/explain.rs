@@ -76,7 +76,8 @@ pub async fn explain(
 
     let now = SystemTime::now();
     let snapshot = key.snapshot();
-    let last_attempt = upstream.key.last_attempt();
+    // The refused key's own last rotation (in a pool, not the first key's).
+    let last_attempt = upstream.last_attempt_for(key);
     let knowledge = Knowledge {
         expires_at: snapshot.and_then(|k| k.expires_at),
         lint_warnings: snapshot.map_or(&[][..], |k| &k.warnings[..]),

@@ -68,6 +68,12 @@ impl crate::key::watch::Watched for Proxy {
             .flat_map(|u| u.lifecycles().map(move |key| (key, u as &dyn KeyProbe)))
             .collect()
     }
+
+    fn reloaded(&self) {
+        for upstream in self.upstreams.iter().filter(|u| u.keys.is_pool()) {
+            upstream.refresh_keys();
+        }
+    }
 }
 
 impl Proxy {
@@ -249,12 +255,12 @@ impl Proxy {
                 let status = response.status().as_u16();
                 let key = match &served_by {
                     Some((slot, key)) => {
-                        upstream.keys.metrics.request(*slot, status);
+                        upstream.keys.request(*slot, status);
                         key
                     }
                     None => {
                         if let Some(slot) = routed.slot {
-                            upstream.keys.metrics.request(slot, status);
+                            upstream.keys.request(slot, status);
                         }
                         &routed.key
                     }
@@ -431,9 +437,7 @@ impl Proxy {
                     headers: req.headers(),
                     peer,
                 };
-                upstream
-                    .lifecycle(slot.unwrap_or(0))
-                    .observe_client_credential(sent, app, snapshot);
+                upstream.observe_credential(slot, sent, app, snapshot);
             }
         }
         let upgrade = websocket::is_upgrade(req.headers());
@@ -683,8 +687,8 @@ fn failing_over<'a>(
             return (response, None);
         };
         let req = replay.with_key(upstream, &snapshot.header);
-        let names = &upstream.keys.names;
-        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, reason = reason.as_str(), from = %names[tried.slot], to = %names[slot], key = %snapshot.fingerprint, "failover: key {} was refused ({reason}); the request goes again on key {}", names[tried.slot], names[slot]);
+        let (from, to) = (upstream.keys.name(tried.slot), upstream.keys.name(slot));
+        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, reason = reason.as_str(), from = %from, to = %to, key = %snapshot.fingerprint, "failover: key {from} was refused ({reason}); the request goes again on key {to}");
         upstream.keys.metrics.failover(reason);
         let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
         let answer = match upstream.pool.send(req, deadline).await {
@@ -695,7 +699,6 @@ fn failing_over<'a>(
         // The refused attempt counts for its key; the answer the app gets, for the next one.
         upstream
             .keys
-            .metrics
             .request(tried.slot, response.status().as_u16());
         drop(response);
         let mut again = proxy

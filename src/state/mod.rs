@@ -4,6 +4,8 @@
 //! for the lifecycle. Nothing here runs per request: sightings and diagnoses go to a writer
 //! thread over a bounded channel and are dropped when it is behind.
 
+mod kept;
+pub mod pool;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::time::SystemTime;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use crate::key::history::{Applied, InService, KeyHistory, Recalled, Refused, Sighting};
+use crate::key::history::{
+    Applied, InService, KeyHistory, Recalled, Refused, Retirement, Sighting,
+};
 use crate::key::rotation::RetiredKey;
-use crate::key::{Fingerprint, Secret};
+use crate::key::Fingerprint;
 use crate::metrics::UsageSink;
 use crate::time::rfc3339_string;
 
@@ -60,6 +64,7 @@ enum Write {
     Sighting(Sighting),
     Diagnosis(DiagnosisRow),
     Usage(UsageRow),
+    Standing(pool::StandingWrite),
 }
 
 /// Tokens by day, upstream, client and model.
@@ -136,6 +141,7 @@ impl Store {
         let mut conn = Connection::open(&path).map_err(sql)?;
         configure(&conn).map_err(sql)?;
         migrate(&mut conn, &path)?;
+        kept::move_out_of_the_database(&conn, dir).map_err(sql)?;
         let salt = read_salt(&conn).map_err(sql)?;
         let writer_conn = Connection::open(&path).map_err(sql)?;
         configure(&writer_conn).map_err(sql)?;
@@ -441,10 +447,14 @@ fn read_salt(conn: &Connection) -> Result<[u8; 32], rusqlite::Error> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StateError> {
-    let err = |source| StateError::Dir {
+    private_dir(dir).map_err(|source| StateError::Dir {
         path: dir.to_owned(),
         source,
-    };
+    })
+}
+
+/// `dir` and its missing parents, created 0700 (the state directory, and where keys are kept in it).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -452,7 +462,7 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(err)
+    builder.create(dir)
 }
 
 /// The file exists 0600 before SQLite opens it (its -wal and -shm files take the same mode).
@@ -494,6 +504,7 @@ fn apply(conn: &Connection, write: Write) -> Result<(), rusqlite::Error> {
                 params![d.upstream, DIAGNOSES_KEPT],
             )?;
         }
+        Write::Standing(w) => pool::apply_standing(conn, w)?,
         Write::Usage(mut u) => {
             let known: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM usage_daily WHERE day = ?1 AND upstream = ?2 AND model = ?3)",
@@ -539,7 +550,7 @@ impl Store {
         let conn = self.conn();
         let in_service = conn
             .query_row(
-                "SELECT fingerprint, key_hash, key_length, generation, key FROM keys_in_service WHERE upstream = ?1",
+                "SELECT fingerprint, key_hash, key_length, generation, key_file FROM keys_in_service WHERE upstream = ?1",
                 [upstream],
                 |r| {
                     let fingerprint: String = r.get(0)?;
@@ -548,7 +559,9 @@ impl Store {
                         hash: hash_of(r.get(1)?),
                         len: r.get(2)?,
                         generation: r.get(3)?,
-                        stored: r.get::<_, Option<String>>(4)?.map(Secret::new),
+                        stored: r
+                            .get::<_, Option<String>>(4)?
+                            .and_then(|file| kept::read(upstream, Path::new(&file))),
                     })
                 },
             )
@@ -625,12 +638,15 @@ impl Store {
             "DELETE FROM retired_keys WHERE upstream = ?1 AND key_hash = ?2",
             params![a.upstream, &a.hash[..]],
         )?;
+        // A key kept for the next start goes to a 0600 file beside the store, never into it.
+        let key_file = kept::keep(&self.dir(), a.upstream, a.keep)?;
         tx.execute(
-            "INSERT INTO keys_in_service (upstream, fingerprint, key_hash, key_length, generation, since, key)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO keys_in_service (upstream, fingerprint, key_hash, key_length, generation, since, key, key_file)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)
              ON CONFLICT (upstream) DO UPDATE SET fingerprint = excluded.fingerprint, key_hash = excluded.key_hash,
-                key_length = excluded.key_length, generation = excluded.generation, since = excluded.since, key = excluded.key",
-            params![a.upstream, a.fingerprint.as_str(), &a.hash[..], a.len, a.generation, at, a.keep.map(Secret::expose)],
+                key_length = excluded.key_length, generation = excluded.generation, since = excluded.since,
+                key = NULL, key_file = excluded.key_file",
+            params![a.upstream, a.fingerprint.as_str(), &a.hash[..], a.len, a.generation, at, key_file.map(|f| f.display().to_string())],
         )?;
         if let (true, Some(expires)) = (a.explicit_expiry, a.expires_at) {
             tx.execute(
@@ -685,6 +701,41 @@ impl KeyHistory for Store {
 
     fn sighted(&self, sighting: Sighting) {
         self.queue(Write::Sighting(sighting));
+    }
+
+    fn retired(&self, r: &Retirement<'_>) {
+        if let Err(e) = self.try_retired(r) {
+            tracing::warn!(
+                upstream = r.upstream,
+                "state store: cannot record the retired key: {e}"
+            );
+        }
+    }
+}
+
+impl Store {
+    fn try_retired(&self, r: &Retirement<'_>) -> Result<(), rusqlite::Error> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let at = rfc3339_string(r.at);
+        let old = r.retired;
+        tx.execute(
+            "INSERT INTO rotations (at, upstream, trigger, who, result, from_fingerprint, from_generation)
+             VALUES (?1, ?2, 'admin', ?3, 'retired', ?4, ?5)",
+            params![at, r.upstream, r.who, old.fingerprint.as_str(), old.generation],
+        )?;
+        tx.execute(
+            "INSERT INTO retired_keys (upstream, fingerprint, key_hash, key_length, generation, retired_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (upstream, key_hash) DO UPDATE SET generation = excluded.generation, retired_at = excluded.retired_at",
+            params![r.upstream, old.fingerprint.as_str(), &old.digest[..], old.len, old.generation, at],
+        )?;
+        tx.execute(
+            "DELETE FROM keys_in_service WHERE upstream = ?1",
+            [r.upstream],
+        )?;
+        kept::keep(&self.dir(), r.upstream, None)?;
+        tx.commit()
     }
 }
 
@@ -748,6 +799,65 @@ mod tests {
             store.diagnoses(&query).unwrap().is_empty(),
             "the new tables exist"
         );
+    }
+
+    #[test]
+    fn a_key_an_older_store_kept_moves_to_a_private_file_and_leaves_no_trace_in_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let key = format!("sk-proj-KEPTINTHEDB{}", "x".repeat(140));
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO keys_in_service VALUES ('openai', 'sk-proj-…xxxx:01020304', x'00', 160, 2, '2026-12-01T10:00:00Z', ?1)",
+                [&key],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let kept = dir.path().join("kept/openai");
+        assert_eq!(std::fs::read_to_string(&kept).unwrap().trim_end(), key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let recalled = store.recall("openai");
+        let stored = recalled.in_service.unwrap().stored.unwrap();
+        assert_eq!(stored.expose(), key, "the next start still finds it");
+        drop(store);
+        for name in [FILE_NAME, "keyproxy.db-wal"] {
+            let bytes = std::fs::read(dir.path().join(name)).unwrap_or_default();
+            assert!(
+                !bytes.windows(19).any(|w| w == b"sk-proj-KEPTINTHEDB"),
+                "{name} still holds the key"
+            );
+        }
+        // A later rotation from the source keeps nothing: the file goes.
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .applied(&Applied {
+                upstream: "openai",
+                at: SystemTime::now(),
+                trigger: crate::key::rotation::Trigger::File,
+                who: "file",
+                retired: None,
+                fingerprint: &Fingerprint::from_stored("sk-proj-…yyyy:01020304"),
+                generation: 3,
+                hash: [1; 32],
+                len: 160,
+                expires_at: None,
+                explicit_expiry: false,
+                keep: None,
+            })
+            .unwrap();
+        assert!(!kept.exists());
+        assert!(store.recall("openai").in_service.unwrap().stored.is_none());
     }
 
     #[test]

@@ -79,6 +79,35 @@ pub const MIGRATIONS: &[&str] = &[
         tokens_out INTEGER NOT NULL,
         PRIMARY KEY (day, upstream, client, model)
     );",
+    // 3: a pool's run-time membership and each key's standing, so both outlive a restart. A key
+    // added at run time lives in a 0600 file under the state directory: `file` names it, the key
+    // itself is never here. Likewise a key kept for the next start (`keys_in_service.key_file`;
+    // `Store::open` moves what the old `key` column held out to such files and clears it).
+    "ALTER TABLE keys_in_service ADD COLUMN key_file TEXT;
+    CREATE TABLE pool_members (
+        upstream   TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        file       TEXT,
+        weight     INTEGER NOT NULL DEFAULT 1,
+        added_at   TEXT,
+        retire_at  TEXT,
+        retired_at TEXT,
+        generation INTEGER,
+        fingerprint TEXT,
+        PRIMARY KEY (upstream, name)
+    );
+    CREATE TABLE key_standings (
+        upstream    TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        cause       TEXT,
+        since       TEXT NOT NULL,
+        until       TEXT,
+        rested_ms   INTEGER,
+        generation  INTEGER NOT NULL,
+        fingerprint TEXT NOT NULL,
+        PRIMARY KEY (upstream, name)
+    );",
 ];
 
 /// The version this keyproxy writes.

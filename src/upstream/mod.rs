@@ -10,6 +10,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::Uri;
 
 pub mod keys;
+pub mod members;
 pub mod pool;
 
 use crate::config::UpstreamConfig;
@@ -125,40 +126,59 @@ impl Upstream {
             .auth_prefix
             .clone()
             .unwrap_or_else(|| default_prefix.to_owned());
-        let names: Vec<Arc<str>> = cfg.keys.iter().map(|k| k.name.as_str().into()).collect();
-        let key_metrics = metrics.keys(&cfg.name, &names);
+        let key_metrics = metrics.keys(&cfg.name);
         let metrics = metrics.upstream(&cfg.name);
-        // `key = …` keeps its history under the upstream's name, as before pools existed.
-        let mut lives = cfg.keys.iter().enumerate().map(|(i, k)| {
-            let history: Arc<str> = match cfg.is_pool() {
+        let settings = |i: usize, k: &crate::config::PoolKeyConfig| KeySettings {
+            upstream: Arc::clone(&name),
+            // `key = …` keeps its history under the upstream's name, as before pools existed.
+            history: match cfg.is_pool() {
                 false => Arc::clone(&name),
                 true => format!("{}/{}", cfg.name, k.name).into(),
-            };
-            KeyLifecycle::new(
-                KeySettings {
-                    upstream: Arc::clone(&name),
-                    history,
-                    primary: i == 0,
-                    provider: cfg.provider,
-                    host: authority.host().to_owned(),
-                    auth_prefix: auth_prefix.clone(),
-                    source: k.source.clone(),
-                    expiry: k.expiry.clone(),
-                    validate_on_rotate: cfg.validate_on_rotate,
-                    lint: cfg.lint,
-                },
-                Arc::clone(&metrics),
-            )
-        });
+            },
+            primary: i == 0,
+            provider: cfg.provider,
+            host: authority.host().to_owned(),
+            auth_prefix: auth_prefix.clone(),
+            source: k.source.clone(),
+            expiry: k.expiry.clone(),
+            validate_on_rotate: cfg.validate_on_rotate,
+            lint: cfg.lint,
+        };
+        let first = cfg
+            .keys
+            .first()
+            .ok_or(pool::PoolError::NoKey(cfg.name.clone()))?;
+        // A key added at run time is set up as the first one is, with the upstream's expiry.
+        let mut template = settings(0, first);
+        template.expiry = cfg.expiry.clone();
+        let mut lives = cfg
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| KeyLifecycle::new(settings(i, k), Arc::clone(&metrics)));
         let key = lives
             .next()
             .ok_or(pool::PoolError::NoKey(cfg.name.clone()))?;
+        let members = cfg
+            .keys
+            .iter()
+            .map(|k| {
+                let name: Arc<str> = k.name.as_str().into();
+                keys::Member {
+                    metric: key_metrics.member(&name),
+                    name,
+                    weight: k.weight,
+                }
+            })
+            .collect();
         let keys = keys::KeyPool::new(
-            names,
-            cfg.keys.iter().map(|k| k.weight).collect(),
+            members,
             lives.collect(),
             cfg.cooldown,
+            cfg.grace,
             key_metrics,
+            template,
+            Arc::clone(&metrics),
         );
         Ok(Upstream {
             name,

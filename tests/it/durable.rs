@@ -326,13 +326,26 @@ async fn an_env_source_still_holding_the_retired_key_is_refused_and_the_stored_k
         "{logs}"
     );
 
-    // The store: private, and the only key in it is the one rotated in for an env source.
+    // The store: private; the key rotated in for an env source is kept in a 0600 file beside
+    // it, never in it.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.path().join("state")), 0o700);
         assert_eq!(mode(&dir.path().join("state/keyproxy.db")), 0o600);
+        assert_eq!(mode(&dir.path().join("state/kept/openai")), 0o600);
+    }
+    let kept = std::fs::read_to_string(dir.path().join("state/kept/openai")).unwrap();
+    assert_eq!(kept.trim_end(), a);
+    for name in ["keyproxy.db", "keyproxy.db-wal"] {
+        let bytes = std::fs::read(dir.path().join("state").join(name)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(8)
+                .any(|w| w == b"ENVKEEPa" || w == b"ENVKEEPb"),
+            "{name} holds a key"
+        );
     }
 }
 

@@ -22,6 +22,7 @@ mod http1_differential;
 mod layers;
 mod observability;
 mod pool;
+mod pool_membership;
 mod pools;
 mod rotation;
 mod security;

@@ -209,7 +209,11 @@ async fn with_every_key_refused_the_app_gets_keys_exhausted_naming_each_key() {
     assert_eq!(row["state"], "active");
     assert_eq!(row["fingerprint"], Fingerprint::of(&fresh).as_str());
     assert_eq!(send(rotate("?name=zzz", &fresh)).await.0.status, 404);
-    assert_eq!(send(rotate("?name=b&mode=add", &fresh)).await.0.status, 400);
+    // `mode=add` under a name the pool holds already is a conflict, not a rotation.
+    let (resp, body) = send(rotate("?name=b&mode=add", &fresh)).await;
+    assert_eq!(resp.status, 409);
+    assert_eq!(json(&body)["error"]["code"], "name_taken");
+    assert_eq!(send(rotate("?mode=rotate", &fresh)).await.0.status, 400);
     proxy.stop().await;
 }
 
