@@ -786,6 +786,16 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             ))
         }
     };
+    // One auth header per upstream: a pool's keys are all token credentials or none.
+    if keys.iter().any(|k| k.source.minted().is_some())
+        && keys.iter().any(|k| k.source.minted().is_none())
+    {
+        return Err(ctx.error(
+            up.name.span(),
+            field("keys"),
+            "a pool mixes token credentials (oauth2, azure_ad, google_service_account) with plain keys; they go in different headers, so make them separate upstreams",
+        ));
+    }
     Ok(UpstreamConfig {
         name: up.name.into_inner(),
         provider,

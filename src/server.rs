@@ -60,6 +60,8 @@ pub struct Server {
     watcher: AbortOnDrop,
     /// The event-loop threads that serve proxy connections besides this runtime.
     workers: Workers,
+    /// One task per token credential, replacing its token before it expires.
+    refreshers: Vec<AbortOnDrop>,
 }
 
 /// A background task that ends with its owner.
@@ -110,6 +112,10 @@ impl Server {
             }
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             for key in upstream.lifecycles() {
+                if let Some(refresher) = key.refresher() {
+                    refresher
+                        .attach_explainer(Arc::new(crate::diagnose::token_endpoint::TokenEndpoint));
+                }
                 let _ = key.load_initial().await;
             }
             upstream.refresh_keys();
@@ -137,6 +143,10 @@ impl Server {
                 config.server.key_settle,
             )),
             workers: Workers::start(loops).map_err(ServerError::Workers)?,
+            refreshers: key::minted::refresh::spawn(Arc::clone(&proxy_for_watch))
+                .into_iter()
+                .map(AbortOnDrop)
+                .collect(),
         })
     }
 
@@ -162,6 +172,8 @@ impl Server {
         tracing::info!(addr = %self.admin_addr(), "admin listening");
         let expiry = AbortOnDrop(tokio::spawn(check_expiry(Arc::clone(&self.proxy))));
         let watcher = self.watcher;
+        // Tokens keep being refreshed while in-flight requests drain.
+        let refreshers = self.refreshers;
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = self.shutdown_grace;
         let header_timeout = self.client_header_timeout;
@@ -251,6 +263,7 @@ impl Server {
         if let Ok(workers) = Arc::try_unwrap(workers) {
             workers.finish().await;
         }
+        drop(refreshers);
         tracing::info!("shutdown complete");
     }
 }

@@ -518,6 +518,7 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "key": key,
         "keys": keys_status(u),
         "last_rotation": u.key.last_attempt(),
+        "credential": u.key.credential_status(),
         "retired_keys": retired_status(u, store),
         "requests": {
             "total": u.metrics.requests_total(),

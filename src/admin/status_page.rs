@@ -126,6 +126,7 @@ fn upstream(page: &mut String, up: &Value) {
             esc(str_of(&key["problem"]["message"]))
         );
     }
+    credential(page, &up["credential"]);
     let last = &up["last_rotation"];
     if last.is_object() {
         let class = if last["result"] == "applied" {
@@ -200,6 +201,35 @@ fn upstream(page: &mut String, up: &Value) {
 }
 
 /// A pool's keys (more than one), each with its state and why.
+/// A token credential: its kind and client, when the token expires, the last refresh.
+fn credential(page: &mut String, c: &Value) {
+    if !c.is_object() {
+        return;
+    }
+    let class = match c["last_result"].as_str() {
+        Some("ok") => "ok",
+        Some(_) => "bad",
+        None => "muted",
+    };
+    let _ = write!(
+        page,
+        "<tr><th>credential</th><td>{} (client <code>{}</code>, token endpoint {})</td></tr>\
+         <tr><th>token expires</th><td>{}</td></tr>\
+         <tr><th>last refresh</th><td class=\"{class}\">{} at {}{}; next at {}</td></tr>",
+        esc(str_of(&c["kind"])),
+        esc(str_of(&c["client"])),
+        esc(str_of(&c["endpoint"])),
+        esc(str_of(&c["token_expires_at"])),
+        esc(c["last_result"].as_str().unwrap_or("none yet")),
+        esc(str_of(&c["last_refresh_at"])),
+        match c["problem"]["message"].as_str() {
+            Some(m) => format!(": {} ({})", esc(m), esc(str_of(&c["problem"]["reason"]))),
+            None => String::new(),
+        },
+        esc(str_of(&c["next_refresh_at"])),
+    );
+}
+
 fn pool(page: &mut String, up: &Value) {
     let keys = up["keys"].as_array().map_or(&[][..], Vec::as_slice);
     if keys.len() < 2 {

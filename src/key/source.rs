@@ -4,10 +4,12 @@
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
+use super::minted::MintedSource;
 use super::Secret;
 
 /// Larger than any real API key by far; a file bigger than this is not a key file.
@@ -22,6 +24,9 @@ pub enum KeySource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+    /// A token minted from a longer-lived secret and refreshed before it expires (`oauth2`,
+    /// `azure_ad`, `google_service_account`): see `key::minted`.
+    Minted(Arc<MintedSource>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,8 @@ pub enum KeyError {
     CommandEmpty,
     #[error("the key from {0} is not valid UTF-8 text (a binary file?)")]
     NotUtf8(String),
+    #[error("{0} mints tokens for an upstream; it cannot be read as a client or admin token")]
+    Minted(String),
 }
 
 /// Relative paths in the config are relative to the config file's directory.
@@ -68,6 +75,7 @@ impl KeySource {
     pub fn resolved(self, config_path: &Path) -> KeySource {
         match self {
             KeySource::File(p) => KeySource::File(resolve(config_path, &p)),
+            KeySource::Minted(m) => KeySource::Minted(Arc::new(m.resolved(config_path))),
             other => other,
         }
     }
@@ -85,6 +93,9 @@ impl KeySource {
             },
             KeySource::File(path) => read_file(path)?,
             KeySource::Command(argv) => run_command(argv).await?,
+            // Its lifecycle mints it (`KeyLifecycle::refresh`); anything else reading it is a
+            // client or admin token configured with a token credential.
+            KeySource::Minted(m) => return Err(KeyError::Minted(m.to_string())),
         };
         let mut text = String::from_utf8(raw).map_err(|e| {
             let mut bytes = e.into_bytes();
@@ -97,6 +108,14 @@ impl KeySource {
 }
 
 impl KeySource {
+    /// The token credential this source mints, if it is one.
+    pub fn minted(&self) -> Option<&Arc<MintedSource>> {
+        match self {
+            KeySource::Minted(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// A warning when a key file can be read by other users (group or world bits set).
     pub fn permission_warning(&self) -> Option<String> {
         #[cfg(unix)]
@@ -261,6 +280,7 @@ impl fmt::Display for KeySource {
                 Some((program, args)) => write!(f, "command {program} ({} arguments)", args.len()),
                 None => f.write_str("command (empty)"),
             },
+            KeySource::Minted(m) => m.fmt(f),
         }
     }
 }
@@ -302,7 +322,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
-        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" }";
+        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" } (or a token credential: oauth2, azure_ad or google_service_account)";
         let Some(kind) = map.next_key::<String>()? else {
             return Err(de::Error::custom(format!("an empty key source; {one_of}")));
         };
@@ -326,6 +346,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
                 KeySource::File(path)
             }
             "command" => KeySource::Command(map.next_value()?),
+            kind if super::minted::KINDS.contains(&kind) => {
+                KeySource::Minted(Arc::new(MintedSource::parse(kind, &mut map)?))
+            }
             // The table's own key could be anything a person pasted: not repeated.
             _ => return Err(de::Error::custom(format!("unknown key source; {one_of}"))),
         };

@@ -168,15 +168,18 @@ impl Proxy {
                 let sent = Instant::now();
                 let timeout = upstream.response_header_timeout;
                 let deadline = tokio::time::Instant::from_std(sent) + timeout;
-                // A pool's request that could go again on another key (never a streamed upload
-                // nor a WebSocket handshake); a single key's request copies nothing. Boxed, so
-                // that `handle`'s future grows by a pointer only.
-                let replay = routed
-                    .slot
-                    .and_then(|_| Replay::of(&req, upgrade.is_some()));
+                // A pool's request that could go again on another key, or a token credential's
+                // after a 401 with a fresh token (never a streamed upload nor a WebSocket
+                // handshake); a plain key's request copies nothing. Boxed, so that `handle`'s
+                // future grows by a pointer only.
+                let replay = match routed.slot.is_some() || upstream.key.refresher().is_some() {
+                    true => Replay::of(&req, upgrade.is_some()),
+                    false => None,
+                };
                 let answer = via.send(req, deadline).await;
                 let answered = Instant::now();
                 let mut served_by = None;
+                let mut refreshed = None;
                 let response = match answer {
                     Ok(response) => {
                         let upstream_time = answered.duration_since(sent).as_secs_f64();
@@ -194,6 +197,21 @@ impl Proxy {
                                     failing_over(self, upstream, tried, replay, facts, response)
                                         .await;
                                 served_by = next;
+                                response
+                            }
+                            None if response.status() == StatusCode::UNAUTHORIZED
+                                && upstream.key.refresher().is_some() =>
+                            {
+                                let (response, again) = refreshing(
+                                    self,
+                                    upstream,
+                                    &routed.key,
+                                    replay,
+                                    facts,
+                                    response,
+                                )
+                                .await;
+                                refreshed = again;
                                 response
                             }
                             _ => response,
@@ -238,7 +256,7 @@ impl Proxy {
                         if let Some(slot) = routed.slot {
                             upstream.keys.metrics.request(slot, status);
                         }
-                        &routed.key
+                        refreshed.as_ref().unwrap_or(&routed.key)
                     }
                 };
                 self.log_phase(upstream, key, facts, elapsed, status);
@@ -684,6 +702,53 @@ fn failing_over<'a>(
             .headers_mut()
             .insert(FAILOVER_HEADER.clone(), http::HeaderValue::from_static("1"));
         (again, Some((slot, key)))
+    })
+}
+
+/// The answer after a 401 and a refresh, and the key state that gave it when it was sent again.
+type Refreshed = (Response<ReplyBody>, Option<Arc<KeyState>>);
+
+/// A token credential's token was refused (401): refresh it at once (concurrent refusals share
+/// one refresh) and send a replayable request once more with the new token; the app sees only
+/// that answer. Also returns the key state that answered. Boxed: the rare path (see `explaining`).
+#[inline(never)]
+fn refreshing<'a>(
+    proxy: &'a Proxy,
+    upstream: &'a Upstream,
+    tried: &'a KeyState,
+    replay: Option<Box<Replay>>,
+    facts: RequestFacts<'a>,
+    response: Response<ReplyBody>,
+) -> Pin<Box<dyn Future<Output = Refreshed> + Send + 'a>> {
+    Box::pin(async move {
+        let Some(seen) = tried.snapshot().map(|k| k.generation) else {
+            return (response, None);
+        };
+        if !matches!(
+            upstream.key.refresh(Trigger::Refresh, Some(seen)).await,
+            Some(Ok(_))
+        ) {
+            return (response, None);
+        }
+        let key = upstream.key.current();
+        let (Some(replay), Some(snapshot)) = (replay, key.snapshot()) else {
+            return (response, None);
+        };
+        if snapshot.generation == seen {
+            return (response, None);
+        }
+        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, key = %snapshot.fingerprint, generation = snapshot.generation, "the upstream refused the token (401): it was refreshed and the request goes again with the new one");
+        let req = replay.with_key(upstream, &snapshot.header);
+        let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
+        let answer = match upstream.pool.send(req, deadline).await {
+            Ok(answer) => answer,
+            Err(_) => return (response, None),
+        };
+        drop(response);
+        let again = proxy
+            .response_phase(upstream, &key, facts, None, answer)
+            .await;
+        (again, Some(key))
     })
 }
 
