@@ -25,4 +25,5 @@ mod pools;
 mod rotation;
 mod security;
 mod streaming;
+mod tokens;
 mod websocket;
