@@ -786,3 +786,100 @@ fn token_credentials_in_the_config_are_checked_where_they_are_written() {
         assert!(!e.contains("the-secret-itself"), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(2);
+    let endpoint = entra(Arc::clone(&issuer)).await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let config = dir.path().join("keyproxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{}",
+            azure_config(dir.path(), &upstream.url(), &endpoint.url())
+        ),
+    )
+    .unwrap();
+    let check = |config: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+                .args(["check", "--probe", "--config"])
+                .arg(&config)
+                .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.success(), text)
+        })
+        .await
+        .unwrap()
+    };
+    let (ok, out) = check(config.clone()).await;
+    assert!(ok, "{out}");
+    for line in [
+        "✓ azure: token credential: azure_ad client 11111111-app at",
+        "✓ azure: client secret present (file ",
+        "✓ azure: probe: the token endpoint issued a token",
+        "✓ azure: probe: the provider accepts the token (200)",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    assert_no_secret(&out, &issuer.tokens());
+    issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
+    let (ok, out) = check(config.clone()).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("✗ azure: probe: token endpoint: expired_key: the client secret of app 11111111-app has expired"), "{out}");
+    issuer.set(Mode::Issue);
+
+    let mut running = run_binary(&config, &[]);
+    running.wait_log("token minted").await;
+    let url = format!("http://{}{CHAT}", running.proxy);
+    for _ in 0..3 {
+        let (head, _) = send(
+            Request::post(&url)
+                .header("api-key", "dummy")
+                .body(full("{}"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(head.status, 200);
+    }
+    // A refresh by the clock, and one after the provider refused the token.
+    running.wait_log("token minted").await;
+    issuer.revoked.lock().unwrap().extend(issuer.tokens());
+    let (head, _) = send(
+        Request::post(&url)
+            .header("api-key", "dummy")
+            .body(full("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 200, "refreshed and replayed");
+    let admin = running.admin.clone();
+    let (_, status_body) = get(&format!("http://{admin}/status")).await;
+    let (_, metrics_body) = get(&format!("http://{admin}/metrics")).await;
+    let logs = running.stop().await;
+    assert!(
+        logs.contains("token minted") && logs.contains("\"trigger\":\"refresh\""),
+        "{logs}"
+    );
+    let tokens = issuer.tokens();
+    assert!(tokens.len() >= 3);
+    for text in [
+        logs,
+        String::from_utf8_lossy(&status_body).into_owned(),
+        String::from_utf8_lossy(&metrics_body).into_owned(),
+        String::from_utf8_lossy(
+            &std::fs::read(dir.path().join("state").join("keyproxy.db")).unwrap_or_default(),
+        )
+        .into_owned(),
+    ] {
+        assert_no_secret(&text, &tokens);
+    }
+}
