@@ -652,17 +652,7 @@ impl KeyLifecycle {
             }
         }
         self.publish(new);
-        self.metrics
-            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
-        self.memory().last_attempt = Some(Attempt {
-            at: new.loaded_at,
-            trigger,
-            result: RotationResult::Applied,
-            fingerprint: Some(new.fingerprint.to_string()),
-            generation: Some(new.generation),
-            code: None,
-            finding: None,
-        });
+        self.record_applied(trigger, new);
         self.check_expiry(SystemTime::now());
         Ok(Rotated {
             fingerprint: new.fingerprint.clone(),
@@ -670,6 +660,21 @@ impl KeyLifecycle {
             changed: true,
             warnings,
         })
+    }
+
+    /// Count a key swapped in and remember it as the last attempt.
+    fn record_applied(&self, trigger: Trigger, key: &KeySnapshot) {
+        self.metrics
+            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
+        self.memory().last_attempt = Some(Attempt {
+            at: key.loaded_at,
+            trigger,
+            result: RotationResult::Applied,
+            fingerprint: Some(key.fingerprint.to_string()),
+            generation: Some(key.generation),
+            code: None,
+            finding: None,
+        });
     }
 
     /// Make an explicit rotation stick: rewrite a `file` source atomically; otherwise (or when the
@@ -998,18 +1003,8 @@ impl KeyLifecycle {
             "token minted"
         );
         self.publish(new);
-        self.metrics
-            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
+        self.record_applied(trigger, new);
         self.metrics.credential_refresh("ok");
-        self.memory().last_attempt = Some(Attempt {
-            at: now,
-            trigger,
-            result: RotationResult::Applied,
-            fingerprint: Some(new.fingerprint.to_string()),
-            generation: Some(new.generation),
-            code: None,
-            finding: None,
-        });
         Ok(Rotated {
             fingerprint: new.fingerprint.clone(),
             generation: new.generation,

@@ -171,6 +171,21 @@ fn azure_config(dir: &Path, base: &str, authority: &str) -> String {
     )
 }
 
+/// An Entra stand-in issuing tokens of `lifetime_secs`, an Azure stand-in checking them, and
+/// keyproxy between (the directory holds its config and state).
+async fn azure(lifetime_secs: u64) -> (tempfile::TempDir, Arc<Issuer>, StandIn, StandIn, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(lifetime_secs);
+    let endpoint = entra(Arc::clone(&issuer)).await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let proxy = Proxy::start(
+        &azure_config(dir.path(), &upstream.url(), &endpoint.url()),
+        dir.path(),
+    )
+    .await;
+    (dir, issuer, endpoint, upstream, proxy)
+}
+
 const CHAT: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
 
 async fn chat(proxy: &Proxy) -> (http::response::Parts, bytes::Bytes) {
@@ -201,15 +216,7 @@ const REFRESH_FAILED: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entra_tokens_are_refreshed_under_load_with_no_failed_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(2);
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &azure_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
+    let (dir, issuer, _endpoint, upstream, proxy) = azure(2).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, failed) = (
         Arc::new(AtomicUsize::new(0)),
@@ -325,15 +332,7 @@ fn assert_no_secret(text: &str, tokens: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_refreshed_once_and_the_request_replayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(3600);
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &azure_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
+    let (_dir, issuer, _endpoint, upstream, proxy) = azure(3600).await;
     let (head, _) = chat(&proxy).await;
     assert_eq!(head.status, 200);
     assert_eq!(issuer.calls.load(Ordering::SeqCst), 1);
@@ -449,15 +448,7 @@ async fn an_expired_client_secret_at_startup_is_expired_key_and_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_refresh_keeps_the_valid_token_then_says_why_once_it_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(3);
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &azure_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
+    let (_dir, issuer, _endpoint, _upstream, proxy) = azure(3).await;
     assert_eq!(chat(&proxy).await.0.status, 200);
     issuer.set(Mode::Refuse(
         400,

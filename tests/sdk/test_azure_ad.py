@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
+from test_sdks import wait_for
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("KEYPROXY_BIN", str(ROOT / "target" / "debug" / "keyproxy"))
 TENANT = "contoso-tenant"
@@ -90,16 +92,6 @@ class Handler(BaseHTTPRequestHandler):
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": "hello from azure"}}],
                          "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
-
-
-def wait_for(predicate, what, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
