@@ -187,7 +187,26 @@ impl Proxy {
                         let response = self
                             .response_phase(upstream, &routed.key, facts, upgrade, response)
                             .await;
+                        let slot = routed.slot.unwrap_or(0);
                         match routed.slot {
+                            // Before a pool's failover: a refused token is the token's fault
+                            // only until it is refreshed.
+                            _ if response.status() == StatusCode::UNAUTHORIZED
+                                && upstream.lifecycle(slot).refresher().is_some() =>
+                            {
+                                let (response, again) = refreshing(
+                                    self,
+                                    upstream,
+                                    slot,
+                                    &routed.key,
+                                    replay,
+                                    facts,
+                                    response,
+                                )
+                                .await;
+                                refreshed = again;
+                                response
+                            }
                             Some(slot) if refused(&response) => {
                                 let tried = Tried {
                                     slot,
@@ -197,21 +216,6 @@ impl Proxy {
                                     failing_over(self, upstream, tried, replay, facts, response)
                                         .await;
                                 served_by = next;
-                                response
-                            }
-                            None if response.status() == StatusCode::UNAUTHORIZED
-                                && upstream.key.refresher().is_some() =>
-                            {
-                                let (response, again) = refreshing(
-                                    self,
-                                    upstream,
-                                    &routed.key,
-                                    replay,
-                                    facts,
-                                    response,
-                                )
-                                .await;
-                                refreshed = again;
                                 response
                             }
                             _ => response,
@@ -709,12 +713,14 @@ fn failing_over<'a>(
 type Refreshed = (Response<ReplyBody>, Option<Arc<KeyState>>);
 
 /// A token credential's token was refused (401): refresh it at once (concurrent refusals share
-/// one refresh) and send a replayable request once more with the new token; the app sees only
-/// that answer. Also returns the key state that answered. Boxed: the rare path (see `explaining`).
+/// one refresh) and send a replayable request once more with the new token (in a pool, on the
+/// same key: refreshed, it is not benched); the app sees only that answer. Also returns the key
+/// state that answered. Boxed: the rare path (see `explaining`).
 #[inline(never)]
 fn refreshing<'a>(
     proxy: &'a Proxy,
     upstream: &'a Upstream,
+    slot: usize,
     tried: &'a KeyState,
     replay: Option<Box<Replay>>,
     facts: RequestFacts<'a>,
@@ -724,13 +730,14 @@ fn refreshing<'a>(
         let Some(seen) = tried.snapshot().map(|k| k.generation) else {
             return (response, None);
         };
+        let life = upstream.lifecycle(slot);
         if !matches!(
-            upstream.key.refresh(Trigger::Refresh, Some(seen)).await,
+            life.refresh(Trigger::Refresh, Some(seen)).await,
             Some(Ok(_))
         ) {
             return (response, None);
         }
-        let key = upstream.key.current();
+        let key = life.current();
         let (Some(replay), Some(snapshot)) = (replay, key.snapshot()) else {
             return (response, None);
         };

@@ -874,3 +874,40 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
         assert_no_secret(&text, &tokens);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(3600);
+    let endpoint = entra(Arc::clone(&issuer)).await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let secret = key_file(dir.path(), "client-secret", CLIENT_SECRET);
+    let credential = format!(
+        "{{ azure_ad = {{ tenant_id = \"contoso-tenant\", client_id = \"11111111-app\", client_secret = {{ file = \"{secret}\" }}, authority = \"{}\" }}, name = \"NAME\" }}",
+        endpoint.url()
+    );
+    let config = format!(
+        "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"{}\"\nkeys = [ {}, {} ]\n",
+        upstream.url(),
+        credential.replace("NAME", "east"),
+        credential.replace("NAME", "west"),
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    assert_eq!(issuer.calls.load(Ordering::SeqCst), 2, "a token per key");
+    issuer.revoked.lock().unwrap().extend(issuer.tokens());
+    // Both tokens refused: whichever key a request tries is refreshed and the request goes again
+    // on the other (refreshed, or about to be); no key is quarantined.
+    for _ in 0..4 {
+        let (head, body) = chat(&proxy).await;
+        assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let keys = status(&proxy).await["upstreams"][0]["keys"].clone();
+    let states: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].clone())
+        .collect();
+    assert_eq!(states, ["active", "active"], "{keys}");
+    proxy.stop().await;
+}
