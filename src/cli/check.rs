@@ -343,9 +343,10 @@ async fn check_minted(
         }
     };
     println!(
-        "✓ {name}: probe: the token endpoint issued a token ({}), valid {}",
+        "✓ {name}: probe: the token endpoint issued a token ({}), valid for {} (until {})",
         Fingerprint::of(token.token.expose()),
-        expiry::describe(token.expires_at, SystemTime::now()).replace("in ", "for ")
+        humantime::format_duration(std::time::Duration::from_secs(token.lifetime.as_secs())),
+        keyproxy::time::rfc3339_string(token.expires_at)
     );
     let header = match keyproxy::key::store::header_value(
         &token.token,

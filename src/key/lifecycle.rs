@@ -378,9 +378,13 @@ impl KeyLifecycle {
         force: bool,
         probe: &dyn KeyProbe,
     ) -> Option<Result<Rotated, Refusal>> {
-        // A token credential's secret is read at each refresh; there is no key to re-read.
+        // A token credential's secret is read at each refresh: SIGHUP mints a token now (the
+        // secret just replaced is used at once), other triggers leave it to the schedule.
         if self.minted.is_some() {
-            return None;
+            return match force {
+                true => self.refresh(trigger, None).await,
+                false => None,
+            };
         }
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.settings.source.to_string();
@@ -1038,8 +1042,8 @@ impl KeyLifecycle {
             None => {
                 let message = match in_service.and_then(|k| k.expires_at) {
                     Some(at) => format!(
-                        "the token expired {} and could not be refreshed: {}",
-                        expiry::describe(at, now),
+                        "the token expired at {} and could not be refreshed: {}",
+                        crate::time::rfc3339_string(at),
                         why.sentence
                     ),
                     None => why.sentence.clone(),

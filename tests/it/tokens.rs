@@ -852,6 +852,15 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
     )
     .await;
     assert_eq!(head.status, 200, "refreshed and replayed");
+    // SIGHUP mints a token at once (with the secret the source holds now).
+    let calls = issuer.calls.load(Ordering::SeqCst);
+    std::process::Command::new("kill")
+        .args(["-HUP", &running.child.id().to_string()])
+        .status()
+        .unwrap();
+    // (Scheduled refreshes may come first.)
+    while running.wait_log("token minted").await["trigger"] != "sighup" {}
+    assert!(issuer.calls.load(Ordering::SeqCst) > calls);
     let admin = running.admin.clone();
     let (_, status_body) = get(&format!("http://{admin}/status")).await;
     let (_, metrics_body) = get(&format!("http://{admin}/metrics")).await;
