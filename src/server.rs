@@ -125,7 +125,11 @@ impl Server {
         let admin = Arc::new(Admin::new(Arc::clone(&proxy), token, admin_guard).with_state(state));
         let proxy_for_watch = Arc::clone(&proxy);
         for upstream in &config.upstreams {
-            for warning in upstream.warnings() {
+            for warning in upstream
+                .warnings()
+                .into_iter()
+                .chain(upstream.token_warnings())
+            {
                 tracing::warn!(upstream = %upstream.name, "{warning}");
             }
         }

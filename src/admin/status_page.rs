@@ -393,6 +393,26 @@ mod tests {
     }
 
     #[test]
+    fn a_token_credential_shows_its_kind_expiry_and_last_refresh() {
+        let mut page = String::new();
+        credential(
+            &mut page,
+            &serde_json::json!({"kind": "azure_ad", "client": "app<1>", "endpoint": "https://login/t",
+                "token_expires_at": "2026-12-06T23:00:00Z", "last_result": "failed",
+                "last_refresh_at": "2026-12-06T22:00:00Z", "next_refresh_at": "2026-12-06T22:00:02Z",
+                "problem": {"reason": "credential_refresh_failed", "message": "refused <b>"}}),
+        );
+        assert!(
+            page.contains("azure_ad") && page.contains("app&lt;1&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("class=\"bad\">failed at 2026-12-06T22:00:00Z: refused &lt;b&gt; (credential_refresh_failed)"), "{page}");
+        let mut none = String::new();
+        credential(&mut none, &serde_json::Value::Null);
+        assert!(none.is_empty());
+    }
+
+    #[test]
     fn not_ready_says_which_upstream_and_why_first() {
         let status = serde_json::json!({
             "version": "1.0", "uptime_seconds": 5, "started_at": "2026-11-27T00:00:00Z",

@@ -27,6 +27,9 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
         for warning in cfg.warnings() {
             println!("⚠ {}: base_url: {warning}", cfg.name);
         }
+        for warning in cfg.token_warnings() {
+            println!("⚠ {}: token_url: {warning}", cfg.name);
+        }
     }
     let metrics = Metrics::new()?;
     let now = SystemTime::now();

@@ -771,6 +771,21 @@ fn token_credentials_in_the_config_are_checked_where_they_are_written() {
             "mixes token credentials",
         ),
     ];
+    let warnings = |token_url: &str| {
+        let text = format!("[[upstreams]]\nname = \"u\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = {{ oauth2 = {{ token_url = \"{token_url}\", client_id = \"c\", client_secret = {{ env = \"S\" }} }} }}\n");
+        keyproxy::config::Config::parse(Path::new("k.toml"), &text)
+            .unwrap()
+            .upstreams[0]
+            .token_warnings()
+    };
+    let clear = warnings("http://idp.example.com/oauth2/token");
+    assert!(
+        clear.len() == 1
+            && clear[0].contains("the client secret and the tokens would travel unencrypted"),
+        "{clear:?}"
+    );
+    assert!(warnings("http://127.0.0.1:9/token").is_empty());
+    assert!(warnings("https://idp.example.com/oauth2/token").is_empty());
     for (key, says) in refused {
         let e = parse(key).unwrap_err().to_string();
         assert!(e.contains(says), "{key}: {e}");
