@@ -607,10 +607,51 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
     .await;
     assert_eq!(generate(&proxy).await.0.status, 200);
     assert_eq!(*issuer.complaint.lock().unwrap(), None);
-    let credential = status(&proxy).await["upstreams"][0]["credential"].clone();
+    let status_text = status(&proxy).await;
+    let credential = status_text["upstreams"][0]["credential"].clone();
     assert_eq!(credential["kind"], "google_service_account");
     assert_eq!(credential["client"], SA_EMAIL);
+    let pem_body = &TEST_PEM[40..100];
+    for text in [status_text.to_string(), metrics(&proxy).await] {
+        assert!(!text.contains(pem_body) && !text.contains("PRIVATE KEY"));
+        assert_no_secret(&text, &issuer.tokens());
+    }
     proxy.stop().await;
+    // `keyproxy check --probe`: the key file judged, one token minted and shown to the provider.
+    let config = dir.path().join("check.toml");
+    std::fs::write(&config, vertex_config(&upstream.url(), &sa)).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+            .args(["check", "--probe", "--config"])
+            .arg(&config)
+            .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "✓ vertex: service-account key file {sa}: {SA_EMAIL}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("✓ vertex: probe: the token endpoint issued a token")
+            && text.contains("✓ vertex: probe: the provider accepts the token (200)"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(pem_body) && !text.contains("PRIVATE KEY"),
+        "{text}"
+    );
+    assert_no_secret(&text, &issuer.tokens());
 
     // Another key in the file (the account's key was deleted and the file holds an old one):
     // Google cannot verify the signature, and keyproxy says what that means.
