@@ -175,7 +175,7 @@ pub struct KeyLifecycle {
 
 impl KeyLifecycle {
     pub fn new(settings: KeySettings, metrics: Arc<UpstreamMetrics>) -> KeyLifecycle {
-        let settings_minted = settings
+        let minted = settings
             .source
             .minted()
             .map(|m| Refresher::new(Arc::clone(m)));
@@ -187,7 +187,7 @@ impl KeyLifecycle {
             rotating: tokio::sync::Mutex::new(()),
             metrics,
             history: OnceLock::new(),
-            minted: settings_minted,
+            minted,
         }
     }
 
@@ -666,21 +666,6 @@ impl KeyLifecycle {
         })
     }
 
-    /// Count a key swapped in and remember it as the last attempt.
-    fn record_applied(&self, trigger: Trigger, key: &KeySnapshot) {
-        self.metrics
-            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
-        self.memory().last_attempt = Some(Attempt {
-            at: key.loaded_at,
-            trigger,
-            result: RotationResult::Applied,
-            fingerprint: Some(key.fingerprint.to_string()),
-            generation: Some(key.generation),
-            code: None,
-            finding: None,
-        });
-    }
-
     /// Make an explicit rotation stick: rewrite a `file` source atomically; otherwise (or when the
     /// file cannot be written) keep the key in the state store. True when the store should keep it.
     fn write_back(&self, secret: &Secret, why: &Why<'_>) -> bool {
@@ -1064,6 +1049,22 @@ impl KeyLifecycle {
             reason: why.reason,
             message: why.sentence,
         }
+    }
+
+    /// Count a key swapped in (any key: this block's tokens and `install`'s keys) and remember it
+    /// as the last attempt.
+    fn record_applied(&self, trigger: Trigger, key: &KeySnapshot) {
+        self.metrics
+            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
+        self.memory().last_attempt = Some(Attempt {
+            at: key.loaded_at,
+            trigger,
+            result: RotationResult::Applied,
+            fingerprint: Some(key.fingerprint.to_string()),
+            generation: Some(key.generation),
+            code: None,
+            finding: None,
+        });
     }
 
     /// An explicit rotation of a token credential: refused, saying where its secret is rotated.

@@ -174,8 +174,14 @@ fn azure_config(dir: &Path, base: &str, authority: &str) -> String {
 /// An Entra stand-in issuing tokens of `lifetime_secs`, an Azure stand-in checking them, and
 /// keyproxy between (the directory holds its config and state).
 async fn azure(lifetime_secs: u64) -> (tempfile::TempDir, Arc<Issuer>, StandIn, StandIn, Proxy) {
+    azure_with(Issuer::new(lifetime_secs)).await
+}
+
+/// `azure`, with an issuer set up beforehand (refusing from the start, say).
+async fn azure_with(
+    issuer: Arc<Issuer>,
+) -> (tempfile::TempDir, Arc<Issuer>, StandIn, StandIn, Proxy) {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(lifetime_secs);
     let endpoint = entra(Arc::clone(&issuer)).await;
     let upstream = provider(Arc::clone(&issuer)).await;
     let proxy = Proxy::start(
@@ -376,6 +382,34 @@ async fn a_refused_token_is_refreshed_once_and_the_request_replayed() {
     proxy.stop().await;
 }
 
+/// `keyproxy check --probe` on `config`: whether it passed, and everything it printed.
+async fn check_probe(config: std::path::PathBuf) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+            .args(["check", "--probe", "--config"])
+            .arg(&config)
+            .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+/// A 503 of keyproxy's own with `reason`: its sentence.
+fn unavailable(answer: (http::response::Parts, bytes::Bytes), reason: &str) -> String {
+    let (head, body) = answer;
+    assert_eq!(head.status, 503);
+    assert_eq!(head.headers["x-keyproxy-reason"], reason);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// `n` chat requests at once; each one's status and body.
 async fn futures_join(proxy: &Proxy, n: usize) -> Vec<(u16, String)> {
     let tasks: Vec<_> = (0..n)
@@ -407,20 +441,10 @@ const EXPIRED_SECRET: &str = r#"{"error":"invalid_client","error_description":"A
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_client_secret_at_startup_is_expired_key_and_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::new(3600);
     issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &azure_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
-    let (head, body) = chat(&proxy).await;
-    assert_eq!(head.status, 503);
-    assert_eq!(head.headers["x-keyproxy-reason"], "expired_key");
-    let text = String::from_utf8_lossy(&body);
+    let (_dir, issuer, _endpoint, upstream, proxy) = azure_with(issuer).await;
+    let text = unavailable(chat(&proxy).await, "expired_key");
     assert!(
         text.contains("client secret of app 11111111-app has expired")
             && text.contains("Certificates & secrets"),
@@ -472,12 +496,7 @@ async fn a_failing_refresh_keeps_the_valid_token_then_says_why_once_it_expired()
         chat(&proxy).await.0.status == 503
     })
     .await;
-    let (head, body) = chat(&proxy).await;
-    assert_eq!(
-        head.headers["x-keyproxy-reason"],
-        "credential_refresh_failed"
-    );
-    let text = String::from_utf8_lossy(&body);
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
     assert!(
         text.contains("token expired")
             && text.contains("AADSTS7000215")
@@ -501,13 +520,7 @@ async fn an_unreachable_token_endpoint_is_explained() {
         dir.path(),
     )
     .await;
-    let (head, body) = chat(&proxy).await;
-    assert_eq!(head.status, 503);
-    assert_eq!(
-        head.headers["x-keyproxy-reason"],
-        "credential_refresh_failed"
-    );
-    let text = String::from_utf8_lossy(&body);
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
     assert!(
         text.contains("could not be reached") && text.contains("/contoso-tenant/oauth2/v2.0/token"),
         "{text}"
@@ -620,22 +633,8 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
     // `keyproxy check --probe`: the key file judged, one token minted and shown to the provider.
     let config = dir.path().join("check.toml");
     std::fs::write(&config, vertex_config(&upstream.url(), &sa)).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-            .args(["check", "--probe", "--config"])
-            .arg(&config)
-            .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = check_probe(config).await;
+    assert!(ok, "{text}");
     assert!(
         text.contains(&format!(
             "✓ vertex: service-account key file {sa}: {SA_EMAIL}"
@@ -658,13 +657,7 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let sa = service_account(dir.path(), "sa.json", OTHER_PEM, &token_uri.lock().unwrap());
     let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
-    let (head, body) = generate(&proxy).await;
-    assert_eq!(head.status, 503);
-    assert_eq!(
-        head.headers["x-keyproxy-reason"],
-        "credential_refresh_failed"
-    );
-    let text = String::from_utf8_lossy(&body);
+    let text = unavailable(generate(&proxy).await, "credential_refresh_failed");
     assert!(
         text.contains("deleted or disabled in IAM") && text.contains("Invalid JWT Signature"),
         "{text}"
@@ -849,25 +842,7 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
         ),
     )
     .unwrap();
-    let check = |config: std::path::PathBuf| async move {
-        tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-                .args(["check", "--probe", "--config"])
-                .arg(&config)
-                .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
-                .output()
-                .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (out.status.success(), text)
-        })
-        .await
-        .unwrap()
-    };
-    let (ok, out) = check(config.clone()).await;
+    let (ok, out) = check_probe(config.clone()).await;
     assert!(ok, "{out}");
     for line in [
         "✓ azure: token credential: azure_ad client 11111111-app at",
@@ -879,7 +854,7 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
     }
     assert_no_secret(&out, &issuer.tokens());
     issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
-    let (ok, out) = check(config.clone()).await;
+    let (ok, out) = check_probe(config.clone()).await;
     assert!(!ok, "{out}");
     assert!(out.contains("✗ azure: probe: token endpoint: expired_key: the client secret of app 11111111-app has expired"), "{out}");
     issuer.set(Mode::Issue);
