@@ -1025,7 +1025,8 @@ impl KeyLifecycle {
                 retry.as_secs_f64().ceil()
             ),
             None => {
-                let message = match in_service.and_then(|k| k.expires_at) {
+                // The last token minted, even when an earlier failure already took it out.
+                let message = match refresher.status().token_expires_at {
                     Some(at) => format!(
                         "the token expired at {} and could not be refreshed: {}",
                         crate::time::rfc3339_string(at),
