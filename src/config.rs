@@ -764,6 +764,15 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
         issued_at: up.issued_at.map(|t| t.get_ref().0),
         max_age: up.max_age.map(|d| d.get_ref().0),
     };
+    if let Some(key) = &up.key {
+        if matches!(key.get_ref(), KeySource::Aws(_)) && provider != Provider::Bedrock {
+            return Err(ctx.error(
+                key.span(),
+                field("key"),
+                "key = { aws = … } signs requests with SigV4 for Amazon Bedrock: set provider = \"bedrock\"",
+            ));
+        }
+    }
     let keys = match (up.key, up.keys) {
         (Some(key), None) => vec![PoolKeyConfig {
             name: name.clone(),
@@ -911,6 +920,9 @@ fn pool_keys(
         let source = KeySource::deserialize(value)
             .map_err(|e| err("", e.message()))?
             .resolved(ctx.path);
+        if matches!(source, KeySource::Aws(_)) {
+            return Err(err("", "AWS credentials sign for one upstream: write key = { aws = … } instead of a pool of keys"));
+        }
         let expiry = if expires_at.is_some() || max_age.is_some() {
             ExpiryPolicy {
                 expires_at,

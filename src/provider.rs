@@ -96,9 +96,13 @@ impl Provider {
             // Vertex's URL names the project and region, which keyproxy does not know: the
             // configured `probe_path` (for example `/v1/projects/P/locations/L/publishers/google/models`).
             Provider::Vertex => (probe_path.unwrap_or("/v1/publishers/google/models"), None),
-            // The control plane (`bedrock.`) lists models; the runtime host answers this with 404
-            // or 403, which still tells a signed key apart from a refused one.
-            Provider::Bedrock => (probe_path.unwrap_or("/foundation-models"), None),
+            // The runtime host (`bedrock-runtime.`, where apps send their requests) answers
+            // ListAsyncInvokes, a cheap signed GET; a policy without it still tells recognised
+            // credentials (AccessDenied) from refused ones. `probe_path` for the control plane.
+            Provider::Bedrock => match probe_path {
+                Some(path) => (path, None),
+                None => ("/async-invoke", Some("maxResults=1")),
+            },
             Provider::Generic => (probe_path.unwrap_or("/v1/models"), None),
         }
     }
@@ -147,6 +151,11 @@ impl Provider {
     pub fn key_alphabet(self) -> (fn(u8) -> bool, &'static str) {
         match self {
             Provider::Azure => (|b: u8| b.is_ascii_alphanumeric(), "letters and digits"),
+            // Bedrock API keys are base64 after their prefix.
+            Provider::Bedrock => (
+                |b: u8| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b),
+                "letters, digits, '-', '_', '+', '/' and '='",
+            ),
             _ => (
                 |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
                 "letters, digits, '-' and '_'",

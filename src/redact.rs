@@ -38,6 +38,7 @@ const KEEP_TAIL_FROM: usize = 20;
 /// Known key prefixes, longest first so `sk-proj-` wins over `sk-`. Public facts about key
 /// families: shown in fingerprints and kept when a key is masked.
 pub const KEY_PREFIXES: &[&str] = &[
+    "bedrock-api-key-",
     "sk-ant-admin01-",
     "sk-ant-api03-",
     "sk-svcacct-",
@@ -49,6 +50,9 @@ pub const KEY_PREFIXES: &[&str] = &[
     "AIza",
     "gsk_",
     "xai-",
+    "ABSK",
+    "AKIA",
+    "ASIA",
 ];
 
 type Held = Arc<Zeroizing<String>>;

@@ -489,7 +489,7 @@ fn retired_status(u: &Upstream, store: Option<&Arc<Store>>) -> Value {
 
 fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) -> Value {
     let state = u.key.current();
-    let key = match state.snapshot() {
+    let mut key = match state.snapshot() {
         Some(k) => json!({
             "usable": true,
             "fingerprint": k.fingerprint.as_str(),
@@ -510,6 +510,13 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
             })
         }
     };
+    if let Some(k) = state.snapshot() {
+        credential_status(k, &mut key);
+    }
+    let token_refresh = u.key.credential_status();
+    if let Some(token) = &token_refresh {
+        key["credential"] = json!(token.kind);
+    }
     json!({
         "name": &*u.name,
         "provider": u.provider.as_str(),
@@ -518,7 +525,7 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "key": key,
         "keys": keys_status(u),
         "last_rotation": u.key.last_attempt(),
-        "credential": u.key.credential_status(),
+        "token_refresh": token_refresh,
         "retired_keys": retired_status(u, store),
         "requests": {
             "total": u.metrics.requests_total(),
@@ -528,6 +535,17 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "client_credentials": u.metrics.credential_counts(),
         "recent_diagnoses": u.recent_diagnoses(),
     })
+}
+
+/// Which credential a Bedrock upstream holds (`aws`, `bedrock_api_key`) and the region AWS
+/// credentials sign for; nothing for other keys.
+fn credential_status(k: &crate::key::KeySnapshot, key: &mut Value) {
+    if let Some(kind) = crate::key::aws::snapshot_kind(k) {
+        key["credential"] = json!(kind);
+    }
+    if let Some(aws) = &k.aws {
+        key["region"] = json!(aws.region);
+    }
 }
 
 /// Every key of the upstream (one for `key = …`) with its state, cause and until-when.

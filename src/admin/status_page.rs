@@ -89,6 +89,17 @@ fn upstream(page: &mut String, up: &Value) {
             esc(str_of(&key["loaded_at"])),
             uptime(key["age_seconds"].as_u64().unwrap_or(0))
         );
+        if let Some(kind) = key["credential"].as_str() {
+            let region = match key["region"].as_str() {
+                Some(r) => format!(", region {}", esc(r)),
+                None => String::new(),
+            };
+            let _ = write!(
+                page,
+                "<tr><th>credential</th><td>{}{region}</td></tr>",
+                esc(kind)
+            );
+        }
         match key["days_to_expiry"].as_f64() {
             Some(days) => {
                 let class = if days < 0.0 {
@@ -100,6 +111,9 @@ fn upstream(page: &mut String, up: &Value) {
                 };
                 let text = if days < 0.0 {
                     format!("expired {:.0} days ago", -days)
+                } else if days < 1.0 {
+                    // Short-lived credentials (a Bedrock short-term API key lasts 12 hours at most).
+                    format!("in {:.1} hours", days * 24.0)
                 } else {
                     format!("in {days:.0} days")
                 };
@@ -126,7 +140,7 @@ fn upstream(page: &mut String, up: &Value) {
             esc(str_of(&key["problem"]["message"]))
         );
     }
-    credential(page, &up["credential"]);
+    token_refresh(page, &up["token_refresh"]);
     let last = &up["last_rotation"];
     if last.is_object() {
         let class = if last["result"] == "applied" {
@@ -201,8 +215,9 @@ fn upstream(page: &mut String, up: &Value) {
 }
 
 /// A pool's keys (more than one), each with its state and why.
-/// A token credential: its kind and client, when the token expires, the last refresh.
-fn credential(page: &mut String, c: &Value) {
+/// A token credential (its kind is the key's `credential` row): the client and token endpoint,
+/// when the token expires, the last refresh.
+fn token_refresh(page: &mut String, c: &Value) {
     if !c.is_object() {
         return;
     }
@@ -213,12 +228,11 @@ fn credential(page: &mut String, c: &Value) {
     };
     let _ = write!(
         page,
-        "<tr><th>credential</th><td>{} (client <code>{}</code>, token endpoint {})</td></tr>\
+        "<tr><th>token endpoint</th><td>{} (client <code>{}</code>)</td></tr>\
          <tr><th>token expires</th><td>{}</td></tr>\
          <tr><th>last refresh</th><td class=\"{class}\">{} at {}{}; next at {}</td></tr>",
-        esc(str_of(&c["kind"])),
-        esc(str_of(&c["client"])),
         esc(str_of(&c["endpoint"])),
+        esc(str_of(&c["client"])),
         esc(str_of(&c["token_expires_at"])),
         esc(c["last_result"].as_str().unwrap_or("none yet")),
         esc(str_of(&c["last_refresh_at"])),
@@ -395,7 +409,7 @@ mod tests {
     #[test]
     fn a_token_credential_shows_its_kind_expiry_and_last_refresh() {
         let mut page = String::new();
-        credential(
+        token_refresh(
             &mut page,
             &serde_json::json!({"kind": "azure_ad", "client": "app<1>", "endpoint": "https://login/t",
                 "token_expires_at": "2026-12-06T23:00:00Z", "last_result": "failed",
@@ -403,12 +417,12 @@ mod tests {
                 "problem": {"reason": "credential_refresh_failed", "message": "refused <b>"}}),
         );
         assert!(
-            page.contains("azure_ad") && page.contains("app&lt;1&gt;"),
+            page.contains("https://login/t (client <code>app&lt;1&gt;</code>)"),
             "{page}"
         );
         assert!(page.contains("class=\"bad\">failed at 2026-12-06T22:00:00Z: refused &lt;b&gt; (credential_refresh_failed)"), "{page}");
         let mut none = String::new();
-        credential(&mut none, &serde_json::Value::Null);
+        token_refresh(&mut none, &serde_json::Value::Null);
         assert!(none.is_empty());
     }
 

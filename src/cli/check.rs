@@ -66,6 +66,13 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                 source,
                 Fingerprint::of(secret.expose())
             );
+            if let Some(kind) = keyproxy::key::aws::kind(secret.expose()) {
+                let region = keyproxy::key::aws::region_of(secret.expose())
+                    .map_or(String::new(), |r| {
+                        format!(", signing for region {r} (SigV4)")
+                    });
+                println!("✓ {name}: credential: {kind}{region}");
+            }
             if let Some(warning) = source.permission_warning() {
                 println!("⚠ {name}: permissions: {warning}");
             }
@@ -99,7 +106,7 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                 set_with_rotation: None,
                 the_sources_key: true,
             };
-            match expiry::expires_at(policy, &facts, now) {
+            match expiry::expires_at_of(secret.expose(), policy, &facts, now) {
                 None => println!("⚠ {name}: expiry: unknown; set expires_at or max_age to be warned before the key stops working"),
                 Some(at) => {
                     let days = expiry::days_left(at, now);

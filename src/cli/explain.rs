@@ -148,6 +148,7 @@ fn provider_of(name: &str) -> (Provider, &'static str) {
         "anthropic" => (Provider::Anthropic, "x-api-key"),
         "azure" | "azure_openai" | "azure-openai" => (Provider::Azure, "api-key"),
         "gemini" | "vertex" | "google" => (Provider::Gemini, "x-goog-api-key"),
+        "bedrock" | "aws" => (Provider::Bedrock, "authorization"),
         _ => (Provider::Generic, "authorization"),
     }
 }

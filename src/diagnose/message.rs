@@ -139,6 +139,18 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             format!("{name} answered {}{said}.", c.status)
         }
     };
+    if c.provider == Provider::Bedrock {
+        // A signature outside AWS's 5-minute window is the clock's fault, not the key's.
+        if super::bedrock::clock_skew(reason, c.provider_message) {
+            text =
+                format!("{name} refused the request's signature as made at the wrong time{said}.");
+        }
+        let signed = c.key.map(|k| k.aws.is_some());
+        if let Some(more) = super::bedrock::advice(reason, c.provider_message, signed) {
+            text.push(' ');
+            text.push_str(more);
+        }
+    }
     // A refused new key explains a refusal of the key in use, and nothing else.
     let about_the_key = matches!(
         reason,

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::upstream::pool::{SendError, UpstreamBody};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use std::time::SystemTime;
@@ -49,6 +49,11 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
         req.headers_mut()
             .insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
     }
+    if upstream.signs() {
+        if let Err(message) = sign(upstream, auth, &mut req) {
+            return ProbeOutcome::Failed { message };
+        }
+    }
     let timeout = upstream.response_header_timeout.min(PROBE_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let response = match upstream.pool.send(req, deadline).await {
@@ -69,16 +74,39 @@ pub async fn probe(upstream: &Upstream, auth: &HeaderValue) -> ProbeOutcome {
         }
     };
     let status = response.status();
+    let headers = response.headers().clone();
     let body = Limited::new(response.into_body(), diagnose::PEEK_LIMIT)
         .collect()
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    judge(status, &body)
+    judge(upstream.provider, status, &headers, &body)
 }
 
-/// The diagnosis classifier decides; a rate limit still means the key itself was recognised.
-fn judge(status: StatusCode, body: &[u8]) -> ProbeOutcome {
+/// A SigV4 upstream's probe is signed like its requests: `auth` is the candidate's header value,
+/// which for `key = { aws = … }` carries the credentials (it never leaves keyproxy).
+fn sign(
+    upstream: &Upstream,
+    auth: &HeaderValue,
+    req: &mut Request<UpstreamBody>,
+) -> Result<(), String> {
+    let bundle = auth
+        .to_str()
+        .ok()
+        .map(|a| a.strip_prefix(upstream.auth_prefix.as_str()).unwrap_or(a));
+    let Some(creds) = bundle.and_then(crate::key::aws::Credentials::from_bundle) else {
+        return Err(format!(
+            "upstream {} signs with AWS credentials, and the candidate is not a set of them",
+            upstream.name
+        ));
+    };
+    upstream.sign(&creds, req, b"").map_err(|e| e.to_string())
+}
+
+/// The diagnosis classifier decides (reading AWS's `x-amzn-ErrorType` header as the proxy does);
+/// a rate limit still means the key itself was recognised, and so, on Bedrock, does a refusal of
+/// the probe's operation alone (AccessDenied: the credentials are AWS's, the policy lacks it).
+fn judge(provider: Provider, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProbeOutcome {
     let code = status.as_u16();
     if status.is_success() {
         return ProbeOutcome::Accepted { status: code };
@@ -90,7 +118,7 @@ fn judge(status: StatusCode, body: &[u8]) -> ProbeOutcome {
             ),
         };
     }
-    let facts = diagnose::facts(body);
+    let facts = diagnose::facts_with_headers(body, headers);
     let reason = diagnose::classify(
         status,
         facts.as_ref(),
@@ -98,7 +126,9 @@ fn judge(status: StatusCode, body: &[u8]) -> ProbeOutcome {
         SystemTime::now(),
     )
     .unwrap_or(Reason::UnknownAuthError);
-    if reason == Reason::RateLimited {
+    if reason == Reason::RateLimited
+        || (provider == Provider::Bedrock && reason == Reason::InsufficientPermissions)
+    {
         return ProbeOutcome::Accepted { status: code };
     }
     let said: String = facts
@@ -120,18 +150,55 @@ fn judge(status: StatusCode, body: &[u8]) -> ProbeOutcome {
 mod tests {
     use super::*;
 
+    fn judged(status: StatusCode, body: &[u8]) -> ProbeOutcome {
+        judge(Provider::Openai, status, &HeaderMap::new(), body)
+    }
+
+    #[test]
+    fn bedrock_probes_read_the_error_type_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-amzn-errortype", HeaderValue::from_static("UnrecognizedClientException:http://internal.amazon.com/coral/com.amazon.coral.service/"));
+        let refused = judge(
+            Provider::Bedrock,
+            StatusCode::FORBIDDEN,
+            &headers,
+            br#"{"message":"nothing specific"}"#,
+        );
+        assert!(
+            matches!(
+                refused,
+                ProbeOutcome::Refused {
+                    reason: Reason::InvalidKey,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("AccessDeniedException"),
+        );
+        let allowed = judge(
+            Provider::Bedrock,
+            StatusCode::FORBIDDEN,
+            &headers,
+            br#"{"message":"not authorized to perform bedrock:ListAsyncInvokes"}"#,
+        );
+        assert_eq!(allowed, ProbeOutcome::Accepted { status: 403 });
+    }
+
     #[test]
     fn judging_probe_answers() {
-        let ok = judge(StatusCode::OK, b"{}");
+        let ok = judged(StatusCode::OK, b"{}");
         assert_eq!(ok, ProbeOutcome::Accepted { status: 200 });
-        let limited = judge(
+        let limited = judged(
             StatusCode::TOO_MANY_REQUESTS,
             br#"{"error":{"message":"Rate limit reached"}}"#,
         );
         assert_eq!(limited, ProbeOutcome::Accepted { status: 429 });
         let ProbeOutcome::Refused {
             reason, message, ..
-        } = judge(
+        } = judged(
             StatusCode::UNAUTHORIZED,
             br#"{"error":{"message":"Incorrect API key provided"}}"#,
         )
@@ -140,7 +207,7 @@ mod tests {
         };
         assert_eq!(reason, Reason::InvalidKey);
         assert!(message.contains("Incorrect API key provided"));
-        let gemini = judge(
+        let gemini = judged(
             StatusCode::BAD_REQUEST,
             br#"[{"error":{"message":"API key not valid"}}]"#,
         );
@@ -151,7 +218,7 @@ mod tests {
                 ..
             }
         ));
-        let quota = judge(StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"type":"insufficient_quota","message":"You exceeded your current quota"}}"#);
+        let quota = judged(StatusCode::TOO_MANY_REQUESTS, br#"{"error":{"type":"insufficient_quota","message":"You exceeded your current quota"}}"#);
         assert!(matches!(
             quota,
             ProbeOutcome::Refused {
@@ -160,7 +227,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            judge(StatusCode::BAD_GATEWAY, b""),
+            judged(StatusCode::BAD_GATEWAY, b""),
             ProbeOutcome::Failed { .. }
         ));
     }

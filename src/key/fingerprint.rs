@@ -18,6 +18,10 @@ impl Fingerprint {
     pub fn of(key: &str) -> Fingerprint {
         let digest = Sha256::digest(key.as_bytes());
         let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        // AWS credentials show their access key id (`AKIA…MPLE`); the hash is the whole bundle's,
+        // so new credentials under the same id are still another fingerprint.
+        let shown = super::aws::access_key_id(key);
+        let key = shown.as_deref().unwrap_or(key);
         let chars = key.chars().count();
         if chars < MIN_LEN_FOR_TAIL || !key.is_ascii() {
             return Fingerprint(format!("…:{hash}").into());

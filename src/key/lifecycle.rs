@@ -489,6 +489,14 @@ impl KeyLifecycle {
 
     /// Lint the candidate: the warnings to keep, or the refusal.
     fn validate(&self, secret: &Secret, source: &str) -> Result<Vec<Finding>, Refusal> {
+        if matches!(self.settings.source, KeySource::Aws(_))
+            && !super::aws::is_bundle(secret.expose())
+        {
+            return Err(Refusal::Lint {
+                code: LintCode::AwsCredentials,
+                message: format!("upstream {} signs its requests with the AWS credentials of its aws table; a key from {source} cannot replace them: update the sources the aws table names", self.settings.upstream),
+            });
+        }
         let findings = lint::lint(
             secret.expose(),
             self.settings.provider,
@@ -567,7 +575,7 @@ impl KeyLifecycle {
                 the_sources_key: why.from_source && trigger == Trigger::Startup,
             };
             (
-                expiry::expires_at(&self.settings.expiry, &facts, now),
+                expiry::expires_at_of(key, &self.settings.expiry, &facts, now),
                 memory.in_service.clone(),
             )
         };

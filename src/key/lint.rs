@@ -20,6 +20,11 @@ pub enum LintCode {
     WrongLength,
     BadCharacters,
     UnknownFormat,
+    /// A key that says when it stops working (a Bedrock short-term API key), past that time.
+    Expired,
+    /// An aws table's parts that cannot work together or are not AWS's shape (an access key id
+    /// that is not `AKIA…`/`ASIA…` + 16, temporary credentials without their session token).
+    AwsCredentials,
 }
 
 impl LintCode {
@@ -38,6 +43,8 @@ impl LintCode {
             LintCode::WrongLength => "wrong_length",
             LintCode::BadCharacters => "bad_characters",
             LintCode::UnknownFormat => "unknown_format",
+            LintCode::Expired => "expired",
+            LintCode::AwsCredentials => "aws_credentials",
         }
     }
 }
@@ -94,6 +101,9 @@ pub fn lint(
             belongs_to: None,
         })
     };
+    if super::aws::is_bundle(key) {
+        return finish(super::aws::lint(key, source), mode);
+    }
     if key.trim().is_empty() {
         add(
             LintCode::Empty,
@@ -174,6 +184,9 @@ pub fn lint(
     }
     if provider != Provider::Generic {
         format_findings(core, provider, host, source, &mut findings);
+    }
+    if provider == Provider::Bedrock {
+        super::aws::api_key_findings(core, source, std::time::SystemTime::now(), &mut findings);
     }
     finish(findings, mode)
 }

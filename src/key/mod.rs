@@ -3,6 +3,7 @@
 //! rotated (`lifecycle`, `watch`), what of that must outlive a restart (`history`), and tokens
 //! that expire by design, minted and refreshed from a longer-lived secret (`minted`).
 
+pub mod aws;
 pub mod expiry;
 pub mod fingerprint;
 pub mod history;

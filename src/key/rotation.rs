@@ -119,6 +119,10 @@ impl Refusal {
                 code: LintCode::WrongProvider,
                 ..
             } => Reason::WrongProviderKey,
+            Refusal::Lint {
+                code: LintCode::Expired,
+                ..
+            } => Reason::ExpiredKey,
             Refusal::Lint { .. } => Reason::MalformedKey,
             Refusal::Probe { reason, .. } => *reason,
             Refusal::ProbeFailed { .. } | Refusal::Source(_) => Reason::MissingKey,

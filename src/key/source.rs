@@ -24,6 +24,9 @@ pub enum KeySource {
     Env(String),
     File(PathBuf),
     Command(Vec<String>),
+    /// `{ aws = { access_key_id = …, secret_access_key = …, session_token = …, region = … } }`:
+    /// AWS credentials for SigV4, each part a source of its own (see `aws`).
+    Aws(Arc<super::aws::AwsSpec>),
     /// A token minted from a longer-lived secret and refreshed before it expires (`oauth2`,
     /// `azure_ad`, `google_service_account`): see `key::minted`.
     Minted(Arc<MintedSource>),
@@ -55,6 +58,13 @@ pub enum KeyError {
     CommandEmpty,
     #[error("the key from {0} is not valid UTF-8 text (a binary file?)")]
     NotUtf8(String),
+    #[error("aws {part}: {cause}")]
+    AwsPart {
+        part: &'static str,
+        cause: Box<KeyError>,
+    },
+    #[error("an aws credential's parts are plain sources ({{ env }}, {{ file }} or {{ command }}), not another credential table (aws, oauth2, azure_ad, google_service_account)")]
+    AwsNested,
     #[error("{0} mints tokens for an upstream; it cannot be read as a client or admin token")]
     Minted(String),
 }
@@ -75,6 +85,7 @@ impl KeySource {
     pub fn resolved(self, config_path: &Path) -> KeySource {
         match self {
             KeySource::File(p) => KeySource::File(resolve(config_path, &p)),
+            KeySource::Aws(spec) => KeySource::Aws(Arc::new(spec.resolved(config_path))),
             KeySource::Minted(m) => KeySource::Minted(Arc::new(m.resolved(config_path))),
             other => other,
         }
@@ -93,6 +104,9 @@ impl KeySource {
             },
             KeySource::File(path) => read_file(path)?,
             KeySource::Command(argv) => run_command(argv).await?,
+            KeySource::Aws(spec) if spec.nested() => return Err(KeyError::AwsNested),
+            // Boxed: the parts are read with this same function.
+            KeySource::Aws(spec) => return Box::pin(spec.read()).await,
             // Its lifecycle mints it (`KeyLifecycle::refresh`); anything else reading it is a
             // client or admin token configured with a token credential.
             KeySource::Minted(m) => return Err(KeyError::Minted(m.to_string())),
@@ -108,6 +122,15 @@ impl KeySource {
 }
 
 impl KeySource {
+    /// The key files this source reads (watched for rotation): its own, or an aws table's parts'.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            KeySource::File(path) => vec![path.as_path()],
+            KeySource::Aws(spec) => spec.files().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The token credential this source mints, if it is one.
     pub fn minted(&self) -> Option<&Arc<MintedSource>> {
         match self {
@@ -118,6 +141,9 @@ impl KeySource {
 
     /// A warning when a key file can be read by other users (group or world bits set).
     pub fn permission_warning(&self) -> Option<String> {
+        if let KeySource::Aws(spec) = self {
+            return spec.permission_warning();
+        }
         #[cfg(unix)]
         if let KeySource::File(path) = self {
             use std::os::unix::fs::PermissionsExt;
@@ -280,6 +306,7 @@ impl fmt::Display for KeySource {
                 Some((program, args)) => write!(f, "command {program} ({} arguments)", args.len()),
                 None => f.write_str("command (empty)"),
             },
+            KeySource::Aws(spec) => write!(f, "{spec}"),
             KeySource::Minted(m) => m.fmt(f),
         }
     }
@@ -322,7 +349,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
-        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" } (or a token credential: oauth2, azure_ad or google_service_account)";
+        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" } (or a credential table: aws, oauth2, azure_ad or google_service_account)";
         let Some(kind) = map.next_key::<String>()? else {
             return Err(de::Error::custom(format!("an empty key source; {one_of}")));
         };
@@ -346,6 +373,13 @@ impl<'de> Visitor<'de> for SourceVisitor {
                 KeySource::File(path)
             }
             "command" => KeySource::Command(map.next_value()?),
+            "aws" => {
+                let spec: super::aws::AwsSpec = map.next_value()?;
+                if spec.nested() {
+                    return Err(de::Error::custom(KeyError::AwsNested.to_string()));
+                }
+                KeySource::Aws(Arc::new(spec))
+            }
             kind if super::minted::KINDS.contains(&kind) => {
                 KeySource::Minted(Arc::new(MintedSource::parse(kind, &mut map)?))
             }

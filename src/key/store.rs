@@ -32,6 +32,8 @@ pub struct KeySnapshot {
     pub len: usize,
     /// Lint warnings about the key in use (errors would have refused it).
     pub warnings: Box<[Finding]>,
+    /// AWS credentials (`key = { aws = … }`) that sign each request instead of `header`.
+    pub aws: Option<Arc<super::aws::Credentials>>,
 }
 
 /// What is known about a key besides the key itself.
@@ -118,7 +120,12 @@ impl KeyStore {
     ) -> Result<Arc<KeyState>, InvalidHeaderKey> {
         let source = meta.source.as_str();
         let key = secret.expose();
-        let header = header_value(secret, auth_prefix, source)?;
+        let aws = super::aws::Credentials::from_bundle(key);
+        let header = match aws {
+            // Replaced by the signature on every request; the bundle itself never goes out.
+            Some(_) => HeaderValue::from_static("AWS4-HMAC-SHA256"),
+            None => header_value(secret, auth_prefix, source)?,
+        };
         let snapshot = KeySnapshot {
             header,
             fingerprint: Fingerprint::of(key),
@@ -129,6 +136,7 @@ impl KeyStore {
             digest: digest(key),
             len: key.len(),
             warnings: meta.warnings.into_boxed_slice(),
+            aws,
         };
         Ok(Arc::new(KeyState::Ready(snapshot)))
     }

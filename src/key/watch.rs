@@ -16,7 +16,6 @@ use tokio::sync::mpsc;
 
 use super::lifecycle::{KeyLifecycle, KeyProbe};
 use super::rotation::Trigger;
-use super::KeySource;
 
 /// The key lifecycles to watch, each with the probe that vouches for its candidates.
 pub trait Watched: Send + Sync + 'static {
@@ -103,21 +102,17 @@ pub fn spawn<W: Watched>(
     let files: Vec<PathBuf> = watched
         .lifecycles()
         .into_iter()
-        .filter_map(|(key, _)| match key.source() {
-            KeySource::File(path) => Some(path.clone()),
-            _ => None,
-        })
+        .flat_map(|(key, _)| key.source().files())
+        .map(Path::to_path_buf)
         .collect();
     let dirs: BTreeSet<PathBuf> = watched
         .lifecycles()
         .into_iter()
-        .filter_map(|(key, _)| match key.source() {
-            KeySource::File(path) => Some(
-                path.parent()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from(".")),
-            ),
-            _ => None,
+        .flat_map(|(key, _)| key.source().files())
+        .map(|path| {
+            path.parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."))
         })
         .collect();
     let (tx, mut events) = mpsc::unbounded_channel::<bool>();
@@ -201,12 +196,16 @@ pub fn spawn<W: Watched>(
                 _ = reread.tick() => Trigger::Periodic,
             };
             for (key, probe) in watched.lifecycles() {
-                if let KeySource::File(path) = key.source() {
-                    if trigger == Trigger::Periodic && recently_written(path, key_settle) {
-                        continue;
-                    }
-                    key.reload(trigger, false, probe).await;
+                let files = key.source().files();
+                if files.is_empty() {
+                    continue;
                 }
+                if trigger == Trigger::Periodic
+                    && files.iter().any(|f| recently_written(f, key_settle))
+                {
+                    continue;
+                }
+                key.reload(trigger, false, probe).await;
             }
         }
     })

@@ -65,6 +65,18 @@ pub enum ProxyError {
     /// The app failed to deliver its request, or left before the answer: its fault, not the
     /// upstream's (no reason code: nothing about keys or upstreams to explain).
     Client(ClientFault),
+    /// A body too large to be read whole for its SigV4 signature (`key = { aws = … }` only).
+    BodyTooLarge {
+        upstream: Arc<str>,
+        provider: Provider,
+        limit: usize,
+    },
+    /// The request could not be signed (no AWS credentials in the snapshot, or the signer refused).
+    Unsigned {
+        upstream: Arc<str>,
+        provider: Provider,
+        message: String,
+    },
 }
 
 /// nginx's "client closed request": logged and counted for a request whose app left before the
@@ -91,6 +103,8 @@ impl ProxyError {
             ProxyError::Client(ClientFault::Disconnected) => {
                 StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
             }
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Unsigned { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -107,7 +121,9 @@ impl ProxyError {
             ProxyError::Connect
             | ProxyError::UncleanPath
             | ProxyError::BadUpstreamRequest(_)
-            | ProxyError::Client(_) => None,
+            | ProxyError::Client(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::Unsigned { .. } => None,
         }
     }
 
@@ -118,7 +134,9 @@ impl ProxyError {
             ProxyError::NoKey { provider, .. }
             | ProxyError::KeysExhausted { provider, .. }
             | ProxyError::Unreachable { provider, .. }
-            | ProxyError::Timeout { provider, .. } => *provider,
+            | ProxyError::Timeout { provider, .. }
+            | ProxyError::BodyTooLarge { provider, .. }
+            | ProxyError::Unsigned { provider, .. } => *provider,
             _ => Provider::Openai,
         }
     }
@@ -199,6 +217,13 @@ impl ProxyError {
                 crate::time::human_duration(*after)
             ),
             ProxyError::Client(fault) => fault.to_string(),
+            ProxyError::BodyTooLarge { upstream, limit, .. } => format!(
+                "the request body is larger than {} MiB: upstream {upstream} signs each request with AWS SigV4, which hashes the whole body, so keyproxy reads at most that much; send a smaller request (fewer or smaller images and documents)",
+                limit / (1024 * 1024)
+            ),
+            ProxyError::Unsigned { upstream, message, .. } => format!(
+                "keyproxy could not sign the request for upstream {upstream}: {message}"
+            ),
         }
     }
 

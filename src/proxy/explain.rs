@@ -126,7 +126,11 @@ pub async fn explain(
     });
     let told = format!("keyproxy: {message} (reason: {reason})");
     match decoded.as_deref().and_then(|body| {
-        let body = with_sentence(body, &told);
+        let body = with_sentence(
+            body,
+            &told,
+            upstream.provider == crate::provider::Provider::Bedrock,
+        );
         with_member(body.as_deref()?, "keyproxy", &annotation)
     }) {
         Some(rewritten) => {
@@ -163,10 +167,13 @@ fn not_found(
         upstream.base_url,
     );
     tracing::warn!(request_id = request.request_id, upstream = %upstream.name, path = %crate::redact::mask(request.path), "{told}");
-    match decoded
-        .as_deref()
-        .and_then(|body| with_sentence(body, &told))
-    {
+    match decoded.as_deref().and_then(|body| {
+        with_sentence(
+            body,
+            &told,
+            upstream.provider == crate::provider::Provider::Bedrock,
+        )
+    }) {
         Some(rewritten) if matches!(rewritten, std::borrow::Cow::Owned(_)) => {
             parts.headers.remove(CONTENT_ENCODING);
             parts
@@ -316,7 +323,7 @@ fn decode(body: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
 /// every SDK puts in its exception text (OpenAI, Azure and compatible APIs, Anthropic and Google
 /// all keep it there); every other byte as it was. A body without a string `error.message` is
 /// returned as it was.
-fn with_sentence<'b>(body: &'b [u8], told: &str) -> Option<std::borrow::Cow<'b, [u8]>> {
+fn with_sentence<'b>(body: &'b [u8], told: &str, aws: bool) -> Option<std::borrow::Cow<'b, [u8]>> {
     use serde_json::value::RawValue;
     use std::borrow::Cow;
     type Members<'a> = std::collections::HashMap<String, &'a RawValue>;
@@ -324,7 +331,12 @@ fn with_sentence<'b>(body: &'b [u8], told: &str) -> Option<std::borrow::Cow<'b, 
     let message = top
         .get("error")
         .and_then(|error| serde_json::from_str::<Members<'_>>(error.get()).ok())
-        .and_then(|error| error.get("message").copied());
+        .and_then(|error| error.get("message").copied())
+        // AWS's `{"message": …}` (or `Message`): the text botocore puts in its exception.
+        .or_else(|| {
+            aws.then(|| top.get("message").or_else(|| top.get("Message")).copied())
+                .flatten()
+        });
     let Some(raw) = message else {
         return Some(Cow::Borrowed(body));
     };
@@ -388,13 +400,13 @@ mod tests {
     #[test]
     fn the_sentence_follows_the_providers_message() {
         let openai = br#"{"error": {"message": "Incorrect \"key\"", "code": "invalid_api_key"}}"#;
-        let out = with_sentence(openai, "keyproxy: x (reason: invalid_key)").unwrap();
+        let out = with_sentence(openai, "keyproxy: x (reason: invalid_key)", false).unwrap();
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"{"error": {"message": "Incorrect \"key\" — keyproxy: x (reason: invalid_key)", "code": "invalid_api_key"}}"#
         );
         let anthropic = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
-        let out = with_sentence(anthropic, "keyproxy: y").unwrap();
+        let out = with_sentence(anthropic, "keyproxy: y", false).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["message"], "invalid x-api-key — keyproxy: y");
         assert_eq!(v["error"]["type"], "authentication_error");
@@ -404,9 +416,21 @@ mod tests {
             br#"{"message":"x"}"#,
             br#"{"error":{"message":1}}"#,
         ] {
-            assert_eq!(&*with_sentence(body, "k").unwrap(), body);
+            assert_eq!(&*with_sentence(body, "k", false).unwrap(), body);
         }
-        assert!(with_sentence(b"[1]", "k").is_none());
+        assert!(with_sentence(b"[1]", "k", false).is_none());
+        // AWS's own shape, on a Bedrock upstream: the message botocore shows carries the sentence.
+        let bedrock = br#"{"message":"The security token included in the request is expired"}"#;
+        let out = with_sentence(bedrock, "keyproxy: z", true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["message"],
+            "The security token included in the request is expired — keyproxy: z"
+        );
+        let capital = with_sentence(br#"{"Message":"denied"}"#, "keyproxy: z", true).unwrap();
+        assert!(std::str::from_utf8(&capital)
+            .unwrap()
+            .contains("denied — keyproxy: z"));
     }
 
     #[test]

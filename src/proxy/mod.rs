@@ -18,6 +18,7 @@ pub mod explain;
 pub mod guard;
 pub mod reply;
 pub mod route;
+pub mod sign;
 pub mod tap;
 
 pub use error::ProxyError;
@@ -138,6 +139,23 @@ impl Proxy {
                 let refused = ProxyError::Guard(refusal).refuse(rid, &method, uri.path());
                 (None, Err(refused))
             }
+        };
+        // SigV4 upstreams only: read the body (bounded) and sign what will be sent. (Every other
+        // request only tests `signs()`.)
+        let unsigned = match &routed {
+            Ok(r) if r.upstream.signs() => sign::signing(r.upstream, &r.key, &mut req)
+                .await
+                .err()
+                .map(|refusal| {
+                    let status = refusal.status().as_u16();
+                    r.upstream.metrics.request(r.client, status);
+                    refusal.refuse(rid, &method, uri.path())
+                }),
+            _ => None,
+        };
+        let routed = match unsigned {
+            Some(answer) => Err(answer),
+            None => routed,
         };
         let mut response = match routed {
             Err(answer) => answer,
@@ -542,6 +560,12 @@ fn prepare<B>(
     headers.insert(upstream.auth_header.clone(), snapshot.header.clone());
     if upstream.provider == Provider::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION) {
         headers.insert(ANTHROPIC_VERSION.clone(), ANTHROPIC_DEFAULT_VERSION);
+    }
+    // boto3 signs even when keyproxy holds the credential: its SigV4 headers go with its key.
+    if upstream.provider == Provider::Bedrock {
+        for name in crate::key::aws::APP_SIGV4_HEADERS {
+            headers.remove(name);
+        }
     }
     Ok(())
 }

@@ -270,11 +270,21 @@ pub fn refusal(
     if let Some(reason) = reason {
         headers.insert(REASON_HEADER, HeaderValue::from_static(reason.as_str()));
     }
+    // botocore takes an error's code from this header only; without it boto3 says "()".
+    if provider == Provider::Bedrock {
+        if let Ok(code) = HeaderValue::from_str(&code) {
+            headers.insert(AMZN_ERROR_TYPE.clone(), code);
+        }
+    }
     if let Some(retry) = should_retry {
         headers.insert(SHOULD_RETRY_HEADER, should_retry_value(retry));
     }
     resp
 }
+
+/// Where AWS services (and botocore) put an error's code.
+static AMZN_ERROR_TYPE: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-amzn-errortype");
 
 pub fn should_retry_value(retry: bool) -> HeaderValue {
     HeaderValue::from_static(if retry { "true" } else { "false" })

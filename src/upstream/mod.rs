@@ -188,6 +188,31 @@ impl Upstream {
         })
     }
 
+    /// Signs each request with SigV4 (`key = { aws = … }`) instead of sending a key header.
+    #[inline]
+    pub fn signs(&self) -> bool {
+        matches!(self.key.source(), crate::key::KeySource::Aws(_))
+    }
+
+    /// Sign `req` (origin-form URI, `body` its body) with SigV4 as this upstream's pool will send
+    /// it: its scheme and `Host`. The forwarding path and the probe alike.
+    pub fn sign<B>(
+        &self,
+        creds: &crate::key::aws::Credentials,
+        req: &mut http::Request<B>,
+        body: &[u8],
+    ) -> Result<(), crate::key::aws::SignError> {
+        let (scheme, host) = self.pool.host();
+        let host = host.to_str().unwrap_or_default();
+        creds.sign_request(
+            req,
+            scheme.as_str(),
+            host,
+            body,
+            std::time::SystemTime::now(),
+        )
+    }
+
     /// The upstream's host, for lint (another provider's key is fine on that provider's host).
     pub fn host(&self) -> &str {
         self.authority.host()

@@ -503,6 +503,12 @@ impl UpstreamPool {
         })))
     }
 
+    /// The `Host` this pool sends over HTTP/1.1 (the authority without a default port), and
+    /// its scheme: what a signature must name.
+    pub fn host(&self) -> (&Scheme, &HeaderValue) {
+        (&self.0.scheme, &self.0.host)
+    }
+
     /// Send `req` (origin-form URI: path and query) and wait for the response head until
     /// `deadline`.
     pub async fn send(

@@ -8,6 +8,7 @@
 mod common;
 
 mod bad_input;
+mod bedrock;
 mod canary;
 mod cli;
 mod client_faults;

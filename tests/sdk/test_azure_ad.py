@@ -161,7 +161,7 @@ def test_azure_openai_sdk_with_a_dummy_key_is_served_with_entra_tokens_across_re
     import urllib.request
     with urllib.request.urlopen(keyproxy["admin"] + "/status") as r:
         status = r.read().decode()
-    credential = json.loads(status)["upstreams"][0]["credential"]
+    credential = json.loads(status)["upstreams"][0]["token_refresh"]
     assert credential["kind"] == "azure_ad" and credential["client"] == CLIENT_ID
     assert credential["last_result"] == "ok"
     assert CLIENT_SECRET not in status and "entraTOKENsdk" not in status

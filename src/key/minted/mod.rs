@@ -239,7 +239,7 @@ impl fmt::Debug for MintedSource {
 /// not a thing).
 fn plain_source(source: KeySource, field: &str) -> Result<KeySource, String> {
     match source {
-        KeySource::Minted(_) => Err(format!(
+        KeySource::Minted(_) | KeySource::Aws(_) => Err(format!(
             "{field} is read from {{ env = \"…\" }}, {{ file = \"…\" }} or {{ command = [\"…\"] }}"
         )),
         plain => Ok(plain),
