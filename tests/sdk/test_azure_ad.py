@@ -7,7 +7,6 @@ live 2 s, so the SDK's calls span several refreshes. Run by .ci/run with the oth
 
 import json
 import os
-import pathlib
 import subprocess
 import threading
 import time
@@ -17,10 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from test_sdks import wait_for
+from test_sdks import BIN, wait_for
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("KEYPROXY_BIN", str(ROOT / "target" / "debug" / "keyproxy"))
 TENANT = "contoso-tenant"
 CLIENT_ID = "22222222-sdk-app"
 CLIENT_SECRET = "sdk-entra-secret~TESTONLY~0123456789abcdef"
