@@ -143,6 +143,8 @@ impl Refresher {
 
     /// A token was minted at `now`: schedule the next.
     pub fn succeeded(&self, now: SystemTime, expires_at: SystemTime, lifetime: Duration) {
+        // A service account's file may have been unreadable (or replaced) since the last.
+        let (client, endpoint) = (self.source.client(), self.source.endpoint());
         {
             let mut s = self.lock();
             s.token_expires_at = Some(expires_at);
@@ -152,9 +154,8 @@ impl Refresher {
             s.consecutive_failures = 0;
             s.refreshes += 1;
             s.next_refresh_at = Some(now + refresh_after(lifetime, jitter()));
-            if s.endpoint.is_none() {
-                s.endpoint = self.source.endpoint();
-            }
+            s.client = client;
+            s.endpoint = endpoint;
         }
         self.rescheduled.notify_one();
     }
