@@ -212,17 +212,19 @@ impl Proxy {
                             _ if response.status() == StatusCode::UNAUTHORIZED
                                 && upstream.lifecycle(slot).refresher().is_some() =>
                             {
-                                let (response, again) = refreshing(
-                                    self,
-                                    upstream,
+                                let tried = Tried {
                                     slot,
-                                    &routed.key,
-                                    replay,
-                                    facts,
-                                    response,
+                                    key: &routed.key,
+                                };
+                                let pool = routed.slot.is_some();
+                                let (response, next) = refreshing(
+                                    self, upstream, tried, pool, replay, facts, response,
                                 )
                                 .await;
-                                refreshed = again;
+                                match pool {
+                                    true => served_by = next,
+                                    false => refreshed = next.map(|(_, key)| key),
+                                }
                                 response
                             }
                             Some(slot) if refused(&response) => {
@@ -733,41 +735,39 @@ fn failing_over<'a>(
     })
 }
 
-/// The answer after a 401 and a refresh, and the key state that gave it when it was sent again.
-type Refreshed = (Response<ReplyBody>, Option<Arc<KeyState>>);
-
 /// A token credential's token was refused (401): refresh it at once (concurrent refusals share
 /// one refresh) and send a replayable request once more with the new token (in a pool, on the
-/// same key: refreshed, it is not benched); the app sees only that answer. Also returns the key
-/// state that answered. Boxed: the rare path (see `explaining`).
+/// same key: refreshed, it is not benched); the app sees only that answer. When no new token came
+/// (the token endpoint failed too), a pool fails over as for any refused key. Also returns the
+/// key (index and snapshot) that answered. Boxed: the rare path (see `explaining`).
 #[inline(never)]
 fn refreshing<'a>(
     proxy: &'a Proxy,
     upstream: &'a Upstream,
-    slot: usize,
-    tried: &'a KeyState,
+    tried: Tried<'a>,
+    pool: bool,
     replay: Option<Box<Replay>>,
     facts: RequestFacts<'a>,
     response: Response<ReplyBody>,
-) -> Pin<Box<dyn Future<Output = Refreshed> + Send + 'a>> {
+) -> Pin<Box<dyn Future<Output = FailedOver> + Send + 'a>> {
     Box::pin(async move {
-        let Some(seen) = tried.snapshot().map(|k| k.generation) else {
+        let Some(seen) = tried.key.snapshot().map(|k| k.generation) else {
             return (response, None);
         };
-        let life = upstream.lifecycle(slot);
-        if !matches!(
+        let life = upstream.lifecycle(tried.slot);
+        let renewed = matches!(
             life.refresh(Trigger::Refresh, Some(seen)).await,
             Some(Ok(_))
-        ) {
-            return (response, None);
-        }
+        );
         let key = life.current();
-        let (Some(replay), Some(snapshot)) = (replay, key.snapshot()) else {
-            return (response, None);
+        let snapshot = key.snapshot().filter(|k| renewed && k.generation != seen);
+        let (replay, snapshot) = match (replay, snapshot) {
+            (Some(replay), Some(snapshot)) => (replay, snapshot),
+            (replay, _) if pool && refused(&response) => {
+                return failing_over(proxy, upstream, tried, replay, facts, response).await;
+            }
+            _ => return (response, None),
         };
-        if snapshot.generation == seen {
-            return (response, None);
-        }
         tracing::info!(request_id = facts.request_id, upstream = %upstream.name, key = %snapshot.fingerprint, generation = snapshot.generation, "the upstream refused the token (401): it was refreshed and the request goes again with the new one");
         let req = replay.with_key(upstream, &snapshot.header);
         let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
@@ -779,7 +779,7 @@ fn refreshing<'a>(
         let again = proxy
             .response_phase(upstream, &key, facts, None, answer)
             .await;
-        (again, Some(key))
+        (again, Some((tried.slot, key)))
     })
 }
 

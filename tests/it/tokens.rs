@@ -142,7 +142,7 @@ async fn entra(issuer: Arc<Issuer>) -> StandIn {
 }
 
 /// A provider stand-in that answers 200 only to `Authorization: Bearer <a token the issuer
-/// accepts>` (with no `api-key` left from the app), else Azure's 401.
+/// accepts>` (with no `api-key` left from the app), else Azure's 401 for a bad Entra token.
 async fn provider(issuer: Arc<Issuer>) -> StandIn {
     StandIn::recording(move |seen| {
         let bearer = seen
@@ -156,7 +156,7 @@ async fn provider(issuer: Arc<Issuer>) -> StandIn {
             }
             _ => (
                 401,
-                r#"{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource."}}"#.into(),
+                r#"{"error":{"code":"401","message":"Access token is missing, invalid, audience is incorrect (https://cognitiveservices.azure.com), or have expired."}}"#.into(),
             ),
         }
     })
@@ -914,24 +914,30 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
     }
 }
 
+/// An azure upstream with a pool of two Entra credentials, `east` and `west`.
+fn pool_config(dir: &Path, base: &str, authority: &str) -> String {
+    let secret = key_file(dir, "client-secret", CLIENT_SECRET);
+    let credential = format!(
+        "{{ azure_ad = {{ tenant_id = \"contoso-tenant\", client_id = \"11111111-app\", client_secret = {{ file = \"{secret}\" }}, authority = \"{authority}\" }}, name = \"NAME\" }}"
+    );
+    format!(
+        "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"{base}\"\nkeys = [ {}, {} ]\n",
+        credential.replace("NAME", "east"),
+        credential.replace("NAME", "west"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::new(3600);
     let endpoint = entra(Arc::clone(&issuer)).await;
     let upstream = provider(Arc::clone(&issuer)).await;
-    let secret = key_file(dir.path(), "client-secret", CLIENT_SECRET);
-    let credential = format!(
-        "{{ azure_ad = {{ tenant_id = \"contoso-tenant\", client_id = \"11111111-app\", client_secret = {{ file = \"{secret}\" }}, authority = \"{}\" }}, name = \"NAME\" }}",
-        endpoint.url()
-    );
-    let config = format!(
-        "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"{}\"\nkeys = [ {}, {} ]\n",
-        upstream.url(),
-        credential.replace("NAME", "east"),
-        credential.replace("NAME", "west"),
-    );
-    let proxy = Proxy::start(&config, dir.path()).await;
+    let proxy = Proxy::start(
+        &pool_config(dir.path(), &upstream.url(), &endpoint.url()),
+        dir.path(),
+    )
+    .await;
     assert_eq!(issuer.calls.load(Ordering::SeqCst), 2, "a token per key");
     issuer.revoked.lock().unwrap().extend(issuer.tokens());
     // Both tokens refused: whichever key a request tries is refreshed and the request goes again
@@ -948,5 +954,38 @@ async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
         .map(|k| k["state"].clone())
         .collect();
     assert_eq!(states, ["active", "active"], "{keys}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(3600);
+    let endpoint = entra(Arc::clone(&issuer)).await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let proxy = Proxy::start(
+        &pool_config(dir.path(), &upstream.url(), &endpoint.url()),
+        dir.path(),
+    )
+    .await;
+    // East's token (minted first) is refused, and the token endpoint refuses from now on.
+    issuer
+        .revoked
+        .lock()
+        .unwrap()
+        .push(issuer.tokens()[0].clone());
+    issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
+    for _ in 0..4 {
+        let (head, body) = chat(&proxy).await;
+        assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let keys = status(&proxy).await["upstreams"][0]["keys"].clone();
+    let states: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].clone())
+        .collect();
+    assert_eq!(states, ["quarantined", "active"], "{keys}");
     proxy.stop().await;
 }
