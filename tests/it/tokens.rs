@@ -381,6 +381,14 @@ async fn a_refused_token_is_refreshed_once_and_the_request_replayed() {
     issuer.revoked.lock().unwrap().extend(issuer.tokens());
     let (head, body) = chat(&proxy).await;
     assert_eq!(head.status, 401, "{}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(head.headers["x-keyproxy-reason"], "invalid_key");
+    assert!(
+        text.contains("a token minted by its azure_ad credential")
+            && text.contains("Cognitive Services OpenAI User")
+            && !text.contains("dashboard"),
+        "{text}"
+    );
     let (head, _) = chat(&proxy).await;
     assert_eq!(head.status, 401);
     assert_eq!(
