@@ -922,6 +922,34 @@ async fn the_real_binary_refreshes_and_check_probe_mints_without_showing_a_secre
     }
 }
 
+/// `azure`, with a pool of two Entra credentials, `east` and `west`, minting 1-hour tokens.
+async fn azure_pool() -> (tempfile::TempDir, Arc<Issuer>, StandIn, StandIn, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(3600);
+    let endpoint = entra(Arc::clone(&issuer)).await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let proxy = Proxy::start(
+        &pool_config(dir.path(), &upstream.url(), &endpoint.url()),
+        dir.path(),
+    )
+    .await;
+    (dir, issuer, endpoint, upstream, proxy)
+}
+
+/// Four chat requests, each answered 200; then the pool's keys' states.
+async fn four_chats_then_states(proxy: &Proxy) -> Vec<serde_json::Value> {
+    for _ in 0..4 {
+        let (head, body) = chat(proxy).await;
+        assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let keys = status(proxy).await["upstreams"][0]["keys"].clone();
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].clone())
+        .collect()
+}
+
 /// An azure upstream with a pool of two Entra credentials, `east` and `west`.
 fn pool_config(dir: &Path, base: &str, authority: &str) -> String {
     let secret = key_file(dir, "client-secret", CLIENT_SECRET);
@@ -937,45 +965,18 @@ fn pool_config(dir: &Path, base: &str, authority: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(3600);
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &pool_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
+    let (_dir, issuer, _endpoint, _upstream, proxy) = azure_pool().await;
     assert_eq!(issuer.calls.load(Ordering::SeqCst), 2, "a token per key");
     issuer.revoked.lock().unwrap().extend(issuer.tokens());
     // Both tokens refused: whichever key a request tries is refreshed and the request goes again
     // on the other (refreshed, or about to be); no key is quarantined.
-    for _ in 0..4 {
-        let (head, body) = chat(&proxy).await;
-        assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
-    }
-    let keys = status(&proxy).await["upstreams"][0]["keys"].clone();
-    let states: Vec<_> = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["state"].clone())
-        .collect();
-    assert_eq!(states, ["active", "active"], "{keys}");
+    assert_eq!(four_chats_then_states(&proxy).await, ["active", "active"]);
     proxy.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantined() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(3600);
-    let endpoint = entra(Arc::clone(&issuer)).await;
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let proxy = Proxy::start(
-        &pool_config(dir.path(), &upstream.url(), &endpoint.url()),
-        dir.path(),
-    )
-    .await;
+    let (_dir, issuer, _endpoint, _upstream, proxy) = azure_pool().await;
     // East's token (minted first) is refused, and the token endpoint refuses from now on.
     issuer
         .revoked
@@ -983,17 +984,9 @@ async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantine
         .unwrap()
         .push(issuer.tokens()[0].clone());
     issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
-    for _ in 0..4 {
-        let (head, body) = chat(&proxy).await;
-        assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
-    }
-    let keys = status(&proxy).await["upstreams"][0]["keys"].clone();
-    let states: Vec<_> = keys
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["state"].clone())
-        .collect();
-    assert_eq!(states, ["quarantined", "active"], "{keys}");
+    assert_eq!(
+        four_chats_then_states(&proxy).await,
+        ["quarantined", "active"]
+    );
     proxy.stop().await;
 }
