@@ -16,6 +16,7 @@ use toml::Spanned;
 
 use crate::key::expiry::ExpiryPolicy;
 use crate::key::lint::LintMode;
+use crate::key::minted::MintedSource;
 use crate::key::source::{resolve, KeySource};
 use crate::provider::Provider;
 
@@ -799,6 +800,16 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
             ))
         }
     };
+    // One auth header per upstream: a pool's keys are all token credentials or none.
+    if keys.iter().any(|k| k.source.minted().is_some())
+        && keys.iter().any(|k| k.source.minted().is_none())
+    {
+        return Err(ctx.error(
+            up.name.span(),
+            field("keys"),
+            "a pool mixes token credentials (oauth2, azure_ad, google_service_account) with plain keys; they go in different headers, so make them separate upstreams",
+        ));
+    }
     Ok(UpstreamConfig {
         name: up.name.into_inner(),
         provider,
@@ -960,18 +971,44 @@ impl UpstreamConfig {
                 "base_url {url} ends in /{last}, which the apps add themselves (an SDK's base_url is http://127.0.0.1:8787/{last}): every request would go to /{last}/{last}/… and fail with 404. Write base_url = \"{without}\" (unless the apps leave /{last} out of their paths)"
             ));
         }
-        let host = url.host().unwrap_or("").trim_matches(['[', ']']);
-        let loopback = host.eq_ignore_ascii_case("localhost")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if url.scheme_str() == Some("http") && !loopback {
+        if let Some(host) = beyond_this_machine_in_clear(url) {
             found.push(format!(
                 "base_url {url} is plain http:// to {host}, beyond this machine: the API key would travel unencrypted. Use https://"
             ));
         }
         found
     }
+
+    /// Like `warnings`, about the token endpoints of token credentials (`check` shows each as a
+    /// `token_url` line).
+    pub fn token_warnings(&self) -> Vec<String> {
+        let token_urls = self.keys.iter().filter_map(|k| match k.source.minted() {
+            Some(m) => match &**m {
+                MintedSource::ClientCredentials { grant, .. } => Some(&grant.token_url),
+                MintedSource::ServiceAccount(_) => None,
+            },
+            None => None,
+        });
+        token_urls
+            .filter_map(|token_url| {
+                let url = token_url.parse::<Uri>().ok()?;
+                let host = beyond_this_machine_in_clear(&url)?;
+                Some(format!(
+                    "token_url {token_url} is plain http:// to {host}, beyond this machine: the client secret and the tokens would travel unencrypted. Use https://"
+                ))
+            })
+            .collect()
+    }
+}
+
+/// The host of an `http://` URL that is not this machine (where what is sent travels in clear).
+fn beyond_this_machine_in_clear(url: &Uri) -> Option<&str> {
+    let host = url.host().unwrap_or("").trim_matches(['[', ']']);
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (url.scheme_str() == Some("http") && !loopback).then_some(host)
 }
 
 /// `v1`, `v2`, `v1beta`, `v1alpha2`: an API version segment that SDKs put in their own paths.

@@ -13,7 +13,7 @@
 //! | layer | modules | what lives there |
 //! |---|---|---|
 //! | `leaves` | `reason`, `provider`, `time`, `redact`, `request_id`, `workers`, `metrics`, `telemetry` | facts and tools that know nothing of the rest |
-//! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch |
+//! | `key` | `key` | the credential's whole life: secret, fingerprint, source, lint, expiry, store, lifecycle, watch, minted (tokens refreshed before they expire) |
 //! | `state` | `state` | the durable store (SQLite): rotations, retired keys, sightings, diagnoses; implements `key::history::KeyHistory` |
 //! | `config` | `config` | TOML → raw → validated `Config`, built from the types of the layers below |
 //! | `http1` | `http1`, `headers`, `websocket` | the wire: limits, framing, heads and bodies, header surgery |

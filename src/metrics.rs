@@ -38,6 +38,7 @@ pub struct Metrics {
     key_requests: IntCounterVec,
     failovers: IntCounterVec,
     pool_key_expiry: GaugeVec,
+    credential_refreshes: IntCounterVec,
     /// Requests the browser guard turned away, by listener and reason (pre-resolved at startup).
     refusals: [IntCounter; 4],
     /// `keyproxy_client_errors_total` by kind, in `ClientError::ALL` order.
@@ -236,6 +237,7 @@ pub struct UpstreamMetrics {
     pub key_loaded: Gauge,
     key_expiry_vec: GaugeVec,
     pub key_usable: IntGauge,
+    credential_refreshes: IntCounterVec,
     /// Where token counts by model go besides the counters (the state store's daily usage).
     usage: OnceLock<Arc<dyn UsageSink>>,
 }
@@ -339,7 +341,7 @@ impl Metrics {
             )?,
             rotations: counter(
                 "keyproxy_key_rotations_total",
-                "Key rotation attempts by trigger (startup, file, periodic, sighup, admin) and result (applied, rejected).",
+                "Key rotation attempts by trigger (startup, file, periodic, sighup, admin, refresh) and result (applied, rejected).",
                 &["upstream", "trigger", "result"],
             )?,
             key_generation: int_gauge(
@@ -401,6 +403,11 @@ impl Metrics {
                 "keyproxy_pool_key_expiry_timestamp_seconds",
                 "When each key of an upstream with several keys expires (Unix time), by its name; absent when unknown.",
                 &["upstream", "key"],
+            )?,
+            credential_refreshes: counter(
+                "keyproxy_credential_refreshes_total",
+                "Token credentials (oauth2, azure_ad, google_service_account) minted at the token endpoint, by result (ok, failed).",
+                &["upstream", "result"],
             )?,
             refusals: {
                 let family = counter(
@@ -481,6 +488,7 @@ impl Metrics {
             key_loaded: self.key_loaded.with_label_values(&[name]),
             key_expiry_vec: self.key_expiry.clone(),
             key_usable: self.key_usable.with_label_values(&[name]),
+            credential_refreshes: self.credential_refreshes.clone(),
             usage: OnceLock::new(),
         })
     }
@@ -552,6 +560,13 @@ impl UpstreamMetrics {
     pub fn rotation(&self, trigger: &str, result: &str) {
         self.rotations
             .with_label_values(&[self.name.as_str(), trigger, result])
+            .inc();
+    }
+
+    /// A token credential's refresh (`ok` or `failed`): minutes apart, so resolved here.
+    pub fn credential_refresh(&self, result: &str) {
+        self.credential_refreshes
+            .with_label_values(&[self.name.as_str(), result])
             .inc();
     }
 

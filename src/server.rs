@@ -60,6 +60,8 @@ pub struct Server {
     watcher: AbortOnDrop,
     /// The event-loop threads that serve proxy connections besides this runtime.
     workers: Workers,
+    /// One task per token credential, replacing its token before it expires.
+    refreshers: Vec<AbortOnDrop>,
 }
 
 /// A background task that ends with its owner.
@@ -112,6 +114,10 @@ impl Server {
             upstream.restore_members();
             // Failures are logged and recorded by the upstream; the proxy starts regardless.
             for key in upstream.lifecycles() {
+                if let Some(refresher) = key.refresher() {
+                    refresher
+                        .attach_explainer(Arc::new(crate::diagnose::token_endpoint::TokenEndpoint));
+                }
                 let _ = key.load_initial().await;
             }
             upstream.refresh_keys();
@@ -123,7 +129,11 @@ impl Server {
         crate::admin::resume_retirements(&proxy);
         let proxy_for_watch = Arc::clone(&proxy);
         for upstream in &config.upstreams {
-            for warning in upstream.warnings() {
+            for warning in upstream
+                .warnings()
+                .into_iter()
+                .chain(upstream.token_warnings())
+            {
                 tracing::warn!(upstream = %upstream.name, "{warning}");
             }
         }
@@ -141,6 +151,10 @@ impl Server {
                 config.server.key_settle,
             )),
             workers: Workers::start(loops).map_err(ServerError::Workers)?,
+            refreshers: key::minted::refresh::spawn(Arc::clone(&proxy_for_watch))
+                .into_iter()
+                .map(AbortOnDrop)
+                .collect(),
         })
     }
 
@@ -166,6 +180,8 @@ impl Server {
         tracing::info!(addr = %self.admin_addr(), "admin listening");
         let expiry = AbortOnDrop(tokio::spawn(check_expiry(Arc::clone(&self.proxy))));
         let watcher = self.watcher;
+        // Tokens keep being refreshed while in-flight requests drain.
+        let refreshers = self.refreshers;
         let (stop_tx, stop_rx) = watch::channel(false);
         let grace = self.shutdown_grace;
         let header_timeout = self.client_header_timeout;
@@ -255,6 +271,7 @@ impl Server {
         if let Ok(workers) = Arc::try_unwrap(workers) {
             workers.finish().await;
         }
+        drop(refreshers);
         tracing::info!("shutdown complete");
     }
 }

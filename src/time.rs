@@ -17,6 +17,14 @@ pub fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339_string(*t))
 }
 
+/// `rfc3339` for an optional time (`null` when unknown).
+pub fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// Parse a date (`"2027-11-27"`, midnight UTC) or an RFC 3339 timestamp with `Z` or a `+HH:MM`
 /// offset.
 pub fn parse_timestamp(text: &str) -> Result<SystemTime, String> {

@@ -529,6 +529,10 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
     if let Some(k) = state.snapshot() {
         credential_status(k, &mut key);
     }
+    let token_refresh = u.key.credential_status();
+    if let Some(token) = &token_refresh {
+        key["credential"] = json!(token.kind);
+    }
     json!({
         "name": &*u.name,
         "provider": u.provider.as_str(),
@@ -537,6 +541,7 @@ fn upstream_status(u: &Upstream, store: Option<&Arc<Store>>, now: SystemTime) ->
         "key": key,
         "keys": keys_status(u),
         "last_rotation": u.key.last_attempt(),
+        "token_refresh": token_refresh,
         "retired_keys": retired_status(u, store),
         "requests": {
             "total": u.metrics.requests_total(),

@@ -140,6 +140,7 @@ fn upstream(page: &mut String, up: &Value) {
             esc(str_of(&key["problem"]["message"]))
         );
     }
+    token_refresh(page, &up["token_refresh"]);
     let last = &up["last_rotation"];
     if last.is_object() {
         let class = if last["result"] == "applied" {
@@ -214,6 +215,35 @@ fn upstream(page: &mut String, up: &Value) {
 }
 
 /// A pool's keys (more than one), each with its state and why.
+/// A token credential (its kind is the key's `credential` row): the client and token endpoint,
+/// when the token expires, the last refresh.
+fn token_refresh(page: &mut String, c: &Value) {
+    if !c.is_object() {
+        return;
+    }
+    let class = match c["last_result"].as_str() {
+        Some("ok") => "ok",
+        Some(_) => "bad",
+        None => "muted",
+    };
+    let _ = write!(
+        page,
+        "<tr><th>token endpoint</th><td>{} (client <code>{}</code>)</td></tr>\
+         <tr><th>token expires</th><td>{}</td></tr>\
+         <tr><th>last refresh</th><td class=\"{class}\">{} at {}{}; next at {}</td></tr>",
+        esc(str_of(&c["endpoint"])),
+        esc(str_of(&c["client"])),
+        esc(str_of(&c["token_expires_at"])),
+        esc(c["last_result"].as_str().unwrap_or("none yet")),
+        esc(str_of(&c["last_refresh_at"])),
+        match c["problem"]["message"].as_str() {
+            Some(m) => format!(": {} ({})", esc(m), esc(str_of(&c["problem"]["reason"]))),
+            None => String::new(),
+        },
+        esc(str_of(&c["next_refresh_at"])),
+    );
+}
+
 fn pool(page: &mut String, up: &Value) {
     let keys = up["keys"].as_array().map_or(&[][..], Vec::as_slice);
     if keys.len() < 2 {
@@ -379,6 +409,26 @@ mod tests {
             !page.contains("http://") && !page.contains("src="),
             "no external assets"
         );
+    }
+
+    #[test]
+    fn a_token_credential_shows_its_kind_expiry_and_last_refresh() {
+        let mut page = String::new();
+        token_refresh(
+            &mut page,
+            &serde_json::json!({"kind": "azure_ad", "client": "app<1>", "endpoint": "https://login/t",
+                "token_expires_at": "2026-12-06T23:00:00Z", "last_result": "failed",
+                "last_refresh_at": "2026-12-06T22:00:00Z", "next_refresh_at": "2026-12-06T22:00:02Z",
+                "problem": {"reason": "credential_refresh_failed", "message": "refused <b>"}}),
+        );
+        assert!(
+            page.contains("https://login/t (client <code>app&lt;1&gt;</code>)"),
+            "{page}"
+        );
+        assert!(page.contains("class=\"bad\">failed at 2026-12-06T22:00:00Z: refused &lt;b&gt; (credential_refresh_failed)"), "{page}");
+        let mut none = String::new();
+        token_refresh(&mut none, &serde_json::Value::Null);
+        assert!(none.is_empty());
     }
 
     #[test]

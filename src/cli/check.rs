@@ -27,6 +27,9 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
         for warning in cfg.warnings() {
             println!("⚠ {}: base_url: {warning}", cfg.name);
         }
+        for warning in cfg.token_warnings() {
+            println!("⚠ {}: token_url: {warning}", cfg.name);
+        }
     }
     let metrics = Metrics::new()?;
     let now = SystemTime::now();
@@ -46,6 +49,10 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
             };
             let name = &label;
             let (source, policy) = (&key.source, &key.expiry);
+            if let Some(minted) = source.minted() {
+                failed |= check_minted(name, minted, &upstream, probe).await;
+                continue;
+            }
             let secret = match source.read().await {
                 Ok(secret) => secret,
                 Err(e) => {
@@ -282,4 +289,100 @@ fn stored_history_line(
         );
     }
     false
+}
+
+/// A token credential: its long-lived secret (read, never shown: a fingerprint), and with
+/// `--probe` one token minted at the endpoint (its refusal explained) and shown to the provider.
+/// True when something failed.
+async fn check_minted(
+    name: &str,
+    minted: &keyproxy::key::minted::MintedSource,
+    upstream: &Upstream,
+    probe: bool,
+) -> bool {
+    use keyproxy::key::minted::{ExplainMint, MintedSource};
+    println!("✓ {name}: token credential: {minted}");
+    match minted {
+        MintedSource::ClientCredentials { grant, .. } => match grant.client_secret.read().await {
+            Ok(secret) => println!(
+                "✓ {name}: client secret present ({}): {}",
+                grant.client_secret,
+                Fingerprint::of(secret.expose())
+            ),
+            Err(e) => {
+                println!("✗ {name}: client secret: {e}");
+                return true;
+            }
+        },
+        MintedSource::ServiceAccount(account) => {
+            let text = std::fs::read_to_string(&account.path).map_err(|e| {
+                format!(
+                    "cannot read the service-account key file {}: {e}",
+                    account.path.display()
+                )
+            });
+            match text.and_then(|t| {
+                keyproxy::key::minted::google::lint(&account.path, &zeroize::Zeroizing::new(t))
+            }) {
+                Ok(sa) => println!(
+                    "✓ {name}: service-account key file {}: {} (token endpoint {})",
+                    account.path.display(),
+                    sa.client_email,
+                    sa.token_uri
+                ),
+                Err(e) => {
+                    println!("✗ {name}: service-account key: {e}");
+                    return true;
+                }
+            }
+        }
+    }
+    if !probe {
+        println!("✓ {name}: token: minted at startup and refreshed before it expires (`keyproxy check --probe` mints one now)");
+        return false;
+    }
+    let token = match minted.mint().await {
+        Ok(token) => token,
+        Err(e) => {
+            let why = keyproxy::diagnose::token_endpoint::TokenEndpoint.explain(minted, &e);
+            println!(
+                "✗ {name}: probe: token endpoint: {}: {}",
+                why.reason, why.sentence
+            );
+            return true;
+        }
+    };
+    println!(
+        "✓ {name}: probe: the token endpoint issued a token ({}), valid for {} (until {})",
+        Fingerprint::of(token.token.expose()),
+        humantime::format_duration(std::time::Duration::from_secs(token.lifetime.as_secs())),
+        keyproxy::time::rfc3339_string(token.expires_at)
+    );
+    let header = match keyproxy::key::store::header_value(
+        &token.token,
+        &upstream.auth_prefix,
+        &minted.to_string(),
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("✗ {name}: probe: {e}");
+            return true;
+        }
+    };
+    match keyproxy::diagnose::probe::probe(upstream, &header).await {
+        ProbeOutcome::Accepted { status } => {
+            println!("✓ {name}: probe: the provider accepts the token ({status})");
+            false
+        }
+        ProbeOutcome::Refused {
+            reason, message, ..
+        } => {
+            println!("✗ {name}: probe: {reason}: {message}");
+            true
+        }
+        ProbeOutcome::Failed { message } => {
+            println!("✗ {name}: probe: {message}");
+            true
+        }
+    }
 }

@@ -151,6 +151,9 @@ pub fn explain(reason: Reason, c: &Context<'_>) -> String {
             text.push_str(more);
         }
     }
+    if let Some(token) = token_refused(reason, c, &key, &said) {
+        return token;
+    }
     // A refused new key explains a refusal of the key in use, and nothing else.
     let about_the_key = matches!(
         reason,
@@ -299,6 +302,36 @@ fn ago(then: SystemTime, now: SystemTime) -> String {
         3600..=86_399 => format!("{} hours ago", secs / 3600),
         _ => format!("{} days ago", secs / 86_400),
     }
+}
+
+/// A token credential's token refused as a key would be: the advice is about the credential, not
+/// about rotating a key in (keyproxy mints the tokens, and refreshes a refused one at once).
+fn token_refused(reason: Reason, c: &Context<'_>, key: &str, said: &str) -> Option<String> {
+    if !matches!(
+        reason,
+        Reason::InvalidKey | Reason::ExpiredKey | Reason::RevokedKey
+    ) {
+        return None;
+    }
+    let source = &*c.key?.source;
+    let kind = crate::key::minted::KINDS.into_iter().find(|k| {
+        source
+            .strip_prefix(k)
+            .is_some_and(|rest| rest.starts_with(' '))
+    })?;
+    let role = match c.provider {
+        Provider::Azure => {
+            " (on Azure OpenAI: the Cognitive Services OpenAI User role on the resource)"
+        }
+        Provider::Vertex | Provider::Gemini => {
+            " (on Vertex AI: the Vertex AI User role in the project)"
+        }
+        _ => "",
+    };
+    Some(format!(
+        "{} refused {key}, a token minted by its {kind} credential{said}. keyproxy refreshes a refused token at once (at most every few seconds) and sends a request that can be replayed again; a new token refused too is not a token for this resource: check the credential's scope and that its app registration or service account has access here{role}.",
+        c.upstream
+    ))
 }
 
 #[cfg(test)]

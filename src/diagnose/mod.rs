@@ -14,6 +14,7 @@ pub mod message;
 mod openai;
 pub mod probe;
 mod rules;
+pub mod token_endpoint;
 
 use std::time::SystemTime;
 

@@ -78,7 +78,8 @@ impl AwsSpec {
 
     /// A part that is itself `{ aws = … }`: refused when the config is read.
     pub fn nested(&self) -> bool {
-        self.parts().any(|(_, s)| matches!(s, KeySource::Aws(_)))
+        self.parts()
+            .any(|(_, s)| matches!(s, KeySource::Aws(_) | KeySource::Minted(_)))
     }
 
     pub fn resolved(&self, config_path: &Path) -> AwsSpec {

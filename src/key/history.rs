@@ -64,6 +64,7 @@ pub fn who(trigger: Trigger, from_cli: bool) -> &'static str {
         Trigger::File => "file",
         Trigger::Periodic => "periodic",
         Trigger::Sighup => "SIGHUP",
+        Trigger::Refresh => "refresh",
     }
 }
 

@@ -20,6 +20,8 @@ use http::HeaderValue;
 use super::expiry::{self, ExpiryPolicy};
 use super::history::{self, Applied, Forgetful, KeyHistory, Recalled, Refused, Sighting};
 use super::lint::{self, Finding, LintCode, LintMode, Severity};
+use super::minted::refresh::{RefreshStatus, Refresher};
+use super::minted::{Explained, Minted, MintedSource};
 use super::rotation::{Attempt, Refusal, RetiredKey, RotationResult, Trigger, RETIRED_KEPT};
 use super::store::{digest, header_value, salted_digest, KeyMeta, Unavailable};
 use super::{Fingerprint, KeySnapshot, KeySource, KeyState, KeyStore, Secret};
@@ -169,10 +171,16 @@ pub struct KeyLifecycle {
     history: OnceLock<Arc<dyn KeyHistory>>,
     /// One key of several: without a key it leaves requests to the others (see `in_pool`).
     pooled: std::sync::atomic::AtomicBool,
+    /// A token credential's refresh state (`None`: a key read from its source).
+    minted: Option<Refresher>,
 }
 
 impl KeyLifecycle {
     pub fn new(settings: KeySettings, metrics: Arc<UpstreamMetrics>) -> KeyLifecycle {
+        let minted = settings
+            .source
+            .minted()
+            .map(|m| Refresher::new(Arc::clone(m)));
         KeyLifecycle {
             store: KeyStore::new(&settings.source.to_string()),
             settings,
@@ -182,6 +190,7 @@ impl KeyLifecycle {
             metrics,
             history: OnceLock::new(),
             pooled: std::sync::atomic::AtomicBool::new(false),
+            minted,
         }
     }
 
@@ -236,6 +245,9 @@ impl KeyLifecycle {
     /// why there is no usable key. A source still holding a retired key is refused; a key rotated
     /// in through the admin API and kept in the store is used instead when there is one.
     pub async fn load_initial(&self) -> Result<Rotated, Refusal> {
+        if let Some(minted) = self.refresh(Trigger::Startup, None).await {
+            return minted;
+        }
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.settings.source.to_string();
         if let Some(warning) = self.settings.source.permission_warning() {
@@ -340,6 +352,9 @@ impl KeyLifecycle {
         options: RotateOptions,
         probe: &dyn KeyProbe,
     ) -> Result<Rotated, Refusal> {
+        if let Some(minted) = &self.minted {
+            return Err(self.refuse_manual_rotation(minted.source()));
+        }
         let _one_at_a_time = self.rotating.lock().await;
         let source = format!("POST /keys/{}", self.settings.upstream);
         let why = Why {
@@ -366,6 +381,14 @@ impl KeyLifecycle {
         force: bool,
         probe: &dyn KeyProbe,
     ) -> Option<Result<Rotated, Refusal>> {
+        // A token credential's secret is read at each refresh: SIGHUP mints a token now (the
+        // secret just replaced is used at once), other triggers leave it to the schedule.
+        if self.minted.is_some() {
+            return match force {
+                true => self.refresh(trigger, None).await,
+                false => None,
+            };
+        }
         let _one_at_a_time = self.rotating.lock().await;
         let source = self.settings.source.to_string();
         let secret = match self.settings.source.read().await {
@@ -644,17 +667,7 @@ impl KeyLifecycle {
             }
         }
         self.publish(new);
-        self.metrics
-            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
-        self.memory().last_attempt = Some(Attempt {
-            at: new.loaded_at,
-            trigger,
-            result: RotationResult::Applied,
-            fingerprint: Some(new.fingerprint.to_string()),
-            generation: Some(new.generation),
-            code: None,
-            finding: None,
-        });
+        self.record_applied(trigger, new);
         self.check_expiry(SystemTime::now());
         Ok(Rotated {
             fingerprint: new.fingerprint.clone(),
@@ -804,6 +817,10 @@ impl KeyLifecycle {
 
     /// Warn once per threshold (30, 7, 1 days before, and at expiry) for the key in use.
     pub fn check_expiry(&self, now: SystemTime) {
+        // A token expiring within the hour is the plan, not news: its refresher replaces it.
+        if self.minted.is_some() {
+            return;
+        }
         let state = self.store.current();
         let Some(key) = state.snapshot() else { return };
         let Some(at) = key.expires_at else { return };
@@ -984,5 +1001,189 @@ impl KeyLifecycle {
             }
             None => false,
         }
+    }
+}
+
+/// Token credentials (`key::minted`): minted at startup and by the refresher, never read from a
+/// source nor rotated by hand. Their tokens never reach the durable history: a token lives an hour
+/// and is worthless after, so recording each would fill the store with rows nobody can act on;
+/// what a person manages (the client secret, the service-account key) lives in its own source.
+impl KeyLifecycle {
+    /// The refresh state of a token credential (`None`: a key read from its source).
+    pub fn refresher(&self) -> Option<&Refresher> {
+        self.minted.as_ref()
+    }
+
+    /// What /status shows about a token credential.
+    pub fn credential_status(&self) -> Option<RefreshStatus> {
+        self.minted.as_ref().map(Refresher::status)
+    }
+
+    /// Mint a token and swap it in (`None`: not a token credential). One at a time with any
+    /// rotation. With `seen` (the generation a request was refused with), a refresh another
+    /// request made meanwhile is taken as it is: concurrent 401s share one refresh; and refusals
+    /// refresh at most once per `REFUSAL_REFRESH_EVERY` (else the token in service stays).
+    pub async fn refresh(
+        &self,
+        trigger: Trigger,
+        seen: Option<u64>,
+    ) -> Option<Result<Rotated, Refusal>> {
+        let refresher = self.minted.as_ref()?;
+        let _one_at_a_time = self.rotating.lock().await;
+        if let Some(seen) = seen {
+            let state = self.store.current();
+            let taken = |k: &&KeySnapshot| {
+                k.generation != seen || !refresher.take_refusal_refresh(std::time::Instant::now())
+            };
+            if let Some(current) = state.snapshot().filter(taken) {
+                return Some(Ok(Rotated {
+                    fingerprint: current.fingerprint.clone(),
+                    generation: current.generation,
+                    changed: false,
+                    warnings: Vec::new(),
+                }));
+            }
+        }
+        Some(match refresher.source().mint().await {
+            Ok(minted) => self.install_minted(refresher, trigger, minted),
+            Err(error) => {
+                let why = refresher.explain(&error);
+                Err(self.refresh_refused(refresher, trigger, why))
+            }
+        })
+    }
+
+    fn install_minted(
+        &self,
+        refresher: &Refresher,
+        trigger: Trigger,
+        minted: Minted,
+    ) -> Result<Rotated, Refusal> {
+        let meta = KeyMeta {
+            source: self.settings.source.to_string(),
+            expires_at: Some(minted.expires_at),
+            warnings: Vec::new(),
+        };
+        let state = match self
+            .store
+            .prepare(&minted.token, &self.settings.auth_prefix, meta)
+        {
+            Ok(state) => state,
+            Err(_) => {
+                let why = Explained {
+                    reason: Reason::CredentialRefreshFailed,
+                    sentence: format!("{} issued a token that cannot be sent in an HTTP header (control characters or line breaks)", refresher.source()),
+                };
+                return Err(self.refresh_refused(refresher, trigger, why));
+            }
+        };
+        let Some(new) = state.snapshot() else {
+            return Err(Refusal::Source(
+                "the key store did not take the token".into(),
+            ));
+        };
+        self.store.swap_in(Arc::clone(&state));
+        let now = SystemTime::now();
+        refresher.succeeded(now, minted.expires_at, minted.lifetime);
+        tracing::info!(
+            upstream = %self.settings.upstream,
+            trigger = trigger.as_str(),
+            credential = refresher.source().kind().as_str(),
+            token = %new.fingerprint,
+            generation = new.generation,
+            expires_at = %crate::time::rfc3339_string(minted.expires_at),
+            "token minted"
+        );
+        self.publish(new);
+        self.record_applied(trigger, new);
+        self.metrics.credential_refresh("ok");
+        Ok(Rotated {
+            fingerprint: new.fingerprint.clone(),
+            generation: new.generation,
+            changed: true,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// No token this time: keep serving the one in service while it is valid, else say there is
+    /// no usable key, with the cause.
+    fn refresh_refused(&self, refresher: &Refresher, trigger: Trigger, why: Explained) -> Refusal {
+        let now = SystemTime::now();
+        let retry = refresher.failed(now, &why);
+        self.metrics
+            .rotation(trigger.as_str(), RotationResult::Rejected.as_str());
+        self.metrics.credential_refresh("failed");
+        let state = self.store.current();
+        let in_service = state.snapshot();
+        match in_service.filter(|k| k.expires_at.is_some_and(|at| at > now)) {
+            Some(k) => tracing::warn!(
+                upstream = %self.settings.upstream,
+                trigger = trigger.as_str(),
+                reason = why.reason.as_str(),
+                kept = %k.fingerprint,
+                "refreshing the token failed: {}; the token in service ({}) is valid until {} and stays; retrying in {}s",
+                why.sentence,
+                k.fingerprint,
+                k.expires_at.map(crate::time::rfc3339_string).unwrap_or_default(),
+                retry.as_secs_f64().ceil()
+            ),
+            None => {
+                // The last token minted, even when an earlier failure already took it out.
+                let message = match refresher.status().token_expires_at {
+                    Some(at) => format!(
+                        "the token expired at {} and could not be refreshed: {}",
+                        crate::time::rfc3339_string(at),
+                        why.sentence
+                    ),
+                    None => why.sentence.clone(),
+                };
+                self.unusable(why.reason, message);
+            }
+        }
+        self.memory().last_attempt = Some(Attempt {
+            at: now,
+            trigger,
+            result: RotationResult::Rejected,
+            fingerprint: None,
+            generation: in_service.map(|k| k.generation),
+            code: Some(why.reason.as_str().to_owned()),
+            finding: Some(why.sentence.clone()),
+        });
+        Refusal::Refresh {
+            reason: why.reason,
+            message: why.sentence,
+        }
+    }
+
+    /// Count a key swapped in (any key: this block's tokens and `install`'s keys) and remember it
+    /// as the last attempt.
+    fn record_applied(&self, trigger: Trigger, key: &KeySnapshot) {
+        self.metrics
+            .rotation(trigger.as_str(), RotationResult::Applied.as_str());
+        self.memory().last_attempt = Some(Attempt {
+            at: key.loaded_at,
+            trigger,
+            result: RotationResult::Applied,
+            fingerprint: Some(key.fingerprint.to_string()),
+            generation: Some(key.generation),
+            code: None,
+            finding: None,
+        });
+    }
+
+    /// An explicit rotation of a token credential: refused, saying where its secret is rotated.
+    fn refuse_manual_rotation(&self, source: &MintedSource) -> Refusal {
+        let secret = match source {
+            MintedSource::ClientCredentials { .. } => "client secret",
+            MintedSource::ServiceAccount(_) => "service-account key",
+        };
+        let message = format!(
+            "upstream {} mints its own short-lived tokens ({}), so there is no key to rotate in by hand: rotate the {secret} in its source ({}) and the next refresh uses it",
+            self.settings.upstream,
+            source.kind().as_str(),
+            source.secret_source()
+        );
+        tracing::warn!(upstream = %self.settings.upstream, "rotation refused: {message}");
+        Refusal::Minted { message }
     }
 }

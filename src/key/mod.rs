@@ -1,6 +1,7 @@
 //! The key's whole life: where it comes from (`source`), how it is shown (`fingerprint`),
 //! how it is held in memory (`secret`), how requests read it lock-free (`store`), how it is
-//! rotated (`lifecycle`, `watch`) and what of that must outlive a restart (`history`).
+//! rotated (`lifecycle`, `watch`), what of that must outlive a restart (`history`), and tokens
+//! that expire by design, minted and refreshed from a longer-lived secret (`minted`).
 
 pub mod aws;
 pub mod expiry;
@@ -8,6 +9,7 @@ pub mod fingerprint;
 pub mod history;
 pub mod lifecycle;
 pub mod lint;
+pub mod minted;
 pub mod rotation;
 pub mod secret;
 pub mod source;

@@ -18,6 +18,8 @@ pub enum Trigger {
     Periodic,
     Sighup,
     Admin,
+    /// A minted token replaced before it expires, or after the upstream refused it (401).
+    Refresh,
 }
 
 impl Trigger {
@@ -28,6 +30,7 @@ impl Trigger {
             Trigger::Periodic => "periodic",
             Trigger::Sighup => "sighup",
             Trigger::Admin => "admin",
+            Trigger::Refresh => "refresh",
         }
     }
 }
@@ -96,6 +99,12 @@ pub enum Refusal {
     /// The source holds a key that was rotated out; only an explicit rotation may reinstate it.
     #[error("{message}")]
     Retired { message: String },
+    /// The token endpoint gave no token (explained by the diagnosis).
+    #[error("{message}")]
+    Refresh { reason: Reason, message: String },
+    /// A minted credential cannot be rotated by hand: its secret is rotated in its own source.
+    #[error("{message}")]
+    Minted { message: String },
 }
 
 impl Refusal {
@@ -118,6 +127,8 @@ impl Refusal {
             Refusal::Probe { reason, .. } => *reason,
             Refusal::ProbeFailed { .. } | Refusal::Source(_) => Reason::MissingKey,
             Refusal::Retired { .. } => Reason::RevokedKey,
+            Refusal::Refresh { reason, .. } => *reason,
+            Refusal::Minted { .. } => Reason::CredentialRefreshFailed,
         }
     }
 
@@ -130,6 +141,8 @@ impl Refusal {
             Refusal::ProbeFailed { .. } => "probe_failed",
             Refusal::Source(_) => "source_unreadable",
             Refusal::Retired { .. } => "retired_key",
+            Refusal::Refresh { reason, .. } => reason.as_str(),
+            Refusal::Minted { .. } => "minted_credential",
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
+use super::minted::MintedSource;
 use super::Secret;
 
 /// Larger than any real API key by far; a file bigger than this is not a key file.
@@ -26,6 +27,9 @@ pub enum KeySource {
     /// `{ aws = { access_key_id = …, secret_access_key = …, session_token = …, region = … } }`:
     /// AWS credentials for SigV4, each part a source of its own (see `aws`).
     Aws(Arc<super::aws::AwsSpec>),
+    /// A token minted from a longer-lived secret and refreshed before it expires (`oauth2`,
+    /// `azure_ad`, `google_service_account`): see `key::minted`.
+    Minted(Arc<MintedSource>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +63,10 @@ pub enum KeyError {
         part: &'static str,
         cause: Box<KeyError>,
     },
-    #[error("an aws credential's parts are plain sources ({{ env }}, {{ file }} or {{ command }}), not another aws table")]
+    #[error("an aws credential's parts are plain sources ({{ env }}, {{ file }} or {{ command }}), not another credential table (aws, oauth2, azure_ad, google_service_account)")]
     AwsNested,
+    #[error("{0} mints tokens for an upstream; it cannot be read as a client or admin token")]
+    Minted(String),
 }
 
 /// Relative paths in the config are relative to the config file's directory.
@@ -80,6 +86,7 @@ impl KeySource {
         match self {
             KeySource::File(p) => KeySource::File(resolve(config_path, &p)),
             KeySource::Aws(spec) => KeySource::Aws(Arc::new(spec.resolved(config_path))),
+            KeySource::Minted(m) => KeySource::Minted(Arc::new(m.resolved(config_path))),
             other => other,
         }
     }
@@ -100,6 +107,9 @@ impl KeySource {
             KeySource::Aws(spec) if spec.nested() => return Err(KeyError::AwsNested),
             // Boxed: the parts are read with this same function.
             KeySource::Aws(spec) => return Box::pin(spec.read()).await,
+            // Its lifecycle mints it (`KeyLifecycle::refresh`); anything else reading it is a
+            // client or admin token configured with a token credential.
+            KeySource::Minted(m) => return Err(KeyError::Minted(m.to_string())),
         };
         let mut text = String::from_utf8(raw).map_err(|e| {
             let mut bytes = e.into_bytes();
@@ -118,6 +128,14 @@ impl KeySource {
             KeySource::File(path) => vec![path.as_path()],
             KeySource::Aws(spec) => spec.files().collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The token credential this source mints, if it is one.
+    pub fn minted(&self) -> Option<&Arc<MintedSource>> {
+        match self {
+            KeySource::Minted(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -289,6 +307,7 @@ impl fmt::Display for KeySource {
                 None => f.write_str("command (empty)"),
             },
             KeySource::Aws(spec) => write!(f, "{spec}"),
+            KeySource::Minted(m) => m.fmt(f),
         }
     }
 }
@@ -330,7 +349,7 @@ impl<'de> Visitor<'de> for SourceVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeySource, A::Error> {
-        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" }";
+        let one_of = "write exactly one of env, file or command, e.g. { env = \"OPENAI_API_KEY\" } (or a credential table: aws, oauth2, azure_ad or google_service_account)";
         let Some(kind) = map.next_key::<String>()? else {
             return Err(de::Error::custom(format!("an empty key source; {one_of}")));
         };
@@ -360,6 +379,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
                     return Err(de::Error::custom(KeyError::AwsNested.to_string()));
                 }
                 KeySource::Aws(Arc::new(spec))
+            }
+            kind if super::minted::KINDS.contains(&kind) => {
+                KeySource::Minted(Arc::new(MintedSource::parse(kind, &mut map)?))
             }
             // The table's own key could be anything a person pasted: not repeated.
             _ => return Err(de::Error::custom(format!("unknown key source; {one_of}"))),

@@ -192,15 +192,18 @@ impl Proxy {
                 let sent = Instant::now();
                 let timeout = upstream.response_header_timeout;
                 let deadline = tokio::time::Instant::from_std(sent) + timeout;
-                // A pool's request that could go again on another key (never a streamed upload
-                // nor a WebSocket handshake); a single key's request copies nothing. Boxed, so
-                // that `handle`'s future grows by a pointer only.
-                let replay = routed
-                    .slot
-                    .and_then(|_| Replay::of(&req, upgrade.is_some()));
+                // A pool's request that could go again on another key, or a token credential's
+                // after a 401 with a fresh token (never a streamed upload nor a WebSocket
+                // handshake); a plain key's request copies nothing. Boxed, so that `handle`'s
+                // future grows by a pointer only.
+                let replay = match routed.slot.is_some() || upstream.key.refresher().is_some() {
+                    true => Replay::of(&req, upgrade.is_some()),
+                    false => None,
+                };
                 let answer = via.send(req, deadline).await;
                 let answered = Instant::now();
                 let mut served_by = None;
+                let mut refreshed = None;
                 let response = match answer {
                     Ok(response) => {
                         let upstream_time = answered.duration_since(sent).as_secs_f64();
@@ -208,7 +211,28 @@ impl Proxy {
                         let response = self
                             .response_phase(upstream, &routed.key, facts, upgrade, response)
                             .await;
+                        let slot = routed.slot.unwrap_or(0);
                         match routed.slot {
+                            // Before a pool's failover: a refused token is the token's fault
+                            // only until it is refreshed.
+                            _ if response.status() == StatusCode::UNAUTHORIZED
+                                && upstream.lifecycle(slot).refresher().is_some() =>
+                            {
+                                let tried = Tried {
+                                    slot,
+                                    key: &routed.key,
+                                };
+                                let pool = routed.slot.is_some();
+                                let (response, next) = refreshing(
+                                    self, upstream, tried, pool, replay, facts, response,
+                                )
+                                .await;
+                                match pool {
+                                    true => served_by = next,
+                                    false => refreshed = next.map(|(_, key)| key),
+                                }
+                                response
+                            }
                             Some(slot) if refused(&response) => {
                                 let tried = Tried {
                                     slot,
@@ -262,7 +286,7 @@ impl Proxy {
                         if let Some(slot) = routed.slot {
                             upstream.keys.request(slot, status);
                         }
-                        &routed.key
+                        refreshed.as_ref().unwrap_or(&routed.key)
                     }
                 };
                 self.log_phase(upstream, key, facts, elapsed, status);
@@ -711,6 +735,54 @@ fn failing_over<'a>(
             .headers_mut()
             .insert(FAILOVER_HEADER.clone(), http::HeaderValue::from_static("1"));
         (again, Some((slot, key)))
+    })
+}
+
+/// A token credential's token was refused (401): refresh it at once (concurrent refusals share
+/// one refresh) and send a replayable request once more with the new token (in a pool, on the
+/// same key: refreshed, it is not benched); the app sees only that answer. When no new token came
+/// (the token endpoint failed too), a pool fails over as for any refused key. Also returns the
+/// key (index and snapshot) that answered. Boxed: the rare path (see `explaining`).
+#[inline(never)]
+fn refreshing<'a>(
+    proxy: &'a Proxy,
+    upstream: &'a Upstream,
+    tried: Tried<'a>,
+    pool: bool,
+    replay: Option<Box<Replay>>,
+    facts: RequestFacts<'a>,
+    response: Response<ReplyBody>,
+) -> Pin<Box<dyn Future<Output = FailedOver> + Send + 'a>> {
+    Box::pin(async move {
+        let Some(seen) = tried.key.snapshot().map(|k| k.generation) else {
+            return (response, None);
+        };
+        let life = upstream.lifecycle(tried.slot);
+        let renewed = matches!(
+            life.refresh(Trigger::Refresh, Some(seen)).await,
+            Some(Ok(_))
+        );
+        let key = life.current();
+        let snapshot = key.snapshot().filter(|k| renewed && k.generation != seen);
+        let (replay, snapshot) = match (replay, snapshot) {
+            (Some(replay), Some(snapshot)) => (replay, snapshot),
+            (replay, _) if pool && refused(&response) => {
+                return failing_over(proxy, upstream, tried, replay, facts, response).await;
+            }
+            _ => return (response, None),
+        };
+        tracing::info!(request_id = facts.request_id, upstream = %upstream.name, key = %snapshot.fingerprint, generation = snapshot.generation, "the upstream refused the token (401): it was refreshed and the request goes again with the new one");
+        let req = replay.with_key(upstream, &snapshot.header);
+        let deadline = tokio::time::Instant::now() + upstream.response_header_timeout;
+        let answer = match upstream.pool.send(req, deadline).await {
+            Ok(answer) => answer,
+            Err(_) => return (response, None),
+        };
+        drop(response);
+        let again = proxy
+            .response_phase(upstream, &key, facts, None, answer)
+            .await;
+        (again, Some((tried.slot, key)))
     })
 }
 

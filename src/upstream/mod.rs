@@ -111,7 +111,12 @@ impl Upstream {
         metrics: &Metrics,
         threads: usize,
     ) -> Result<Upstream, pool::PoolError> {
-        let (default_header, default_prefix) = cfg.provider.auth_scheme();
+        let (default_header, default_prefix) = match cfg.key.minted() {
+            // A minted token is an OAuth bearer token whatever the provider's key header is
+            // (Azure's is `api-key`; its Entra tokens go in `Authorization: Bearer`).
+            Some(_) => (http::header::AUTHORIZATION, "Bearer "),
+            None => cfg.provider.auth_scheme(),
+        };
         let parts = cfg.base_url.clone().into_parts();
         let base_path = parts
             .path_and_query

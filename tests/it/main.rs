@@ -27,4 +27,5 @@ mod pools;
 mod rotation;
 mod security;
 mod streaming;
+mod tokens;
 mod websocket;
