@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 promtool check rules config/prometheus/alerts.yml
+promtool test rules config/prometheus/alerts.test.yml
 python3 -c 'import json,sys; json.load(open("config/grafana/keyproxy.json"))'
 
 work=$(mktemp -d)
