@@ -60,6 +60,18 @@ impl Upstream {
         probe: &dyn KeyProbe,
     ) -> Result<Rotated, Membership> {
         let _one_at_a_time = self.keys.changing.lock().await;
+        // A key added at run time is a plain key read from a file: it cannot stand beside keys
+        // that keyproxy mints or signs with (their requests are built differently).
+        if let Some((code, what)) = match &self.keys.template.source {
+            KeySource::Minted(_) => Some(("minted_credential", "mints short-lived tokens")),
+            KeySource::Aws(_) => Some(("aws_credentials", "signs with AWS credentials")),
+            _ => None,
+        } {
+            return Err(Membership::Conflict {
+                code,
+                message: format!("upstream {} {what}, so no plain key can join it: change the credential's sources instead", self.name),
+            });
+        }
         let name = add.name.as_str();
         if !crate::config::valid_name(name) {
             return Err(Membership::Conflict {

@@ -608,6 +608,19 @@ async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
         "{text}"
     );
     assert!(text.contains("aws_credentials"), "{text}");
+    // Nor can a plain key join it as a second key of a pool (it would go unsigned).
+    let (parts, body) = send(
+        Request::post(proxy.admin_url("/keys/bedrock?mode=add&name=extra"))
+            .header("authorization", "Bearer admin-token-for-tests-0123456789")
+            .body(full(
+                "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlLWF0LTEyMzQ1Njc4OTAxMjpzZWNyZXQ=",
+            ))
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(parts.status, 409, "{text}");
+    assert!(text.contains("aws_credentials"), "{text}");
     // The credentials in service still sign.
     let (parts, _) = send(invoke(&proxy, "{}")).await;
     assert_eq!(parts.status, 200);

@@ -773,6 +773,24 @@ async fn oauth2_sends_basic_credentials_by_default_and_rotation_by_hand_is_refus
         message.contains("rotate the client secret in its source (file "),
         "{message}"
     );
+    // Nor can a plain key join it as a second key of a pool.
+    let (head, body) = send(
+        Request::post(proxy.admin_url("/keys/gateway?mode=add&name=extra"))
+            .header("authorization", "Bearer admin-token-for-tests-0123456789")
+            .body(full("sk-proj-some-key-someone-pasted-0000000000"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 409, "{}", String::from_utf8_lossy(&body));
+    let answer = json(&body);
+    assert_eq!(answer["error"]["code"], "minted_credential", "{answer}");
+    let (head, _) = send(
+        Request::get(proxy.url("/v1/models"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(head.status, 200, "the token credential still serves alone");
     proxy.stop().await;
 }
 
