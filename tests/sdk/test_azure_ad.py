@@ -6,8 +6,6 @@ live 2 s, so the SDK's calls span several refreshes. Run by .ci/run with the oth
 """
 
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -16,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 
-from test_sdks import BIN, wait_for
+from test_sdks import start_keyproxy, wait_for
 
 TENANT = "contoso-tenant"
 CLIENT_ID = "22222222-sdk-app"
@@ -113,22 +111,7 @@ base_url = "{stand_in}"
 key = {{ azure_ad = {{ tenant_id = "{TENANT}", client_id = "{CLIENT_ID}", client_secret = {{ file = "{secret}" }}, authority = "{stand_in}" }} }}
 """)
     log = d / "log"
-    with open(log, "w") as log_file:
-        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
-                              env={**os.environ, "KEYPROXY_STATE_DIR": str(d / "state")})
-
-    def listening(what):
-        for line in log.read_text().splitlines():
-            try:
-                v = json.loads(line)
-            except ValueError:
-                continue
-            if v.get("message") == what:
-                return v["addr"]
-        return None
-
-    addr = wait_for(lambda: listening("proxy listening"), "keyproxy to listen")
-    admin = wait_for(lambda: listening("admin listening"), "the admin listener")
+    kp, addr, admin = start_keyproxy(config, log, d / "state")
     yield {"proxy": f"http://{addr}", "admin": f"http://{admin}", "log": log, "state": d / "state"}
     kp.terminate()
     assert kp.wait(timeout=20) == 0

@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from test_sdks import BIN, ROOT, wait_for
+from test_sdks import ROOT, start_keyproxy, wait_for
 
 AWS_ID = "ASIAQWERTY2345BOTOCO"
 AWS_SECRET = "BotocoreVerifiesThisSecret0123456789abcd"
@@ -60,21 +60,7 @@ prefix = "/nokey"
 key = {{ env = "KEYPROXY_SDK_TEST_UNSET" }}
 """)
     log = d / "log"
-    with open(log, "w") as log_file:
-        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
-                              env={**os.environ, "KEYPROXY_STATE_DIR": str(d / "state")})
-
-    def listening():
-        for line in log.read_text().splitlines():
-            try:
-                v = json.loads(line)
-            except ValueError:
-                continue
-            if v.get("message") == "proxy listening":
-                return v["addr"]
-        return None
-
-    addr = wait_for(listening, "keyproxy to listen")
+    kp, addr, _ = start_keyproxy(config, log, d / "state")
     yield f"http://{addr}", base
     kp.terminate()
     assert kp.wait(timeout=20) == 0

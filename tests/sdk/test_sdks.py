@@ -37,6 +37,27 @@ def wait_for(predicate, what, timeout=20):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_keyproxy(config, log, state, env=None):
+    """The real binary on `config`, its JSON log in `log`: (process, proxy address, admin address)."""
+    with open(log, "w") as log_file:
+        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
+                              env={**os.environ, **(env or {}), "KEYPROXY_STATE_DIR": str(state)})
+
+    def listening(what):
+        for line in log.read_text().splitlines():
+            try:
+                v = json.loads(line)
+            except ValueError:
+                continue
+            if v.get("message") == what:
+                return v["addr"]
+        return None
+
+    addr = wait_for(lambda: listening("proxy listening"), "keyproxy to listen")
+    admin = wait_for(lambda: listening("admin listening"), "the admin listener")
+    return kp, addr, admin
+
+
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
     d = tmp_path_factory.mktemp("keyproxy")
@@ -128,25 +149,10 @@ prefix = "/down-anthropic"
 key = {{ file = "{keys['anthropic']}" }}
 """)
     log = d / "log"
-    with open(log, "w") as log_file:
-        kp = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", str(config)], stderr=log_file,
-                              env={**os.environ, "KEYPROXY_SDK_ADMIN": ADMIN_TOKEN,
-                                   "KEYPROXY_STATE_DIR": str(d / "state")})
-
-    def listening(what):
-        for line in log.read_text().splitlines():
-            try:
-                v = json.loads(line)
-            except ValueError:
-                continue
-            if v.get("message") == what:
-                return v["addr"]
-        return None
-
-    addr = wait_for(lambda: listening("proxy listening"), "keyproxy to listen")
+    kp, addr, admin = start_keyproxy(config, log, d / "state", {"KEYPROXY_SDK_ADMIN": ADMIN_TOKEN})
     global STAND_IN, ADMIN
     STAND_IN = base
-    ADMIN = "http://" + wait_for(lambda: listening("admin listening"), "the admin listener")
+    ADMIN = "http://" + admin
     yield f"http://{addr}"
     kp.terminate()
     assert kp.wait(timeout=20) == 0
