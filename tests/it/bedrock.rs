@@ -592,15 +592,17 @@ async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
         aws_config(&bedrock.url(), dir.path())
     );
     let proxy = Proxy::start(&config, dir.path()).await;
-    let (parts, body) = send(
-        Request::post(proxy.admin_url("/keys/bedrock"))
-            .header("authorization", "Bearer admin-token-for-tests-0123456789")
-            .body(full(
-                "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlLWF0LTEyMzQ1Njc4OTAxMjpzZWNyZXQ=",
-            ))
-            .unwrap(),
-    )
-    .await;
+    let post = |query: &str| {
+        send(
+            Request::post(proxy.admin_url(&format!("/keys/bedrock{query}")))
+                .header("authorization", "Bearer admin-token-for-tests-0123456789")
+                .body(full(
+                    "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlLWF0LTEyMzQ1Njc4OTAxMjpzZWNyZXQ=",
+                ))
+                .unwrap(),
+        )
+    };
+    let (parts, body) = post("").await;
     let text = String::from_utf8_lossy(&body);
     assert_eq!(parts.status, 422, "{text}");
     assert!(
@@ -609,15 +611,7 @@ async fn a_key_posted_to_the_admin_api_cannot_replace_aws_credentials() {
     );
     assert!(text.contains("aws_credentials"), "{text}");
     // Nor can a plain key join it as a second key of a pool (it would go unsigned).
-    let (parts, body) = send(
-        Request::post(proxy.admin_url("/keys/bedrock?mode=add&name=extra"))
-            .header("authorization", "Bearer admin-token-for-tests-0123456789")
-            .body(full(
-                "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxlLWF0LTEyMzQ1Njc4OTAxMjpzZWNyZXQ=",
-            ))
-            .unwrap(),
-    )
-    .await;
+    let (parts, body) = post("?mode=add&name=extra").await;
     let text = String::from_utf8_lossy(&body);
     assert_eq!(parts.status, 409, "{text}");
     assert!(text.contains("aws_credentials"), "{text}");
