@@ -20,6 +20,7 @@ mod forwarding;
 mod fuzz;
 mod http1_differential;
 mod layers;
+mod load;
 mod observability;
 mod pool;
 mod pool_membership;
