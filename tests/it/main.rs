@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod bedrock;
+mod bedrock_rotation;
 mod canary;
 mod cli;
 mod client_faults;
