@@ -1,6 +1,7 @@
 //! Rotation by file: a notify watch on each key file's directory — so editors' rename-over,
 //! `echo > file` rewrites and the Kubernetes Secret volume's `..data` symlink swap are all seen —
-//! with bursts coalesced, plus a periodic re-read in case an event is lost.
+//! with bursts coalesced, plus a periodic re-read in case an event is lost (which also runs an aws
+//! `credential_process` again when the set it gave is near its expiry).
 //!
 //! A file replaced by rename (the atomic way, and Kubernetes' `..data` swap) is whole the moment
 //! it appears, so it is read at once. A file written in place may be half-written: it is read only
@@ -220,9 +221,13 @@ pub fn spawn<W: Watched>(
                 }
                 _ = reread.tick() => Trigger::Periodic,
             };
+            let now = SystemTime::now();
             for (key, probe) in watched.lifecycles() {
                 let files = key.source().files();
-                if files.is_empty() {
+                // A source without files is read again on this schedule only to renew a set
+                // about to expire (an aws credential_process).
+                let due = trigger == Trigger::Periodic && key.renewal_due(now);
+                if files.is_empty() && !due {
                     continue;
                 }
                 if trigger == Trigger::Periodic

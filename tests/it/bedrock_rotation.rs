@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -42,6 +42,9 @@ fn set(n: usize) -> (String, String, String) {
 struct Iam {
     sets: Mutex<HashMap<String, (String, String)>>,
     last_accepted: Mutex<String>,
+    /// How long a set is good for after its first use (when sets expire at all).
+    lifetime: Option<Duration>,
+    first_used: Mutex<HashMap<String, Instant>>,
 }
 
 impl Iam {
@@ -138,6 +141,16 @@ impl Iam {
         if expected != auth {
             return Err("InvalidSignatureException: The request signature we calculated does not match the signature you provided.".into());
         }
+        if let Some(lifetime) = self.lifetime {
+            let mut first_used = self.first_used.lock().unwrap();
+            let since = first_used.entry(id.to_owned()).or_insert_with(Instant::now);
+            if since.elapsed() > lifetime {
+                return Err(
+                    "ExpiredTokenException: The security token included in the request is expired"
+                        .into(),
+                );
+            }
+        }
         *self.last_accepted.lock().unwrap() = id.to_owned();
         Ok(())
     }
@@ -155,13 +168,22 @@ async fn bedrock(iam: Arc<Iam>) -> StandIn {
 /// keyproxy on `creds`' three files `id`, `secret` and `token`, under four clients' load.
 async fn proxy_under_load(bedrock: &StandIn, dir: &Path, creds: &Path) -> (Proxy, Load) {
     let f = |n: &str| creds.join(n).display().to_string();
-    let config = format!(
-        "key_settle = \"600ms\"\n[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"{}\"\n\
-         key = {{ aws = {{ access_key_id = {{ file = \"{}\" }}, secret_access_key = {{ file = \"{}\" }}, session_token = {{ file = \"{}\" }}, region = \"eu-west-3\" }} }}\n",
-        bedrock.url(),
+    let aws = format!(
+        "access_key_id = {{ file = \"{}\" }}, secret_access_key = {{ file = \"{}\" }}, session_token = {{ file = \"{}\" }}",
         f("id"),
         f("secret"),
         f("token")
+    );
+    start_under_load(bedrock, dir, "key_settle = \"600ms\"", &aws).await
+}
+
+/// keyproxy with `server` settings and an aws table of `aws` (and the region), under four
+/// clients' load.
+async fn start_under_load(bedrock: &StandIn, dir: &Path, server: &str, aws: &str) -> (Proxy, Load) {
+    let config = format!(
+        "{server}\n[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"{}\"\n\
+         key = {{ aws = {{ {aws}, region = \"eu-west-3\" }} }}\n",
+        bedrock.url(),
     );
     let proxy = Proxy::start(&config, dir).await;
     let url = proxy.url(INVOKE);
@@ -185,7 +207,7 @@ async fn in_service(iam: &Iam, id: &str) {
 
 /// After the rotations: no request failed, each rotation was installed once by the file watch (never a partial
 /// set in between), and no secret or token is in /status or /metrics.
-async fn check_after(proxy: Proxy, load: Load, secrets: &[String]) {
+async fn check_after(proxy: Proxy, load: Load, secrets: &[String], trigger: &str) {
     load.stop_expecting_no_failure(100).await;
     let m = metrics(&proxy).await;
     let applied = m
@@ -193,7 +215,7 @@ async fn check_after(proxy: Proxy, load: Load, secrets: &[String]) {
         .filter(|l| {
             l.starts_with("keyproxy_key_rotations_total{")
                 && l.contains("result=\"applied\"")
-                && l.contains("trigger=\"file\"")
+                && l.contains(&format!("trigger=\"{trigger}\""))
                 && l.contains("upstream=\"bedrock\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -252,7 +274,7 @@ async fn session_credentials_swapped_by_a_kubernetes_secret_update_under_load_fa
         current = next;
         in_service(&iam, &id).await;
     }
-    check_after(proxy, load, &secrets).await;
+    check_after(proxy, load, &secrets, "file").await;
 }
 
 /// How long the writer below takes between one file and the next: longer than the watcher's
@@ -287,5 +309,119 @@ async fn session_credentials_written_file_by_file_under_load_fail_no_request() {
         secrets.extend([secret, token]);
         in_service(&iam, &id).await;
     }
-    check_after(proxy, load, &secrets).await;
+    check_after(proxy, load, &secrets, "file").await;
+}
+
+/// A `credential_process` printing the next set each time it runs, good for 3 seconds (what
+/// `aws configure export-credentials --format process` prints for an SSO session).
+const PROCESS: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+n=$(cat "$dir/counter")
+echo $((n + 1)) > "$dir/counter"
+expiration=$(date -u -d "+3 seconds" +%Y-%m-%dT%H:%M:%S.%3NZ)
+sed "s/EXPIRATION/$expiration/" "$dir/set$n.json"
+"#;
+
+fn credential_process(dir: &Path, script: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("credential-process");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    format!("credential_process = [\"{}\"]", path.display())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credential_process_set_is_renewed_before_its_expiration_under_load() {
+    let iam = Arc::new(Iam {
+        lifetime: Some(Duration::from_secs(3)),
+        ..Iam::default()
+    });
+    let bedrock = bedrock(Arc::clone(&iam)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut secrets = Vec::new();
+    let mut ids = Vec::new();
+    for n in 0..=ROTATIONS + 5 {
+        let (id, secret, token) = iam.issue(n);
+        let printed = serde_json::json!({"Version": 1, "AccessKeyId": id, "SecretAccessKey": secret, "SessionToken": token, "Expiration": "EXPIRATION"});
+        std::fs::write(dir.path().join(format!("set{n}.json")), printed.to_string()).unwrap();
+        secrets.extend([secret, token]);
+        ids.push(id);
+    }
+    std::fs::write(dir.path().join("counter"), "0").unwrap();
+    let aws = credential_process(dir.path(), PROCESS);
+    let (proxy, load) = start_under_load(
+        &bedrock,
+        dir.path(),
+        "key_reload_interval = \"100ms\"",
+        &aws,
+    )
+    .await;
+    for id in &ids[..=ROTATIONS] {
+        in_service(&iam, id).await;
+    }
+    // The expiry the command printed is the key's: in the gauge and in /status.
+    let m = metrics(&proxy).await;
+    let expiry: f64 = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("keyproxy_key_expiry_timestamp_seconds{upstream=\"bedrock\"} ")
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now && expiry <= now + 3.5, "{expiry} vs {now}");
+    let key = status(&proxy).await["upstreams"][0]["key"].clone();
+    assert!(key["expires_at"].is_string(), "{key}");
+    check_after(proxy, load, &secrets, "periodic").await;
+}
+
+#[tokio::test]
+async fn a_credential_process_that_prints_something_else_is_named_without_repeating_it() {
+    let bedrock = StandIn::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let aws = credential_process(
+        dir.path(),
+        "#!/bin/sh\necho '{\"AccessKeyId\": \"ASIAPRINTEDBUTNOTJSON\", \"oops\": '\n",
+    );
+    let config = format!(
+        "[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"{}\"\nkey = {{ aws = {{ {aws}, region = \"eu-west-3\" }} }}\n",
+        bedrock.url()
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let (head, body) = send(Request::post(proxy.url(INVOKE)).body(full("{}")).unwrap()).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(head.status, 503, "{text}");
+    assert!(
+        text.contains("credential_process")
+            && text.contains("did not print AWS's credential_process JSON"),
+        "{text}"
+    );
+    assert!(!text.contains("PRINTEDBUTNOTJSON"), "{text}");
+    assert!(bedrock.seen().is_empty());
+    proxy.stop().await;
+    // Both ways at once, or neither: refused where the config says so.
+    let parse = |aws: &str| {
+        let text = format!("[[upstreams]]\nname = \"b\"\nprovider = \"bedrock\"\nbase_url = \"https://bedrock-runtime.us-east-1.amazonaws.com\"\nkey = {{ aws = {{ {aws}, region = \"us-east-1\" }} }}\n");
+        keyproxy::config::Config::parse(Path::new("k.toml"), &text)
+            .map(|c| c.upstreams[0].key.to_string())
+    };
+    let both = parse(r#"credential_process = ["aws"], access_key_id = { env = "A" }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(both.contains("remove access_key_id"), "{both}");
+    let neither = parse(r#"session_token = { env = "T" }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        neither.contains("needs access_key_id and secret_access_key"),
+        "{neither}"
+    );
+    assert_eq!(
+        parse(r#"credential_process = ["aws", "configure", "export-credentials", "--format", "process"]"#).unwrap(),
+        "aws us-east-1 (credential_process command aws (4 arguments))"
+    );
 }
