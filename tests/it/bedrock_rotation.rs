@@ -237,13 +237,19 @@ fn replace(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn session_credentials_swapped_by_a_kubernetes_secret_update_under_load_fail_no_request() {
+/// The stand-in IAM and Bedrock, and a directory with an empty `aws` directory for the files.
+async fn rotating() -> (Arc<Iam>, StandIn, tempfile::TempDir, std::path::PathBuf) {
     let iam = Arc::new(Iam::default());
     let bedrock = bedrock(Arc::clone(&iam)).await;
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("aws");
     std::fs::create_dir(&creds).unwrap();
+    (iam, bedrock, dir, creds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn session_credentials_swapped_by_a_kubernetes_secret_update_under_load_fail_no_request() {
+    let (iam, bedrock, dir, creds) = rotating().await;
     let mut secrets = Vec::new();
     // The kubelet's layout: the files in a timestamped directory, `..data` pointing at it, and
     // each key a link through `..data`.
@@ -283,11 +289,7 @@ const BETWEEN_FILES: Duration = Duration::from_millis(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn session_credentials_written_file_by_file_under_load_fail_no_request() {
-    let iam = Arc::new(Iam::default());
-    let bedrock = bedrock(Arc::clone(&iam)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("aws");
-    std::fs::create_dir(&creds).unwrap();
+    let (iam, bedrock, dir, creds) = rotating().await;
     let mut secrets = Vec::new();
     let (id, secret, token) = iam.issue(0);
     for (name, text) in [("id", &id), ("secret", &secret), ("token", &token)] {

@@ -601,10 +601,17 @@ fn vertex_config(base: &str, sa: &str) -> String {
     )
 }
 
-const GENERATE: &str = "/v1/projects/test-project/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
+/// A Google token endpoint issuing 2-second tokens, a Vertex stand-in checking them, and keyproxy
+/// between with a service-account key file (its path) in the directory.
+async fn vertex() -> (
+    tempfile::TempDir,
+    Arc<Issuer>,
+    Arc<Mutex<String>>,
+    StandIn,
+    StandIn,
+    String,
+    Proxy,
+) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::new(2);
     let token_uri = Arc::new(Mutex::new(String::new()));
@@ -613,6 +620,14 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
     let upstream = provider(Arc::clone(&issuer)).await;
     let sa = service_account(dir.path(), "sa.json", TEST_PEM, &token_uri.lock().unwrap());
     let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
+    (dir, issuer, token_uri, endpoint, upstream, sa, proxy)
+}
+
+const GENERATE: &str = "/v1/projects/test-project/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
+    let (dir, issuer, token_uri, _endpoint, upstream, sa, proxy) = vertex().await;
     let (head, body) = generate(&proxy).await;
     assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(*issuer.complaint.lock().unwrap(), None);
@@ -671,14 +686,7 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn google_tokens_are_refreshed_under_load_with_no_failed_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = Issuer::new(2);
-    let token_uri = Arc::new(Mutex::new(String::new()));
-    let endpoint = google(Arc::clone(&issuer), Arc::clone(&token_uri)).await;
-    *token_uri.lock().unwrap() = format!("{}/token", endpoint.url());
-    let upstream = provider(Arc::clone(&issuer)).await;
-    let sa = service_account(dir.path(), "sa.json", TEST_PEM, &token_uri.lock().unwrap());
-    let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
+    let (_dir, issuer, _token_uri, _endpoint, upstream, _sa, proxy) = vertex().await;
     let url = proxy.url(GENERATE);
     let load = Load::start(4, move || {
         Request::post(&url)
