@@ -174,7 +174,7 @@ async fn proxy_under_load(bedrock: &StandIn, dir: &Path, creds: &Path) -> (Proxy
         f("secret"),
         f("token")
     );
-    start_under_load(bedrock, dir, "key_settle = \"600ms\"", &aws).await
+    start_under_load(bedrock, dir, "", &aws).await
 }
 
 /// keyproxy with `server` settings and an aws table of `aws` (and the region), under four
@@ -284,7 +284,8 @@ async fn session_credentials_swapped_by_a_kubernetes_secret_update_under_load_fa
 }
 
 /// How long the writer below takes between one file and the next: longer than the watcher's
-/// coalescing of a burst of events (100 ms), as a script running a command per file is.
+/// coalescing of a burst of events (100 ms), as a script running a command per file is; well
+/// within `key_settle` (1 s by default).
 const BETWEEN_FILES: Duration = Duration::from_millis(200);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -314,13 +315,13 @@ async fn session_credentials_written_file_by_file_under_load_fail_no_request() {
     check_after(proxy, load, &secrets, "file").await;
 }
 
-/// A `credential_process` printing the next set each time it runs, good for 3 seconds (what
+/// A `credential_process` printing the next set each time it runs, good for 4 seconds (what
 /// `aws configure export-credentials --format process` prints for an SSO session).
 const PROCESS: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 n=$(cat "$dir/counter")
 echo $((n + 1)) > "$dir/counter"
-expiration=$(date -u -d "+3 seconds" +%Y-%m-%dT%H:%M:%S.%3NZ)
+expiration=$(date -u -d "+4 seconds" +%Y-%m-%dT%H:%M:%S.%3NZ)
 sed "s/EXPIRATION/$expiration/" "$dir/set$n.json"
 "#;
 
@@ -335,7 +336,7 @@ fn credential_process(dir: &Path, script: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_credential_process_set_is_renewed_before_its_expiration_under_load() {
     let iam = Arc::new(Iam {
-        lifetime: Some(Duration::from_secs(3)),
+        lifetime: Some(Duration::from_secs(4)),
         ..Iam::default()
     });
     let bedrock = bedrock(Arc::clone(&iam)).await;
@@ -375,7 +376,7 @@ async fn a_credential_process_set_is_renewed_before_its_expiration_under_load() 
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!(expiry > now && expiry <= now + 3.5, "{expiry} vs {now}");
+    assert!(expiry > now && expiry <= now + 4.5, "{expiry} vs {now}");
     let key = status(&proxy).await["upstreams"][0]["key"].clone();
     assert!(key["expires_at"].is_string(), "{key}");
     check_after(proxy, load, &secrets, "periodic").await;
