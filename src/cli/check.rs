@@ -114,6 +114,8 @@ pub(crate) async fn check(path: PathBuf, probe: bool) -> anyhow::Result<ExitCode
                     if days < 0.0 {
                         failed = true;
                         println!("✗ {name}: expiry: the key expired {when}");
+                    } else if source.renews_itself() {
+                        println!("✓ {name}: expiry: {when}; the command is run again before then");
                     } else if days < 30.0 {
                         println!("⚠ {name}: expiry: the key expires {when}");
                     } else {

@@ -4,6 +4,10 @@
 //! *bundle*, so a rotated STS session is swapped in whole. And Bedrock API keys (a plain key
 //! source, sent as Bearer): a short-term key (`bedrock-api-key-…`) carries its own expiry in the
 //! presigned URL it encodes; a long-term one (`ABSK…`) does not expire by itself.
+//!
+//! Or the whole set from a `credential_process` (AWS's JSON: `aws configure export-credentials
+//! --format process`, an SSO or vault helper): its `Expiration` is the key's expiry, and the
+//! command is run again before it (see `renewal_due`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,16 +41,49 @@ const SHORT_TERM: &str = "bedrock-api-key-";
 /// Long-term Bedrock API keys.
 const LONG_TERM: &str = "ABSK";
 
-/// `key = { aws = { access_key_id = {…}, secret_access_key = {…}, session_token = {…}, region = "…" } }`.
+/// `key = { aws = { access_key_id = {…}, secret_access_key = {…}, session_token = {…}, region = "…" } }`,
+/// or `key = { aws = { credential_process = ["aws", "configure", "export-credentials", "--format",
+/// "process"], region = "…" } }`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSpec {
-    pub access_key_id: KeySource,
-    pub secret_access_key: KeySource,
+    #[serde(default)]
+    pub access_key_id: Option<KeySource>,
+    #[serde(default)]
+    pub secret_access_key: Option<KeySource>,
     #[serde(default)]
     pub session_token: Option<KeySource>,
+    /// A command printing AWS's `credential_process` JSON (the whole set, and its expiry).
+    #[serde(default, deserialize_with = "process")]
+    pub credential_process: Option<KeySource>,
     #[serde(deserialize_with = "region")]
     pub region: String,
+}
+
+fn process<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<KeySource>, D::Error> {
+    let argv = Vec::<String>::deserialize(d)?;
+    if argv.is_empty() {
+        return Err(serde::de::Error::custom(
+            "credential_process is the command to run, as [\"program\", \"arg\", ...]",
+        ));
+    }
+    Ok(Some(KeySource::Command(argv)))
+}
+
+/// What `credential_process` prints (AWS's format, version 1).
+/// Borrowed from the command's output (itself wiped when dropped), as the bundle's parts are.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Process<'a> {
+    version: u32,
+    #[serde(borrow)]
+    access_key_id: Cow<'a, str>,
+    #[serde(borrow)]
+    secret_access_key: Cow<'a, str>,
+    #[serde(borrow, default)]
+    session_token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    expiration: Option<Cow<'a, str>>,
 }
 
 fn region<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -68,9 +105,10 @@ impl AwsSpec {
     /// Every part, with the name it has in the config.
     fn parts(&self) -> impl Iterator<Item = (&'static str, &KeySource)> {
         [
-            ("access_key_id", Some(&self.access_key_id)),
-            ("secret_access_key", Some(&self.secret_access_key)),
+            ("access_key_id", self.access_key_id.as_ref()),
+            ("secret_access_key", self.secret_access_key.as_ref()),
             ("session_token", self.session_token.as_ref()),
+            ("credential_process", self.credential_process.as_ref()),
         ]
         .into_iter()
         .filter_map(|(name, source)| source.map(|s| (name, s)))
@@ -82,11 +120,30 @@ impl AwsSpec {
             .any(|(_, s)| matches!(s, KeySource::Aws(_) | KeySource::Minted(_)))
     }
 
+    /// Which parts are missing or too many, refused when the config is read.
+    pub fn incomplete(&self) -> Option<&'static str> {
+        let parts = self.access_key_id.is_some() || self.secret_access_key.is_some();
+        match (&self.credential_process, parts || self.session_token.is_some()) {
+            (Some(_), true) => Some("credential_process prints the whole set (id, secret, session token): remove access_key_id, secret_access_key and session_token from the aws table, or credential_process"),
+            (None, _) if self.access_key_id.is_none() || self.secret_access_key.is_none() => Some("the aws table needs access_key_id and secret_access_key (each a source: { env }, { file } or { command }), or credential_process = [\"aws\", \"configure\", \"export-credentials\", \"--format\", \"process\"]"),
+            _ => None,
+        }
+    }
+
+    /// The set comes from a command that says when it expires, and is fetched again before then.
+    pub fn renews_itself(&self) -> bool {
+        self.credential_process.is_some()
+    }
+
     pub fn resolved(&self, config_path: &Path) -> AwsSpec {
         AwsSpec {
-            access_key_id: self.access_key_id.clone().resolved(config_path),
-            secret_access_key: self.secret_access_key.clone().resolved(config_path),
+            access_key_id: self.access_key_id.clone().map(|s| s.resolved(config_path)),
+            secret_access_key: self
+                .secret_access_key
+                .clone()
+                .map(|s| s.resolved(config_path)),
             session_token: self.session_token.clone().map(|s| s.resolved(config_path)),
+            credential_process: self.credential_process.clone(),
             region: self.region.clone(),
         }
     }
@@ -109,13 +166,38 @@ impl AwsSpec {
             part: name,
             cause: Box::new(e),
         };
-        let id = self
-            .access_key_id
-            .read()
-            .await
-            .map_err(|e| part("access_key_id", e))?;
-        let secret = self
-            .secret_access_key
+        if let Some(KeySource::Command(argv)) = &self.credential_process {
+            // Not read as a secret whole: the redactor would mask its public glue (the field
+            // names, the expiry's date) wherever it appears. Each secret in it is registered.
+            let printed = Zeroizing::new(
+                super::source::run_command(argv)
+                    .await
+                    .map_err(|e| part("credential_process", e))?,
+            );
+            // Its own words never: they hold the secret.
+            let set: Process<'_> = serde_json::from_slice(&printed)
+                .map_err(|_| part("credential_process", KeyError::AwsProcessOutput))?;
+            if set.version != 1 {
+                return Err(part("credential_process", KeyError::AwsProcessOutput));
+            }
+            crate::redact::register(&set.access_key_id);
+            crate::redact::register(&set.secret_access_key);
+            if let Some(token) = &set.session_token {
+                crate::redact::register(token);
+            }
+            return Ok(bundle(Wire {
+                region: Cow::Borrowed(&self.region),
+                id: set.access_key_id,
+                secret: set.secret_access_key,
+                token: set.session_token,
+                expires: set.expiration,
+            }));
+        }
+        let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) else {
+            return Err(KeyError::AwsIncomplete);
+        };
+        let id = id.read().await.map_err(|e| part("access_key_id", e))?;
+        let secret = secret
             .read()
             .await
             .map_err(|e| part("secret_access_key", e))?;
@@ -123,20 +205,25 @@ impl AwsSpec {
             Some(source) => Some(source.read().await.map_err(|e| part("session_token", e))?),
             None => None,
         };
-        let wire = Wire {
+        Ok(bundle(Wire {
             region: Cow::Borrowed(&self.region),
             id: Cow::Borrowed(id.expose()),
             secret: Cow::Borrowed(secret.expose()),
             token: token.as_ref().map(|t| Cow::Borrowed(t.expose())),
-        };
-        // Serializing strings into a String cannot fail.
-        let json = Zeroizing::new(serde_json::to_string(&wire).unwrap_or_default());
-        // Sized once: a growing String would leave copies of the secret behind in freed memory.
-        let mut text = String::with_capacity(BUNDLE.len() + json.len());
-        text.push_str(BUNDLE);
-        text.push_str(&json);
-        Ok(Secret::bundle(text))
+            expires: None,
+        }))
     }
+}
+
+/// The bundle of a set of parts.
+fn bundle(wire: Wire<'_>) -> Secret {
+    // Serializing strings into a String cannot fail.
+    let json = Zeroizing::new(serde_json::to_string(&wire).unwrap_or_default());
+    // Sized once: a growing String would leave copies of the secret behind in freed memory.
+    let mut text = String::with_capacity(BUNDLE.len() + json.len());
+    text.push_str(BUNDLE);
+    text.push_str(&json);
+    Secret::bundle(text)
 }
 
 impl fmt::Display for AwsSpec {
@@ -164,6 +251,9 @@ struct Wire<'a> {
     secret: Cow<'a, str>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    /// The set's `Expiration` (RFC 3339), when its source says.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    expires: Option<Cow<'a, str>>,
 }
 
 /// Credentials ready to sign with, built once per key load (never per request).
@@ -189,6 +279,7 @@ struct Parts {
     id: Zeroizing<String>,
     secret: Zeroizing<String>,
     token: Option<Zeroizing<String>>,
+    expires: Option<SystemTime>,
 }
 
 fn parts(bundle: &str) -> Option<(String, Parts)> {
@@ -200,6 +291,9 @@ fn parts(bundle: &str) -> Option<(String, Parts)> {
             id: Zeroizing::new(wire.id.into_owned()),
             secret: Zeroizing::new(wire.secret.into_owned()),
             token: wire.token.map(|t| Zeroizing::new(t.into_owned())),
+            expires: wire
+                .expires
+                .and_then(|at| crate::time::parse_timestamp(&at).ok()),
         },
     ))
 }
@@ -212,6 +306,12 @@ pub fn is_bundle(key: &str) -> bool {
 /// The access key id a bundle carries: what its fingerprint shows.
 pub fn access_key_id(key: &str) -> Option<String> {
     parts(key).map(|(_, p)| p.id.to_string())
+}
+
+/// When a key stops working by itself: a short-term Bedrock API key's, or a set of session
+/// credentials' `Expiration` (from `credential_process`).
+pub fn expires_at(key: &str) -> Option<SystemTime> {
+    api_key_expires_at(key).or_else(|| parts(key)?.1.expires)
 }
 
 /// The region a bundle signs for.
@@ -376,6 +476,12 @@ pub fn lint(key: &str, source: &str) -> Vec<Finding> {
             format!("the AWS secret access key from {source} has characters secret access keys never contain (only letters, digits, '+' and '/')"),
         );
     }
+    if let Some(at) = p.expires.filter(|at| *at <= SystemTime::now()) {
+        error(
+            LintCode::Expired,
+            format!("the AWS session credentials from {source} expired {} (their Expiration); the command must print a current set (for `aws configure export-credentials`, log in again: `aws sso login`)", crate::time::describe(at, SystemTime::now())),
+        );
+    }
     match &p.token {
         None if id.starts_with("ASIA") => error(
             LintCode::AwsCredentials,
@@ -488,8 +594,35 @@ mod tests {
             id: id.into(),
             secret: secret.into(),
             token: token.map(Into::into),
+            expires: None,
         };
         format!("{BUNDLE}{}", serde_json::to_string(&wire).unwrap())
+    }
+
+    #[test]
+    fn a_sessions_expiration_is_the_keys_and_an_expired_one_is_refused() {
+        let with = |at: &str| {
+            let wire = Wire {
+                region: "us-east-1".into(),
+                id: "ASIAIOSFODNN7EXAMPLE".into(),
+                secret: SECRET.into(),
+                token: Some("FwoGZXIvYXdzEXAMPLETOKEN".into()),
+                expires: Some(at.into()),
+            };
+            format!("{BUNDLE}{}", serde_json::to_string(&wire).unwrap())
+        };
+        let later = with("2999-01-01T00:00:00Z");
+        assert_eq!(
+            expires_at(&later)
+                .map(crate::time::rfc3339_string)
+                .as_deref(),
+            Some("2999-01-01T00:00:00Z")
+        );
+        assert!(lint(&later, "aws x").is_empty());
+        let past = lint(&with("2020-01-01T00:00:00.5+00:00"), "aws x");
+        assert_eq!(past[0].code, LintCode::Expired, "{past:?}");
+        assert!(past[0].message.contains("expired"));
+        assert_eq!(expires_at(&bundle(ID, SECRET, None)), None);
     }
 
     #[test]

@@ -75,14 +75,15 @@ pub fn threshold(days_left: f64) -> Option<u32> {
 }
 
 /// The expiry of a key about to be installed, the key's own first: a Bedrock short-term API key
-/// says when it stops working; any other key is judged by `expires_at`.
+/// or a `credential_process` set says when it stops working; any other key is judged by
+/// `expires_at`.
 pub fn expires_at_of(
     key: &str,
     cfg: &ExpiryPolicy,
     facts: &KeyFacts<'_>,
     loaded_at: SystemTime,
 ) -> Option<SystemTime> {
-    super::aws::api_key_expires_at(key).or_else(|| expires_at(cfg, facts, loaded_at))
+    super::aws::expires_at(key).or_else(|| expires_at(cfg, facts, loaded_at))
 }
 
 pub use crate::time::{days_left, describe, unix_seconds};

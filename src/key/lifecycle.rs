@@ -232,6 +232,23 @@ impl KeyLifecycle {
         &self.settings.source
     }
 
+    /// A source that renews itself (an aws `credential_process`) is due to be read again: the set
+    /// in service reached the point a token would be refreshed at (80 % of its life, or 5 minutes
+    /// before it expires), or there is none yet.
+    pub fn renewal_due(&self, now: SystemTime) -> bool {
+        if !self.settings.source.renews_itself() {
+            return false;
+        }
+        let state = self.store.current();
+        let Some(key) = state.snapshot() else {
+            return true;
+        };
+        key.expires_at.is_some_and(|at| {
+            let life = at.duration_since(key.loaded_at).unwrap_or_default();
+            now >= key.loaded_at + super::minted::refresh::refresh_after(life, 0.0)
+        })
+    }
+
     pub fn validate_on_rotate(&self) -> bool {
         self.settings.validate_on_rotate
     }
@@ -827,6 +844,10 @@ impl KeyLifecycle {
         let Some(threshold) = expiry::threshold(expiry::days_left(at, now)) else {
             return;
         };
+        // Nor is a session that is fetched again before it expires, until it did expire.
+        if threshold > 0 && self.settings.source.renews_itself() {
+            return;
+        }
         {
             let mut lifecycle = self.memory();
             if let Some((generation, warned)) = lifecycle.expiry_warned {

@@ -63,6 +63,10 @@ pub enum KeyError {
         part: &'static str,
         cause: Box<KeyError>,
     },
+    #[error("it did not print AWS's credential_process JSON ({{\"Version\": 1, \"AccessKeyId\": …, \"SecretAccessKey\": …, \"SessionToken\": …, \"Expiration\": …}})")]
+    AwsProcessOutput,
+    #[error("the aws table needs access_key_id and secret_access_key, or credential_process")]
+    AwsIncomplete,
     #[error("an aws credential's parts are plain sources ({{ env }}, {{ file }} or {{ command }}), not another credential table (aws, oauth2, azure_ad, google_service_account)")]
     AwsNested,
     #[error("{0} mints tokens for an upstream; it cannot be read as a client or admin token")]
@@ -129,6 +133,11 @@ impl KeySource {
             KeySource::Aws(spec) => spec.files().collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// Read again before the key it gave expires (an aws `credential_process`).
+    pub fn renews_itself(&self) -> bool {
+        matches!(self, KeySource::Aws(spec) if spec.renews_itself())
     }
 
     /// The token credential this source mints, if it is one.
@@ -234,7 +243,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     Ok(buf)
 }
 
-async fn run_command(argv: &[String]) -> Result<Vec<u8>, KeyError> {
+pub(super) async fn run_command(argv: &[String]) -> Result<Vec<u8>, KeyError> {
     let (program, args) = argv.split_first().ok_or(KeyError::CommandEmpty)?;
     let child = tokio::process::Command::new(program)
         .args(args)
@@ -377,6 +386,9 @@ impl<'de> Visitor<'de> for SourceVisitor {
                 let spec: super::aws::AwsSpec = map.next_value()?;
                 if spec.nested() {
                     return Err(de::Error::custom(KeyError::AwsNested.to_string()));
+                }
+                if let Some(problem) = spec.incomplete() {
+                    return Err(de::Error::custom(problem));
                 }
                 KeySource::Aws(Arc::new(spec))
             }

@@ -1,10 +1,14 @@
 //! Rotation by file: a notify watch on each key file's directory — so editors' rename-over,
 //! `echo > file` rewrites and the Kubernetes Secret volume's `..data` symlink swap are all seen —
-//! with bursts coalesced, plus a periodic re-read in case an event is lost.
+//! with bursts coalesced, plus a periodic re-read in case an event is lost (which also runs an aws
+//! `credential_process` again when the set it gave is near its expiry).
 //!
 //! A file replaced by rename (the atomic way, and Kubernetes' `..data` swap) is whole the moment
 //! it appears, so it is read at once. A file written in place may be half-written: it is read only
 //! once its bytes have stayed the same for `key_settle`, so a truncated key is never installed.
+//! A credential read from several files (an `aws` table's id, secret and session token) is read
+//! only once all of them have stayed the same for `key_settle` after any one changed, so a set
+//! half replaced (the new id with the old secret, which AWS refuses) is never installed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,32 @@ fn written_in_place(event: &notify::Event, files: &[PathBuf]) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
         EventKind::Access(_) => false,
+    }
+}
+
+/// Whether what an event touched must stay the same for `key_settle` before it is read: a key
+/// file written in place, or one part of a credential read from several files. A writer replaces
+/// those one after another (a script, `aws configure export-credentials` into three files), and
+/// reading after the first would install the new access key id with the old secret: every
+/// request would be refused as an invalid signature until the next read. Kubernetes' `..data`
+/// swap changes all the parts at once and touches none of their paths, so it is read at once.
+fn must_settle(event: &notify::Event, files: &[PathBuf], parts: &[PathBuf]) -> bool {
+    written_in_place(event, files) || event.paths.iter().any(|p| parts.contains(p))
+}
+
+/// A key file as file events name it: by its absolute, resolved directory.
+fn as_events_name(f: &Path) -> PathBuf {
+    let dir = f.parent().and_then(|d| {
+        std::fs::canonicalize(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+        .ok()
+    });
+    match (dir, f.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => f.to_path_buf(),
     }
 }
 
@@ -95,6 +125,18 @@ async fn settle(
     }
 }
 
+/// The files of every key source read from more than one (as file events name them).
+fn watched_parts<W: Watched>(watched: &W) -> Vec<PathBuf> {
+    watched
+        .lifecycles()
+        .into_iter()
+        .map(|(key, _)| key.source().files())
+        .filter(|files| files.len() > 1)
+        .flatten()
+        .map(as_events_name)
+        .collect()
+}
+
 /// Watch every file key source until the returned task is aborted.
 pub fn spawn<W: Watched>(
     watched: Arc<W>,
@@ -121,32 +163,14 @@ pub fn spawn<W: Watched>(
     let watcher = if dirs.is_empty() {
         None
     } else {
-        // Events name files by their absolute, resolved directory.
-        let files: Vec<PathBuf> = files
-            .iter()
-            .map(|f| {
-                match (
-                    f.parent().and_then(|d| {
-                        std::fs::canonicalize(if d.as_os_str().is_empty() {
-                            Path::new(".")
-                        } else {
-                            d
-                        })
-                        .ok()
-                    }),
-                    f.file_name(),
-                ) {
-                    (Some(dir), Some(name)) => dir.join(name),
-                    _ => f.clone(),
-                }
-            })
-            .collect();
+        let files: Vec<PathBuf> = files.iter().map(|f| as_events_name(f)).collect();
+        let parts = watched_parts(&*watched);
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // Reads (ours included) change nothing; only a write that closes the file counts.
             let read_only = |e: &notify::Event| matches!(e.kind, notify::EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write));
             if let Ok(event) = event {
                 if !read_only(&event) {
-                    let _ = tx.send(written_in_place(&event, &files));
+                    let _ = tx.send(must_settle(&event, &files, &parts));
                 }
             }
         }) {
@@ -178,28 +202,32 @@ pub fn spawn<W: Watched>(
         loop {
             let trigger = tokio::select! {
                 Some(first) = events.recv() => {
-                    let mut in_place = first;
+                    let mut unsettled = first;
                     let burst = tokio::time::sleep(SETTLE);
                     tokio::pin!(burst);
                     loop {
                         tokio::select! {
                             _ = &mut burst => break,
                             more = events.recv() => match more {
-                                Some(w) => in_place |= w,
+                                Some(w) => unsettled |= w,
                                 None => break,
                             },
                         }
                     }
-                    if in_place {
+                    if unsettled {
                         settle(&mut events, &files, key_settle).await;
                     }
                     Trigger::File
                 }
                 _ = reread.tick() => Trigger::Periodic,
             };
+            let now = SystemTime::now();
             for (key, probe) in watched.lifecycles() {
                 let files = key.source().files();
-                if files.is_empty() {
+                // A source without files is read again on this schedule only to renew a set
+                // about to expire (an aws credential_process).
+                let due = trigger == Trigger::Periodic && key.renewal_due(now);
+                if files.is_empty() && !due {
                     continue;
                 }
                 if trigger == Trigger::Periodic

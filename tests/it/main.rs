@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod bedrock;
+mod bedrock_rotation;
 mod canary;
 mod cli;
 mod client_faults;
@@ -20,6 +21,7 @@ mod forwarding;
 mod fuzz;
 mod http1_differential;
 mod layers;
+mod load;
 mod observability;
 mod pool;
 mod pool_membership;

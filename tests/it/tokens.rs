@@ -4,13 +4,14 @@
 //! expired. Tokens live a second or two, so refreshes happen under load while the test watches.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Request;
 
 use crate::common::*;
+use crate::load::Load;
 
 /// The client secret the stand-in Entra endpoint expects (never to be seen in any output).
 const CLIENT_SECRET: &str = "entra-client-secret-Qx7~TESTONLY-0123456789";
@@ -216,67 +217,30 @@ fn series(metrics: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-const REFRESHED_OK: &str = "keyproxy_credential_refreshes_total{result=\"ok\",upstream=\"azure\"}";
-const REFRESH_FAILED: &str =
-    "keyproxy_credential_refreshes_total{result=\"failed\",upstream=\"azure\"}";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn entra_tokens_are_refreshed_under_load_with_no_failed_request() {
-    let (dir, issuer, _endpoint, upstream, proxy) = azure(2).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-            let url = proxy.url(CHAT);
-            tokio::spawn(async move {
-                let client = client();
-                while !stop.load(Ordering::SeqCst) {
-                    let req = Request::post(&url)
-                        .header("api-key", "dummy")
-                        .body(full(r#"{"messages":[]}"#))
-                        .unwrap();
-                    let resp = client.request(req).await.unwrap();
-                    let status = resp.status().as_u16();
-                    let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    if status != 200 {
-                        failed.lock().unwrap().push(status);
-                    }
-                }
-            })
-        })
-        .collect();
-    // 1 token at startup, then at least 10 refreshes while the load runs.
-    within("10 refreshes under load", async {
-        loop {
-            if series(&metrics(&proxy).await, REFRESHED_OK) >= 11 {
-                break;
-            }
+/// Wait (polling /metrics) until `upstream` has minted its first token and `refreshes` more, then
+/// stop the load: every request was answered 200, and no refresh failed.
+async fn refreshed_under(load: Load, proxy: &Proxy, upstream: &str, refreshes: u64) {
+    let ok =
+        format!("keyproxy_credential_refreshes_total{{result=\"ok\",upstream=\"{upstream}\"}}");
+    let failed =
+        format!("keyproxy_credential_refreshes_total{{result=\"failed\",upstream=\"{upstream}\"}}");
+    within("refreshes under load", async {
+        while series(&metrics(proxy).await, &ok) < refreshes + 1 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    for task in load {
-        task.await.unwrap();
-    }
-    let failed = failed.lock().unwrap().clone();
-    assert!(sent.load(Ordering::SeqCst) > 100, "the load ran");
-    assert!(
-        failed.is_empty(),
-        "{} failed requests: {failed:?}",
-        failed.len()
-    );
+    load.stop_expecting_no_failure(100).await;
     assert_eq!(
-        *issuer.complaint.lock().unwrap(),
-        None,
-        "the token requests were well-formed"
+        series(&metrics(proxy).await, &failed),
+        0,
+        "no refresh failed"
     );
-    let used: std::collections::HashSet<String> = upstream
+}
+
+/// The distinct `Authorization` values that reached `upstream`.
+fn credentials_used(upstream: &StandIn) -> std::collections::HashSet<String> {
+    upstream
         .seen()
         .iter()
         .filter_map(|s| {
@@ -284,14 +248,36 @@ async fn entra_tokens_are_refreshed_under_load_with_no_failed_request() {
                 .get("authorization")
                 .map(|v| v.to_str().unwrap().to_owned())
         })
-        .collect();
+        .collect()
+}
+
+const REFRESH_FAILED: &str =
+    "keyproxy_credential_refreshes_total{result=\"failed\",upstream=\"azure\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entra_tokens_are_refreshed_under_load_with_no_failed_request() {
+    let (dir, issuer, _endpoint, upstream, proxy) = azure(2).await;
+    let url = proxy.url(CHAT);
+    let load = Load::start(4, move || {
+        Request::post(&url)
+            .header("api-key", "dummy")
+            .body(full(r#"{"messages":[]}"#))
+            .unwrap()
+    });
+    // 1 token at startup, then at least 10 refreshes while the load runs.
+    refreshed_under(load, &proxy, "azure", 10).await;
+    assert_eq!(
+        *issuer.complaint.lock().unwrap(),
+        None,
+        "the token requests were well-formed"
+    );
+    let used = credentials_used(&upstream);
     assert!(
         used.len() >= 10,
         "requests went out with {} tokens",
         used.len()
     );
     let m = metrics(&proxy).await;
-    assert_eq!(series(&m, REFRESH_FAILED), 0);
     assert!(series(&m, "keyproxy_key_rotations_total{result=\"applied\",trigger=\"refresh\",upstream=\"azure\"}") >= 10);
     let expiry = series(
         &m,
@@ -615,10 +601,17 @@ fn vertex_config(base: &str, sa: &str) -> String {
     )
 }
 
-const GENERATE: &str = "/v1/projects/test-project/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
+/// A Google token endpoint issuing 2-second tokens, a Vertex stand-in checking them, and keyproxy
+/// between with a service-account key file (its path) in the directory.
+async fn vertex() -> (
+    tempfile::TempDir,
+    Arc<Issuer>,
+    Arc<Mutex<String>>,
+    StandIn,
+    StandIn,
+    String,
+    Proxy,
+) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::new(2);
     let token_uri = Arc::new(Mutex::new(String::new()));
@@ -627,6 +620,14 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
     let upstream = provider(Arc::clone(&issuer)).await;
     let sa = service_account(dir.path(), "sa.json", TEST_PEM, &token_uri.lock().unwrap());
     let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
+    (dir, issuer, token_uri, endpoint, upstream, sa, proxy)
+}
+
+const GENERATE: &str = "/v1/projects/test-project/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
+    let (dir, issuer, token_uri, _endpoint, upstream, sa, proxy) = vertex().await;
     let (head, body) = generate(&proxy).await;
     assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(*issuer.complaint.lock().unwrap(), None);
@@ -680,6 +681,83 @@ async fn a_service_account_signs_a_jwt_that_the_google_stand_in_verifies() {
         "{text}"
     );
     assert!(!text.contains("PRIVATE KEY"), "{text}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn google_tokens_are_refreshed_under_load_with_no_failed_request() {
+    let (_dir, issuer, _token_uri, _endpoint, upstream, _sa, proxy) = vertex().await;
+    let url = proxy.url(GENERATE);
+    let load = Load::start(4, move || {
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(full(
+                r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+            ))
+            .unwrap()
+    });
+    refreshed_under(load, &proxy, "vertex", 10).await;
+    // Every assertion the endpoint saw verified (signature, issuer, audience, scope, times).
+    assert_eq!(*issuer.complaint.lock().unwrap(), None);
+    assert!(
+        credentials_used(&upstream).len() >= 10,
+        "requests went out with the refreshed tokens"
+    );
+    let pem_body = &TEST_PEM[40..100];
+    for text in [status(&proxy).await.to_string(), metrics(&proxy).await] {
+        assert!(!text.contains(pem_body) && !text.contains("PRIVATE KEY"));
+        assert_no_secret(&text, &issuer.tokens());
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oauth2_tokens_with_body_credentials_are_refreshed_under_load_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer::new(2);
+    let i = Arc::clone(&issuer);
+    let endpoint = StandIn::recording(move |seen| {
+        let f = form(&seen.body);
+        let check = match (
+            seen.headers.contains_key("authorization"),
+            field(&f, "grant_type"),
+            field(&f, "client_id"),
+            field(&f, "client_secret"),
+        ) {
+            (false, Some("client_credentials"), Some("gateway-client"), Some(CLIENT_SECRET)) => {
+                Ok(())
+            }
+            other => Err(format!("{:?}", (other.0, other.1, other.2))),
+        };
+        i.answer(check)
+    })
+    .await;
+    let upstream = provider(Arc::clone(&issuer)).await;
+    let secret = key_file(dir.path(), "client-secret", CLIENT_SECRET);
+    let config = format!(
+        "[[upstreams]]\nname = \"gateway\"\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         key = {{ oauth2 = {{ token_url = \"{}/oauth/token\", client_id = \"gateway-client\", client_secret = {{ file = \"{secret}\" }}, auth = \"body\" }} }}\n",
+        upstream.url(),
+        endpoint.url()
+    );
+    let proxy = Proxy::start(&config, dir.path()).await;
+    let url = proxy.url("/v1/chat/completions");
+    let load = Load::start(4, move || {
+        Request::post(&url)
+            .header("content-type", "application/json")
+            .body(full(r#"{"model":"m","messages":[]}"#))
+            .unwrap()
+    });
+    refreshed_under(load, &proxy, "gateway", 10).await;
+    assert_eq!(
+        *issuer.complaint.lock().unwrap(),
+        None,
+        "the secret went in the form, never as Basic"
+    );
+    assert!(credentials_used(&upstream).len() >= 10);
+    for text in [status(&proxy).await.to_string(), metrics(&proxy).await] {
+        assert_no_secret(&text, &issuer.tokens());
+    }
     proxy.stop().await;
 }
 
