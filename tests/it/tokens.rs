@@ -1008,3 +1008,56 @@ async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantine
     );
     proxy.stop().await;
 }
+
+/// A token endpoint (hostile, or broken) names a lifetime no clock holds: keyproxy stays up,
+/// believes at most a day, and serves the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lifetime_too_big_for_a_clock_is_taken_as_a_day() {
+    for expires_in in ["1e300", "18446744073709551615", "\"18446744073709551615\""] {
+        let issuer = Issuer::new(3600);
+        issuer.set(Mode::Refuse(
+            200,
+            format!(r#"{{"access_token":"eyJ0.huge.{TOKEN_MARK}","expires_in":{expires_in}}}"#),
+        ));
+        let (_dir, issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+        let credential = status(&proxy).await["upstreams"][0]["token_refresh"].clone();
+        assert_eq!(
+            credential["last_result"], "ok",
+            "{expires_in}: {credential}"
+        );
+        let until = credential["token_expires_at"].as_str().unwrap_or_default();
+        let until = humantime::parse_rfc3339(until).unwrap();
+        let ahead = until
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        assert!(
+            ahead > Duration::from_secs(23 * 3600) && ahead <= Duration::from_secs(24 * 3600),
+            "{expires_in}: {credential}"
+        );
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 1);
+        proxy.stop().await;
+    }
+}
+
+/// A token endpoint that names a lifetime of a millisecond is not asked in a loop: at most one
+/// refresh a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lifetime_of_a_millisecond_does_not_make_keyproxy_spin() {
+    let issuer = Issuer::new(3600);
+    issuer.set(Mode::Refuse(
+        200,
+        format!(r#"{{"access_token":"eyJ0.tiny.{TOKEN_MARK}","expires_in":0.001}}"#),
+    ));
+    let (_dir, issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+    let (start, first) = (Instant::now(), issuer.calls.load(Ordering::SeqCst));
+    eventually("two more refreshes", || async {
+        issuer.calls.load(Ordering::SeqCst) >= first + 2
+    })
+    .await;
+    let (elapsed, calls) = (start.elapsed(), issuer.calls.load(Ordering::SeqCst) - first);
+    assert!(
+        elapsed >= Duration::from_millis(1500) && calls <= 3,
+        "{calls} refreshes in {elapsed:?}"
+    );
+    proxy.stop().await;
+}

@@ -25,6 +25,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ANSWER: usize = 64 * 1024;
 /// When the endpoint names no lifetime (RFC 6749 only recommends `expires_in`): the usual hour.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest lifetime believed. An endpoint may name any number (`1e300`, `u64::MAX`): past
+/// this the token is still replaced daily, and no clock arithmetic overflows on it.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// What is kept of an endpoint's own sentence.
 const MAX_DESCRIPTION: usize = 400;
 
@@ -180,15 +183,17 @@ fn read_answer(
         Some(serde_json::Value::Number(n)) => n
             .as_f64()
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?,
+            .map(|s| Duration::try_from_secs_f64(s).unwrap_or(MAX_LIFETIME))
+            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?
+            .min(MAX_LIFETIME),
         Some(serde_json::Value::String(s)) => s
             .trim()
             .parse::<u64>()
             .ok()
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
-            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?,
+            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?
+            .min(MAX_LIFETIME),
         Some(_) => return Err(bad("expires_in is not a positive number of seconds")),
     };
     Ok(Minted {
