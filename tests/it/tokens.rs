@@ -1061,3 +1061,48 @@ async fn a_token_lifetime_of_a_millisecond_does_not_make_keyproxy_spin() {
     );
     proxy.stop().await;
 }
+
+/// A token endpoint that refuses with no OAuth error (a bare 503, an HTML 404, a redirect) is
+/// still named, with its status, and a redirect is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_without_an_oauth_error_still_names_the_endpoint_and_status() {
+    for (status, body, says) in [
+        (503, "<html>Service Unavailable</html>", "retries"),
+        (404, "<html>Not Found</html>", "(404)"),
+        (302, "", "does not follow"),
+    ] {
+        let issuer = Issuer::new(3600);
+        issuer.set(Mode::Refuse(status, body.into()));
+        let (_dir, _issuer, endpoint, _upstream, proxy) = azure_with(issuer).await;
+        let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+        assert!(
+            text.contains("/contoso-tenant/oauth2/v2.0/token")
+                && text.contains(&status.to_string())
+                && text.contains(says),
+            "{status}: {text}"
+        );
+        assert!(!text.contains(CLIENT_SECRET), "{text}");
+        assert!(endpoint
+            .seen()
+            .iter()
+            .all(|s| s.uri.path().ends_with("/token")));
+        proxy.stop().await;
+    }
+}
+
+/// A token endpoint that answers 10 MB is read no further than 64 KiB and said to be no token
+/// answer (not "could not be reached": it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_answer_is_cut_short_and_named() {
+    let issuer = Issuer::new(3600);
+    issuer.set(Mode::Refuse(200, "x".repeat(10 << 20)));
+    let (_dir, _issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+    assert!(
+        text.contains("answered 200")
+            && text.contains("longer than 64 KiB")
+            && !text.contains("could not be reached"),
+        "{text}"
+    );
+    proxy.stop().await;
+}

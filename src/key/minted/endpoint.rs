@@ -125,7 +125,15 @@ pub async fn exchange(
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| unreachable(format!("the answer could not be read ({e})")))?
+            .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                // It was reached: what it said is no token answer.
+                true => MintError::BadAnswer {
+                    endpoint: endpoint.clone(),
+                    status: status.as_u16(),
+                    message: format!("the answer is longer than {} KiB", MAX_ANSWER / 1024),
+                },
+                false => unreachable(format!("the answer could not be read ({e})")),
+            })?
             .to_bytes();
         Ok::<_, MintError>((status, body))
     };
