@@ -1106,3 +1106,58 @@ async fn a_huge_token_answer_is_cut_short_and_named() {
     );
     proxy.stop().await;
 }
+
+/// First-run mistakes with Entra, said by `keyproxy check` before any token endpoint is asked:
+/// the secret's ID (a UUID) pasted instead of its Value, and ids pasted with their quotes.
+#[test]
+fn keyproxy_check_names_an_entra_secret_id_and_a_pasted_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_id = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+    let secret = key_file(dir.path(), "client-secret", secret_id);
+    let check = |tenant: &str, client: &str| {
+        let config = dir.path().join("keyproxy.toml");
+        std::fs::write(&config, format!(
+            "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"https://r.openai.azure.com\"\n\
+             key = {{ azure_ad = {{ tenant_id = {tenant}, client_id = {client}, client_secret = {{ file = \"{secret}\" }} }} }}\n"
+        )).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .env("KEYPROXY_STATE_DIR", dir.path().join("state"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = check("\"contoso-tenant\"", "\"11111111-app\"");
+    assert!(
+        !ok && text.contains("Secret ID") && text.contains("Value"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret_id[..12]), "{text}");
+    for (tenant, client, field) in [
+        (r#""'contoso-tenant'""#, r#""1111""#, "azure_ad.tenant_id"),
+        (
+            r#""contoso-tenant""#,
+            r#"" \"1111\" ""#,
+            "azure_ad.client_id",
+        ),
+        (
+            r#""contoso-tenant""#,
+            r#""1111 2222""#,
+            "azure_ad.client_id",
+        ),
+    ] {
+        let (ok, text) = check(tenant, client);
+        assert!(
+            !ok && text.contains("keyproxy.toml:5:")
+                && text.contains(field)
+                && text.contains("quotes or spaces"),
+            "{client}: {text}"
+        );
+    }
+}
