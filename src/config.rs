@@ -536,6 +536,14 @@ impl Config {
     }
 }
 
+/// The region an AWS endpoint host names (`bedrock-runtime.us-west-2.amazonaws.com`,
+/// `bedrock-runtime-fips.us-east-1.amazonaws.com`); `None` for any other host.
+fn aws_host_region(host: &str) -> Option<&str> {
+    let rest = host.strip_suffix(".amazonaws.com")?;
+    let (_, region) = rest.rsplit_once('.')?;
+    region.contains('-').then_some(region)
+}
+
 /// Names of upstreams, clients and keys: non-empty, letters, digits, '-' and '_' (they appear in
 /// logs, metric labels and admin paths as they are).
 pub fn valid_name(name: &str) -> bool {
@@ -775,6 +783,15 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
                 field("key"),
                 "key = { aws = … } signs requests with SigV4 for Amazon Bedrock: set provider = \"bedrock\"",
             ));
+        }
+        if let (KeySource::Aws(spec), Some(host)) = (key.get_ref(), base_url.host()) {
+            if let Some(at) = aws_host_region(host).filter(|r| *r != spec.region) {
+                return Err(ctx.error(
+                    key.span(),
+                    field("key"),
+                    &format!("aws.region is {:?} but base_url is in {at:?} ({host}): AWS refuses a signature made for another region; make them the same", spec.region),
+                ));
+            }
         }
     }
     let keys = match (up.key, up.keys) {
