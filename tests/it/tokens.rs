@@ -1161,3 +1161,50 @@ fn keyproxy_check_names_an_entra_secret_id_and_a_pasted_id() {
         );
     }
 }
+
+/// A token endpoint that repeats the JWT assertion in its refusal (a signed assertion is a
+/// credential for its hour: anyone holding it can mint a token): its signature reaches no
+/// answer, status or log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_assertion_echoed_by_the_token_endpoint_is_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = StandIn::recording(|seen| {
+        let f = form(&seen.body);
+        let assertion = field(&f, "assertion").unwrap_or("");
+        (
+            400,
+            serde_json::json!({"error": "invalid_grant", "error_description": format!("Invalid JWT: {assertion}")}).to_string(),
+        )
+    })
+    .await;
+    let upstream = StandIn::ok().await;
+    let sa = service_account(
+        dir.path(),
+        "sa.json",
+        TEST_PEM,
+        &format!("{}/token", endpoint.url()),
+    );
+    let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
+    let answer = unavailable(generate(&proxy).await, "credential_refresh_failed");
+    let status = status(&proxy).await.to_string();
+    let sent = endpoint.seen();
+    let f = form(&sent[0].body);
+    let signature = field(&f, "assertion")
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(signature.len() > 100, "{signature}");
+    for text in [&answer, &status] {
+        for run in signature.as_bytes().chunks(24).filter(|c| c.len() == 24) {
+            let run = std::str::from_utf8(run).unwrap();
+            assert!(
+                !text.contains(run),
+                "the assertion's signature leaked: {text}"
+            );
+        }
+    }
+    assert!(answer.contains("Invalid JWT"), "{answer}");
+    proxy.stop().await;
+}
