@@ -1208,3 +1208,41 @@ async fn a_jwt_assertion_echoed_by_the_token_endpoint_is_masked() {
     assert!(answer.contains("Invalid JWT"), "{answer}");
     proxy.stop().await;
 }
+
+/// Token endpoints that never answer delay the start by their timeout once, not once per
+/// credential: the first tokens are asked for together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoints_that_never_answer_delay_the_start_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            connections.push(socket);
+        }
+    });
+    let upstream = StandIn::ok().await;
+    let one = azure_config(dir.path(), &upstream.url(), &authority);
+    let two = one.replacen(
+        "name = \"azure\"",
+        "name = \"azure2\"\nprefix = \"/two\"",
+        1,
+    );
+    let three = one.replacen(
+        "name = \"azure\"",
+        "name = \"azure3\"\nprefix = \"/three\"",
+        1,
+    );
+    let started = Instant::now();
+    let proxy = Proxy::start(&format!("{one}{two}{three}"), dir.path()).await;
+    let took = started.elapsed();
+    assert!(
+        took < keyproxy::key::minted::endpoint::TIMEOUT * 2,
+        "three silent token endpoints held the start for {took:?}"
+    );
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+    assert!(text.contains("no answer within"), "{text}");
+    proxy.stop().await;
+    held.abort();
+}
