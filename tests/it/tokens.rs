@@ -995,12 +995,18 @@ async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantined() {
     let (_dir, issuer, _endpoint, _upstream, proxy) = azure_pool().await;
-    // East's token (minted first) is refused, and the token endpoint refuses from now on.
-    issuer
-        .revoked
-        .lock()
+    // East's token is refused, and the token endpoint refuses from now on. (Both keys' first
+    // tokens are minted together: east's is the one its fingerprint ends like.)
+    let east = status(&proxy).await["upstreams"][0]["keys"][0]["fingerprint"]
+        .as_str()
         .unwrap()
-        .push(issuer.tokens()[0].clone());
+        .to_owned();
+    let east = issuer
+        .tokens()
+        .into_iter()
+        .find(|t| east.contains(&format!("{}:", &t[t.len() - 4..])))
+        .unwrap();
+    issuer.revoked.lock().unwrap().push(east);
     issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
     assert_eq!(
         four_chats_then_states(&proxy).await,
