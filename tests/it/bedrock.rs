@@ -675,20 +675,17 @@ fn a_base_url_in_another_region_than_the_signing_one_is_named_by_check() {
             "[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"{base}\"\n\
              key = {{ aws = {{ access_key_id = {{ env = \"KP_REGION_ID\" }}, secret_access_key = {{ env = \"KP_REGION_SECRET\" }}, region = \"us-east-1\" }} }}\n"
         )).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-            .args(["check", "--config"])
-            .arg(&config)
-            .env("KEYPROXY_STATE_DIR", dir.path().join("state"))
-            .env("KP_REGION_ID", "AKIAIOSFODNN7EXAMPLE")
-            .env(
-                "KP_REGION_SECRET",
-                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-            )
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
+        keyproxy_check(
+            &config,
+            &[],
+            &[
+                ("KP_REGION_ID", "AKIAIOSFODNN7EXAMPLE"),
+                (
+                    "KP_REGION_SECRET",
+                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                ),
+            ],
+        )
     };
     let (ok, text) = run("https://bedrock-runtime.us-west-2.amazonaws.com");
     assert!(

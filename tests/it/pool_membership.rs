@@ -651,12 +651,7 @@ async fn keyproxy_rotate_adds_with_a_grace_and_retires_with_the_same_sentences()
                 .stdin(std::process::Stdio::null())
                 .output()
                 .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (out.status.success(), text)
+            printed(out)
         })
     };
     let key_file_arg = new_key.display().to_string();

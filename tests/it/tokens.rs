@@ -401,22 +401,9 @@ async fn a_refused_token_is_refreshed_once_and_the_request_replayed() {
 
 /// `keyproxy check --probe` on `config`: whether it passed, and everything it printed.
 async fn check_probe(config: std::path::PathBuf) -> (bool, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-            .args(["check", "--probe", "--config"])
-            .arg(&config)
-            .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || keyproxy_check(&config, &["--probe"], &[]))
+        .await
+        .unwrap()
 }
 
 /// A 503 of keyproxy's own with `reason`: its sentence.
@@ -1126,18 +1113,7 @@ fn keyproxy_check_names_an_entra_secret_id_and_a_pasted_id() {
             "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"https://r.openai.azure.com\"\n\
              key = {{ azure_ad = {{ tenant_id = {tenant}, client_id = {client}, client_secret = {{ file = \"{secret}\" }} }} }}\n"
         )).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-            .args(["check", "--config"])
-            .arg(&config)
-            .env("KEYPROXY_STATE_DIR", dir.path().join("state"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        keyproxy_check(&config, &[], &[])
     };
     let (ok, text) = check("\"contoso-tenant\"", "\"11111111-app\"");
     assert!(
