@@ -988,6 +988,14 @@ impl UpstreamConfig {
                 "base_url {url} ends in /{last}, which the apps add themselves (an SDK's base_url is http://127.0.0.1:8787/{last}): every request would go to /{last}/{last}/… and fail with 404. Write base_url = \"{without}\" (unless the apps leave /{last} out of their paths)"
             ));
         }
+        // A deployment's whole URL pasted from the portal: the SDKs add /openai/deployments/… too.
+        if self.provider == Provider::Azure && path.contains("/openai/deployments") {
+            found.push(format!(
+                "base_url {url} names a deployment, which the apps' paths name themselves (AzureOpenAI sends /openai/deployments/NAME/…): every request would go to {path}/openai/deployments/… and fail with 404. Write base_url = \"{}://{}\"",
+                url.scheme_str().unwrap_or("https"),
+                url.authority().map_or("", |a| a.as_str()),
+            ));
+        }
         if let Some(host) = beyond_this_machine_in_clear(url) {
             found.push(format!(
                 "base_url {url} is plain http:// to {host}, beyond this machine: the API key would travel unencrypted. Use https://"

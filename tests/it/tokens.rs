@@ -1228,3 +1228,29 @@ async fn token_endpoints_that_never_answer_delay_the_start_once() {
     proxy.stop().await;
     held.abort();
 }
+
+/// The Entra quickstart with the deployment's whole URL from the portal as base_url: `check`
+/// warns before every request 404s.
+#[test]
+fn keyproxy_check_warns_about_a_deployment_url_as_base_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = key_file(dir.path(), "client-secret", CLIENT_SECRET);
+    let config = dir.path().join("keyproxy.toml");
+    let write = |base: &str| {
+        std::fs::write(&config, format!(
+            "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"{base}\"\n\
+             key = {{ azure_ad = {{ tenant_id = \"contoso-tenant\", client_id = \"11111111-app\", client_secret = {{ file = \"{secret}\" }} }} }}\n"
+        )).unwrap();
+    };
+    write("https://res.openai.azure.com/openai/deployments/gpt-4o");
+    let (_, text) = keyproxy_check(&config, &[], &[]);
+    assert!(
+        text.contains("⚠")
+            && text.contains("names a deployment")
+            && text.contains("base_url = \"https://res.openai.azure.com\""),
+        "{text}"
+    );
+    write("https://res.openai.azure.com/openai/v1");
+    let (_, text) = keyproxy_check(&config, &[], &[]);
+    assert!(!text.contains("names a deployment"), "{text}");
+}
