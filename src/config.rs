@@ -536,6 +536,14 @@ impl Config {
     }
 }
 
+/// The region an AWS endpoint host names (`bedrock-runtime.us-west-2.amazonaws.com`,
+/// `bedrock-runtime-fips.us-east-1.amazonaws.com`); `None` for any other host.
+fn aws_host_region(host: &str) -> Option<&str> {
+    let rest = host.strip_suffix(".amazonaws.com")?;
+    let (_, region) = rest.rsplit_once('.')?;
+    region.contains('-').then_some(region)
+}
+
 /// Names of upstreams, clients and keys: non-empty, letters, digits, '-' and '_' (they appear in
 /// logs, metric labels and admin paths as they are).
 pub fn valid_name(name: &str) -> bool {
@@ -776,6 +784,15 @@ fn validate_upstream(ctx: &Ctx, i: usize, up: RawUpstream) -> Result<UpstreamCon
                 "key = { aws = … } signs requests with SigV4 for Amazon Bedrock: set provider = \"bedrock\"",
             ));
         }
+        if let (KeySource::Aws(spec), Some(host)) = (key.get_ref(), base_url.host()) {
+            if let Some(at) = aws_host_region(host).filter(|r| *r != spec.region) {
+                return Err(ctx.error(
+                    key.span(),
+                    field("key"),
+                    &format!("aws.region is {:?} but base_url is in {at:?} ({host}): AWS refuses a signature made for another region; make them the same", spec.region),
+                ));
+            }
+        }
     }
     let keys = match (up.key, up.keys) {
         (Some(key), None) => vec![PoolKeyConfig {
@@ -969,6 +986,14 @@ impl UpstreamConfig {
             );
             found.push(format!(
                 "base_url {url} ends in /{last}, which the apps add themselves (an SDK's base_url is http://127.0.0.1:8787/{last}): every request would go to /{last}/{last}/… and fail with 404. Write base_url = \"{without}\" (unless the apps leave /{last} out of their paths)"
+            ));
+        }
+        // A deployment's whole URL pasted from the portal: the SDKs add /openai/deployments/… too.
+        if self.provider == Provider::Azure && path.contains("/openai/deployments") {
+            found.push(format!(
+                "base_url {url} names a deployment, which the apps' paths name themselves (AzureOpenAI sends /openai/deployments/NAME/…): every request would go to {path}/openai/deployments/… and fail with 404. Write base_url = \"{}://{}\"",
+                url.scheme_str().unwrap_or("https"),
+                url.authority().map_or("", |a| a.as_str()),
             ));
         }
         if let Some(host) = beyond_this_machine_in_clear(url) {

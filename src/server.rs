@@ -112,14 +112,19 @@ impl Server {
             }
             // Keys added to a pool at run time join it again before anything is loaded.
             upstream.restore_members();
-            // Failures are logged and recorded by the upstream; the proxy starts regardless.
             for key in upstream.lifecycles() {
                 if let Some(refresher) = key.refresher() {
                     refresher
                         .attach_explainer(Arc::new(crate::diagnose::token_endpoint::TokenEndpoint));
                 }
-                let _ = key.load_initial().await;
             }
+        }
+        // Failures are logged and recorded by the upstream; the proxy starts regardless. All at
+        // once: a token endpoint that never answers delays the start by its timeout once, not
+        // once per credential.
+        let loads = proxy.upstreams.iter().flat_map(|u| u.lifecycles());
+        all(loads.map(|key| key.load_initial()).collect()).await;
+        for upstream in &proxy.upstreams {
             upstream.refresh_keys();
             upstream.restore_standings();
         }
@@ -426,4 +431,26 @@ async fn hyper_connection<I, S, B>(
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, "connection ended: {e}");
     }
+}
+
+/// Every future run to its end, polled together on this task.
+async fn all<F: std::future::Future>(futures: Vec<F>) {
+    let mut futures: Vec<Option<std::pin::Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in &mut futures {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(_) => *slot = None,
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(()),
+        }
+    })
+    .await
 }

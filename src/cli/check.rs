@@ -305,7 +305,19 @@ async fn check_minted(
     use keyproxy::key::minted::{ExplainMint, MintedSource};
     println!("✓ {name}: token credential: {minted}");
     match minted {
-        MintedSource::ClientCredentials { grant, .. } => match grant.client_secret.read().await {
+        MintedSource::ClientCredentials { grant, kind } => match grant.client_secret.read().await {
+            Ok(secret)
+                if *kind == keyproxy::key::minted::CredentialKind::AzureAd
+                    && keyproxy::key::minted::oauth2::secret_id_instead_of_value(
+                        secret.expose(),
+                    ) =>
+            {
+                println!(
+                    "✗ {name}: client secret: {} holds a UUID, the secret's Secret ID; Entra wants its Value (shown once, when the secret was created; make a new one if it is lost)",
+                    grant.client_secret
+                );
+                return true;
+            }
             Ok(secret) => println!(
                 "✓ {name}: client secret present ({}): {}",
                 grant.client_secret,

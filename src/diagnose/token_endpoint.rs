@@ -107,13 +107,14 @@ impl ExplainMint for TokenEndpoint {
                 .replace("{endpoint}", endpoint)
         };
         let (reason, sentence) = match error {
+            // (`oauth_error`, not `error`: the sentences below name the whole refusal.)
             MintError::Refused {
                 endpoint,
                 status,
-                error,
+                error: oauth_error,
                 description,
                 codes,
-            } => match matching(error, description, codes) {
+            } => match matching(oauth_error, description, codes) {
                 Some(row) => {
                     let said = match description.is_empty() {
                         true => String::new(),
@@ -124,6 +125,10 @@ impl ExplainMint for TokenEndpoint {
                 None if *status >= 500 || *status == 429 => (
                     FAILED,
                     format!("{error}; keyproxy retries (1 s, doubling to 60 s) and keeps the token in service until it expires"),
+                ),
+                None if (300..400).contains(status) => (
+                    FAILED,
+                    format!("the token endpoint {endpoint} answered {status}, a redirect, which keyproxy does not follow (the client's credentials would go with it): set the token URL (or authority) to the address it redirects to"),
                 ),
                 None => (FAILED, error.to_string()),
             },

@@ -60,7 +60,18 @@ impl Store {
     pub fn added_key_file(&self, upstream: &str, name: &str) -> std::io::Result<PathBuf> {
         let dir = self.dir().join("keys").join(upstream);
         super::private_dir(&dir)?;
-        Ok(dir.join(name))
+        let file = dir.join(name);
+        // Proven writable before the key is checked and joins: the file is all that keeps an
+        // added key, and a rotation only warns when it cannot write one (a read-only state
+        // directory, a name too long for the file system). Nothing of the key is in it yet; a
+        // file left by a crash before its row was written goes (the name is in no pool).
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&file)?;
+        std::fs::remove_file(&file)?;
+        Ok(file)
     }
 
     /// Every key of `upstream` the store knows something about.

@@ -22,6 +22,9 @@ use crate::state::Store;
 /// Keys a pool may hold, retired ones included until a restart (indexed by `u16` on the request
 /// path, and each is a metric label).
 pub const MAX_MEMBERS: usize = 64;
+/// The longest name a key added at run time may have: it names a file (`keys/<upstream>/<name>`,
+/// `kept/<upstream>.<name>`), a metric label and log lines.
+pub const MAX_NAME: usize = 64;
 
 /// What `add_key` is asked to do.
 pub struct Addition {
@@ -73,10 +76,10 @@ impl Upstream {
             });
         }
         let name = add.name.as_str();
-        if !crate::config::valid_name(name) {
+        if !crate::config::valid_name(name) || name.len() > MAX_NAME {
             return Err(Membership::Conflict {
                 code: "bad_name",
-                message: format!("name={name:?}: key names use only letters, digits, '-' and '_'"),
+                message: format!("name={name:?}: key names use only letters, digits, '-' and '_', at most {MAX_NAME} of them"),
             });
         }
         if self.keys.position(name).is_some() {

@@ -557,3 +557,25 @@ impl Running {
         self.logs.join().unwrap()
     }
 }
+
+/// Did a run of the binary succeed, and all it printed (stdout, then stderr).
+pub fn printed(out: std::process::Output) -> (bool, String) {
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `keyproxy check ARGS --config FILE`, with a state store of its own next to the file and `env`.
+pub fn keyproxy_check(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let state = config.parent().map(|d| d.join("state")).unwrap_or_default();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
+        .arg("check")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("KEYPROXY_STATE_DIR", state)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    printed(out)
+}

@@ -657,3 +657,38 @@ async fn a_short_term_api_key_that_expires_in_service_is_explained_as_expired() 
     assert!(said.contains("12 hours at most"), "{said}");
     proxy.stop().await;
 }
+
+/// A Bedrock base_url for one region and `aws.region` for another: every signature would be
+/// refused (`InvalidSignatureException`), so `keyproxy check` says it where it is written.
+#[test]
+fn a_base_url_in_another_region_than_the_signing_one_is_named_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyproxy.toml");
+    let run = |base: &str| {
+        std::fs::write(&config, format!(
+            "[[upstreams]]\nname = \"bedrock\"\nprovider = \"bedrock\"\nbase_url = \"{base}\"\n\
+             key = {{ aws = {{ access_key_id = {{ env = \"KP_REGION_ID\" }}, secret_access_key = {{ env = \"KP_REGION_SECRET\" }}, region = \"us-east-1\" }} }}\n"
+        )).unwrap();
+        keyproxy_check(
+            &config,
+            &[],
+            &[
+                ("KP_REGION_ID", "AKIAIOSFODNN7EXAMPLE"),
+                (
+                    "KP_REGION_SECRET",
+                    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                ),
+            ],
+        )
+    };
+    let (ok, text) = run("https://bedrock-runtime.us-west-2.amazonaws.com");
+    assert!(
+        !ok && text.contains("keyproxy.toml:5:")
+            && text.contains("\"us-east-1\"")
+            && text.contains("\"us-west-2\""),
+        "{text}"
+    );
+    assert!(!text.contains("wJalrXUtnFEMI"), "{text}");
+    let (ok, text) = run("https://bedrock-runtime.us-east-1.amazonaws.com");
+    assert!(ok, "{text}");
+}

@@ -26,12 +26,7 @@ fn keyproxy(command: &str, config: &str) -> (bool, String) {
         )
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    crate::common::printed(out)
 }
 
 const UPSTREAM: &str = "[[upstreams]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"https://api.openai.com\"\nkey = { env = \"KEYPROXY_FIRST_RUN_KEY\" }\n";

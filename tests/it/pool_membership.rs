@@ -651,12 +651,7 @@ async fn keyproxy_rotate_adds_with_a_grace_and_retires_with_the_same_sentences()
                 .stdin(std::process::Stdio::null())
                 .output()
                 .unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (out.status.success(), text)
+            printed(out)
         })
     };
     let key_file_arg = new_key.display().to_string();
@@ -782,5 +777,50 @@ async fn a_pool_whose_first_key_cannot_be_loaded_still_has_a_usable_key() {
         "no KeyproxyKeyNotUsable page while b serves: {m}"
     );
     assert!(m.contains(r#"keyproxy_key_state{key="a",upstream="openai"} 3"#));
+    proxy.stop().await;
+}
+
+/// A key joins only when its file can be written: a name too long for a file name is refused,
+/// and a place that cannot take the file (here a directory in its way; a read-only state
+/// directory alike) refuses the key instead of serving it until the next restart loses it.
+#[tokio::test]
+async fn an_added_key_whose_file_cannot_be_written_never_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = StandIn::ok().await;
+    let text = config(
+        dir.path(),
+        &provider.url(),
+        &[("a", &openai_key("UNWRITA"))],
+        "",
+    );
+    let proxy = Proxy::start(&text, dir.path()).await;
+    for long in [65, 300, 5000] {
+        let name = "n".repeat(long);
+        let (code, body) = admin_post(
+            &proxy,
+            &format!("mode=add&name={name}"),
+            &openai_key("LONG"),
+        )
+        .await;
+        assert_eq!(
+            (code, body["error"]["code"].clone()),
+            (409, "bad_name".into()),
+            "{long}: {body}"
+        );
+    }
+    std::fs::create_dir_all(dir.path().join("state/keys/openai/c/in-the-way")).unwrap();
+    let c = openai_key("UNWRITC");
+    let (code, body) = admin_post(&proxy, "mode=add&name=c", &c).await;
+    assert!(code >= 500, "{code} {body}");
+    assert!(!body.to_string().contains(&c), "{body}");
+    assert!(key_row(&proxy, "c").await.is_none(), "{body}");
+    assert_eq!(keys_of(&proxy).await.len(), 1);
+    // The name is free again once the way is clear.
+    std::fs::remove_dir_all(dir.path().join("state/keys/openai/c")).unwrap();
+    let (code, body) = admin_post(&proxy, "mode=add&name=c", &c).await;
+    assert_eq!(code, 200, "{body}");
+    proxy.stop().await;
+    let proxy = Proxy::start(&text, dir.path()).await;
+    assert!(key_row(&proxy, "c").await.is_some(), "kept over a restart");
     proxy.stop().await;
 }

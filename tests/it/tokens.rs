@@ -387,22 +387,9 @@ async fn a_refused_token_is_refreshed_once_and_the_request_replayed() {
 
 /// `keyproxy check --probe` on `config`: whether it passed, and everything it printed.
 async fn check_probe(config: std::path::PathBuf) -> (bool, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyproxy"))
-            .args(["check", "--probe", "--config"])
-            .arg(&config)
-            .env("KEYPROXY_STATE_DIR", config.parent().unwrap().join("state"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || keyproxy_check(&config, &["--probe"], &[]))
+        .await
+        .unwrap()
 }
 
 /// A 503 of keyproxy's own with `reason`: its sentence.
@@ -1073,16 +1060,275 @@ async fn a_pool_key_whose_token_is_refused_is_refreshed_not_quarantined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantined() {
     let (_dir, issuer, _endpoint, _upstream, proxy) = azure_pool().await;
-    // East's token (minted first) is refused, and the token endpoint refuses from now on.
-    issuer
-        .revoked
-        .lock()
+    // East's token is refused, and the token endpoint refuses from now on. (Both keys' first
+    // tokens are minted together: east's is the one its fingerprint ends like.)
+    let east = status(&proxy).await["upstreams"][0]["keys"][0]["fingerprint"]
+        .as_str()
         .unwrap()
-        .push(issuer.tokens()[0].clone());
+        .to_owned();
+    let east = issuer
+        .tokens()
+        .into_iter()
+        .find(|t| east.contains(&format!("{}:", &t[t.len() - 4..])))
+        .unwrap();
+    issuer.revoked.lock().unwrap().push(east);
     issuer.set(Mode::Refuse(401, EXPIRED_SECRET.into()));
     assert_eq!(
         four_chats_then_states(&proxy).await,
         ["quarantined", "active"]
     );
     proxy.stop().await;
+}
+
+/// A token endpoint (hostile, or broken) names a lifetime no clock holds: keyproxy stays up,
+/// believes at most a day, and serves the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lifetime_too_big_for_a_clock_is_taken_as_a_day() {
+    for expires_in in ["1e300", "18446744073709551615", "\"18446744073709551615\""] {
+        let issuer = Issuer::new(3600);
+        issuer.set(Mode::Refuse(
+            200,
+            format!(r#"{{"access_token":"eyJ0.huge.{TOKEN_MARK}","expires_in":{expires_in}}}"#),
+        ));
+        let (_dir, issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+        let credential = status(&proxy).await["upstreams"][0]["token_refresh"].clone();
+        assert_eq!(
+            credential["last_result"], "ok",
+            "{expires_in}: {credential}"
+        );
+        let until = credential["token_expires_at"].as_str().unwrap_or_default();
+        let until = humantime::parse_rfc3339(until).unwrap();
+        let ahead = until
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        assert!(
+            ahead > Duration::from_secs(23 * 3600) && ahead <= Duration::from_secs(24 * 3600),
+            "{expires_in}: {credential}"
+        );
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 1);
+        proxy.stop().await;
+    }
+}
+
+/// A token endpoint that names a lifetime of a millisecond is not asked in a loop: at most one
+/// refresh a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lifetime_of_a_millisecond_does_not_make_keyproxy_spin() {
+    let issuer = Issuer::new(3600);
+    issuer.set(Mode::Refuse(
+        200,
+        format!(r#"{{"access_token":"eyJ0.tiny.{TOKEN_MARK}","expires_in":0.001}}"#),
+    ));
+    let (_dir, issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+    let (start, first) = (Instant::now(), issuer.calls.load(Ordering::SeqCst));
+    eventually("two more refreshes", || async {
+        issuer.calls.load(Ordering::SeqCst) >= first + 2
+    })
+    .await;
+    let (elapsed, calls) = (start.elapsed(), issuer.calls.load(Ordering::SeqCst) - first);
+    assert!(
+        elapsed >= Duration::from_millis(1500) && calls <= 3,
+        "{calls} refreshes in {elapsed:?}"
+    );
+    proxy.stop().await;
+}
+
+/// A token endpoint that refuses with no OAuth error (a bare 503, an HTML 404, a redirect) is
+/// still named, with its status, and a redirect is not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_without_an_oauth_error_still_names_the_endpoint_and_status() {
+    for (status, body, says) in [
+        (503, "<html>Service Unavailable</html>", "retries"),
+        (404, "<html>Not Found</html>", "(404)"),
+        (302, "", "does not follow"),
+    ] {
+        let issuer = Issuer::new(3600);
+        issuer.set(Mode::Refuse(status, body.into()));
+        let (_dir, _issuer, endpoint, _upstream, proxy) = azure_with(issuer).await;
+        let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+        assert!(
+            text.contains("/contoso-tenant/oauth2/v2.0/token")
+                && text.contains(&status.to_string())
+                && text.contains(says),
+            "{status}: {text}"
+        );
+        assert!(!text.contains(CLIENT_SECRET), "{text}");
+        assert!(endpoint
+            .seen()
+            .iter()
+            .all(|s| s.uri.path().ends_with("/token")));
+        proxy.stop().await;
+    }
+}
+
+/// A token endpoint that answers 10 MB is read no further than 64 KiB and said to be no token
+/// answer (not "could not be reached": it was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_token_answer_is_cut_short_and_named() {
+    let issuer = Issuer::new(3600);
+    issuer.set(Mode::Refuse(200, "x".repeat(10 << 20)));
+    let (_dir, _issuer, _endpoint, _upstream, proxy) = azure_with(issuer).await;
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+    assert!(
+        text.contains("answered 200")
+            && text.contains("longer than 64 KiB")
+            && !text.contains("could not be reached"),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+/// First-run mistakes with Entra, said by `keyproxy check` before any token endpoint is asked:
+/// the secret's ID (a UUID) pasted instead of its Value, and ids pasted with their quotes.
+#[test]
+fn keyproxy_check_names_an_entra_secret_id_and_a_pasted_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_id = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0";
+    let secret = key_file(dir.path(), "client-secret", secret_id);
+    let check = |tenant: &str, client: &str| {
+        let config = dir.path().join("keyproxy.toml");
+        std::fs::write(&config, format!(
+            "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"https://r.openai.azure.com\"\n\
+             key = {{ azure_ad = {{ tenant_id = {tenant}, client_id = {client}, client_secret = {{ file = \"{secret}\" }} }} }}\n"
+        )).unwrap();
+        keyproxy_check(&config, &[], &[])
+    };
+    let (ok, text) = check("\"contoso-tenant\"", "\"11111111-app\"");
+    assert!(
+        !ok && text.contains("Secret ID") && text.contains("Value"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret_id[..12]), "{text}");
+    for (tenant, client, field) in [
+        (r#""'contoso-tenant'""#, r#""1111""#, "azure_ad.tenant_id"),
+        (
+            r#""contoso-tenant""#,
+            r#"" \"1111\" ""#,
+            "azure_ad.client_id",
+        ),
+        (
+            r#""contoso-tenant""#,
+            r#""1111 2222""#,
+            "azure_ad.client_id",
+        ),
+    ] {
+        let (ok, text) = check(tenant, client);
+        assert!(
+            !ok && text.contains("keyproxy.toml:5:")
+                && text.contains(field)
+                && text.contains("quotes or spaces"),
+            "{client}: {text}"
+        );
+    }
+}
+
+/// A token endpoint that repeats the JWT assertion in its refusal (a signed assertion is a
+/// credential for its hour: anyone holding it can mint a token): its signature reaches no
+/// answer, status or log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_assertion_echoed_by_the_token_endpoint_is_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = StandIn::recording(|seen| {
+        let f = form(&seen.body);
+        let assertion = field(&f, "assertion").unwrap_or("");
+        (
+            400,
+            serde_json::json!({"error": "invalid_grant", "error_description": format!("Invalid JWT: {assertion}")}).to_string(),
+        )
+    })
+    .await;
+    let upstream = StandIn::ok().await;
+    let sa = service_account(
+        dir.path(),
+        "sa.json",
+        TEST_PEM,
+        &format!("{}/token", endpoint.url()),
+    );
+    let proxy = Proxy::start(&vertex_config(&upstream.url(), &sa), dir.path()).await;
+    let answer = unavailable(generate(&proxy).await, "credential_refresh_failed");
+    let status = status(&proxy).await.to_string();
+    let sent = endpoint.seen();
+    let f = form(&sent[0].body);
+    let signature = field(&f, "assertion")
+        .unwrap()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(signature.len() > 100, "{signature}");
+    for text in [&answer, &status] {
+        for run in signature.as_bytes().chunks(24).filter(|c| c.len() == 24) {
+            let run = std::str::from_utf8(run).unwrap();
+            assert!(
+                !text.contains(run),
+                "the assertion's signature leaked: {text}"
+            );
+        }
+    }
+    assert!(answer.contains("Invalid JWT"), "{answer}");
+    proxy.stop().await;
+}
+
+/// Token endpoints that never answer delay the start by their timeout once, not once per
+/// credential: the first tokens are asked for together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoints_that_never_answer_delay_the_start_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let authority = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            connections.push(socket);
+        }
+    });
+    let upstream = StandIn::ok().await;
+    let one = azure_config(dir.path(), &upstream.url(), &authority);
+    let two = one.replacen(
+        "name = \"azure\"",
+        "name = \"azure2\"\nprefix = \"/two\"",
+        1,
+    );
+    let three = one.replacen(
+        "name = \"azure\"",
+        "name = \"azure3\"\nprefix = \"/three\"",
+        1,
+    );
+    let started = Instant::now();
+    let proxy = Proxy::start(&format!("{one}{two}{three}"), dir.path()).await;
+    let took = started.elapsed();
+    assert!(
+        took < keyproxy::key::minted::endpoint::TIMEOUT * 2,
+        "three silent token endpoints held the start for {took:?}"
+    );
+    let text = unavailable(chat(&proxy).await, "credential_refresh_failed");
+    assert!(text.contains("no answer within"), "{text}");
+    proxy.stop().await;
+    held.abort();
+}
+
+/// The Entra quickstart with the deployment's whole URL from the portal as base_url: `check`
+/// warns before every request 404s.
+#[test]
+fn keyproxy_check_warns_about_a_deployment_url_as_base_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = key_file(dir.path(), "client-secret", CLIENT_SECRET);
+    let config = dir.path().join("keyproxy.toml");
+    let write = |base: &str| {
+        std::fs::write(&config, format!(
+            "[[upstreams]]\nname = \"azure\"\nprovider = \"azure\"\nbase_url = \"{base}\"\n\
+             key = {{ azure_ad = {{ tenant_id = \"contoso-tenant\", client_id = \"11111111-app\", client_secret = {{ file = \"{secret}\" }} }} }}\n"
+        )).unwrap();
+    };
+    write("https://res.openai.azure.com/openai/deployments/gpt-4o");
+    let (_, text) = keyproxy_check(&config, &[], &[]);
+    assert!(
+        text.contains("⚠")
+            && text.contains("names a deployment")
+            && text.contains("base_url = \"https://res.openai.azure.com\""),
+        "{text}"
+    );
+    write("https://res.openai.azure.com/openai/v1");
+    let (_, text) = keyproxy_check(&config, &[], &[]);
+    assert!(!text.contains("names a deployment"), "{text}");
 }

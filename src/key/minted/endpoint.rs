@@ -25,6 +25,9 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_ANSWER: usize = 64 * 1024;
 /// When the endpoint names no lifetime (RFC 6749 only recommends `expires_in`): the usual hour.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest lifetime believed. An endpoint may name any number (`1e300`, `u64::MAX`): past
+/// this the token is still replaced daily, and no clock arithmetic overflows on it.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// What is kept of an endpoint's own sentence.
 const MAX_DESCRIPTION: usize = 400;
 
@@ -122,7 +125,15 @@ pub async fn exchange(
         let body = Limited::new(response.into_body(), MAX_ANSWER)
             .collect()
             .await
-            .map_err(|e| unreachable(format!("the answer could not be read ({e})")))?
+            .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                // It was reached: what it said is no token answer.
+                true => MintError::BadAnswer {
+                    endpoint: endpoint.clone(),
+                    status: status.as_u16(),
+                    message: format!("the answer is longer than {} KiB", MAX_ANSWER / 1024),
+                },
+                false => unreachable(format!("the answer could not be read ({e})")),
+            })?
             .to_bytes();
         Ok::<_, MintError>((status, body))
     };
@@ -180,15 +191,17 @@ fn read_answer(
         Some(serde_json::Value::Number(n)) => n
             .as_f64()
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?,
+            .map(|s| Duration::try_from_secs_f64(s).unwrap_or(MAX_LIFETIME))
+            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?
+            .min(MAX_LIFETIME),
         Some(serde_json::Value::String(s)) => s
             .trim()
             .parse::<u64>()
             .ok()
             .filter(|s| *s > 0)
             .map(Duration::from_secs)
-            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?,
+            .ok_or_else(|| bad("expires_in is not a positive number of seconds"))?
+            .min(MAX_LIFETIME),
         Some(_) => return Err(bad("expires_in is not a positive number of seconds")),
     };
     Ok(Minted {

@@ -162,6 +162,11 @@ impl ServiceAccountFile {
     pub(crate) async fn mint(&self) -> Result<Minted, MintError> {
         let account = self.read()?;
         let assertion = self.assertion(&account, SystemTime::now())?;
+        // A signed assertion mints tokens for its hour, so an endpoint repeating it must not get
+        // it into any output: its signature (the part no one else can make) is masked like a key.
+        if let Some(signature) = assertion.rsplit('.').next() {
+            crate::redact::register(signature);
+        }
         let form = Zeroizing::new(
             form_urlencoded::Serializer::new(String::new())
                 .append_pair("grant_type", JWT_BEARER)

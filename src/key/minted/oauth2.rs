@@ -67,6 +67,29 @@ fn nonempty(value: String, field: &str) -> Result<String, String> {
     }
 }
 
+/// An Entra id (tenant or client) as pasted: quotes or spaces inside are the paste's, never the
+/// id's (OAuth2 client ids in general may hold them).
+fn entra_id(value: String, field: &str) -> Result<String, String> {
+    let id = nonempty(value, field)?;
+    match id.contains(['"', '\'', ' ', '\t']) {
+        true => Err(format!(
+            "{field} has quotes or spaces in it, which came with the paste: write only the id"
+        )),
+        false => Ok(id),
+    }
+}
+
+/// An Entra client secret that is a UUID is the secret's *Secret ID*, not its *Value* (the
+/// portal shows both side by side; Entra answers AADSTS7000215). Said offline, by `check`.
+pub fn secret_id_instead_of_value(secret: &str) -> bool {
+    let s = secret.trim().as_bytes();
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
 impl RawOAuth2 {
     pub(crate) fn validate(self) -> Result<ClientCredentials, String> {
         Ok(ClientCredentials {
@@ -81,7 +104,7 @@ impl RawOAuth2 {
 
 impl RawAzureAd {
     pub(crate) fn validate(self) -> Result<ClientCredentials, String> {
-        let tenant = nonempty(self.tenant_id, "azure_ad.tenant_id")?;
+        let tenant = entra_id(self.tenant_id, "azure_ad.tenant_id")?;
         if !tenant
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -95,7 +118,7 @@ impl RawAzureAd {
                 "{}/{tenant}/oauth2/v2.0/token",
                 authority.trim_end_matches('/')
             ),
-            client_id: nonempty(self.client_id, "azure_ad.client_id")?,
+            client_id: entra_id(self.client_id, "azure_ad.client_id")?,
             client_secret: plain_source(self.client_secret, "azure_ad.client_secret")?,
             scope: Some(self.scope.unwrap_or_else(|| AZURE_SCOPE.to_owned())),
             auth: ClientAuth::Body,

@@ -1,7 +1,7 @@
 //! When a minted token is replaced, and what is known about it for /status. A token is refreshed
 //! at 80 % of its lifetime or 5 minutes before it expires, whichever is first, a little earlier
 //! by a random jitter (so many keyproxies do not ask at the same second), and never before half
-//! its lifetime (so a token of a few seconds does not spin). A failed refresh is retried with
+//! its lifetime nor within a second of the last (so a token of a few seconds does not spin). A failed refresh is retried with
 //! backoff, 1 s doubling to 60 s, never past the token's expiry; the token in service stays until
 //! it expires. One task per minted credential drives it (`spawn`); the refresh itself is the
 //! lifecycle's, one at a time with any other.
@@ -19,6 +19,9 @@ use crate::key::watch::Watched;
 pub const MARGIN: Duration = Duration::from_secs(300);
 /// The longest wait between retries of a failing refresh.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The shortest wait between two refreshes, whatever lifetime the endpoint names (`0.001`): a
+/// token endpoint is never asked in a loop.
+pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// At most this share of the wait is taken off by the jitter.
 const JITTER: f64 = 0.1;
 
@@ -28,7 +31,7 @@ pub fn refresh_after(lifetime: Duration, jitter: f64) -> Duration {
     let planned = (0.8 * life).min(life - MARGIN.as_secs_f64());
     let floor = 0.5 * life;
     let at = planned.max(floor);
-    Duration::from_secs_f64((at - at * JITTER * jitter.clamp(0.0, 1.0)).max(floor))
+    Duration::from_secs_f64((at - at * JITTER * jitter.clamp(0.0, 1.0)).max(floor)).max(MIN_REFRESH)
 }
 
 /// The wait before retry number `failures` (1 = after the first failure).
