@@ -56,7 +56,8 @@ pub struct AwsSpec {
     /// A command printing AWS's `credential_process` JSON (the whole set, and its expiry).
     #[serde(default, deserialize_with = "process")]
     pub credential_process: Option<KeySource>,
-    #[serde(deserialize_with = "region")]
+    /// Empty when the table has none: `incomplete` names it with an example.
+    #[serde(default, deserialize_with = "region")]
     pub region: String,
 }
 
@@ -126,6 +127,7 @@ impl AwsSpec {
         match (&self.credential_process, parts || self.session_token.is_some()) {
             (Some(_), true) => Some("credential_process prints the whole set (id, secret, session token): remove access_key_id, secret_access_key and session_token from the aws table, or credential_process"),
             (None, _) if self.access_key_id.is_none() || self.secret_access_key.is_none() => Some("the aws table needs access_key_id and secret_access_key (each a source: { env }, { file } or { command }), or credential_process = [\"aws\", \"configure\", \"export-credentials\", \"--format\", \"process\"]"),
+            _ if self.region.is_empty() => Some("the aws table needs region, the AWS region keyproxy signs for: the one in base_url (region = \"us-east-1\" for https://bedrock-runtime.us-east-1.amazonaws.com)"),
             _ => None,
         }
     }
@@ -487,6 +489,10 @@ pub fn lint(key: &str, source: &str) -> Vec<Finding> {
             LintCode::AwsCredentials,
             format!("the AWS access key id from {source} starts with ASIA: these are temporary (STS) credentials, which need their session token; add session_token = {{ env = \"AWS_SESSION_TOKEN\" }} (or a file or command) to the aws table"),
         ),
+        Some(_) if id.starts_with("AKIA") => error(
+            LintCode::AwsCredentials,
+            format!("the AWS access key id from {source} starts with AKIA (an IAM user's long-term key), yet a session token is set: AWS refuses a session token with long-term keys (UnrecognizedClientException). Remove session_token, or use the ASIA... key id and secret that came with the token"),
+        ),
         Some(t) if t.trim().is_empty() => error(
             LintCode::Empty,
             format!("the AWS session token from {source} is empty; put the session token there, or remove session_token for long-term (AKIA) keys"),
@@ -669,6 +675,15 @@ mod tests {
         assert_eq!(session[0].code.as_str(), "aws_credentials");
         let odd = lint(&bundle("AKIAIOSFODNN7EXAMPL1", SECRET, None), "aws x");
         assert!(odd[0].message.contains("A-Z and 2-7"), "{odd:?}");
+        let long_term_with_token = lint(
+            &bundle(ID, SECRET, Some("FwoGZXIvYXdzEXAMPLETOKEN")),
+            "aws x",
+        );
+        assert_eq!(long_term_with_token[0].code, LintCode::AwsCredentials);
+        assert!(long_term_with_token[0]
+            .message
+            .contains("Remove session_token"));
+        assert!(!long_term_with_token[0].message.contains("FwoGZ"));
         let not_one = lint(&bundle("AIDAIOSFODNN7EXAMPLE", SECRET, None), "aws x");
         assert!(not_one[0].message.contains("AKIA"));
     }

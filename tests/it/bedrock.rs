@@ -410,6 +410,16 @@ async fn aws_credentials_need_provider_bedrock_and_one_upstream_each() {
         e.contains("cannot be written into the config") && !e.contains("AKIAIOSFODNN7EXAMPLE"),
         "{e}"
     );
+    // No region: named with an example, at the table (not serde's bare "missing field").
+    let no_region = "[[upstreams]]\nname = \"b\"\nprovider = \"bedrock\"\nbase_url = \"http://127.0.0.1:9\"\nkey = { aws = { access_key_id = { env = \"A\" }, secret_access_key = { env = \"B\" } } }\n";
+    std::fs::write(&path, no_region).unwrap();
+    let e = keyproxy::config::Config::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":5:") && e.contains("needs region") && e.contains("region = \"us-east-1\""),
+        "{e}"
+    );
 }
 
 #[tokio::test]
