@@ -74,6 +74,25 @@ impl Store {
         Ok(file)
     }
 
+    /// Key files under `<state_dir>/keys/<upstream>/` that no row names (`kept`: the files of the
+    /// keys in the pool): a crash between writing an added key's file and recording its row
+    /// leaves one. Removed, so no key lingers on disk that nothing uses; their names are returned.
+    pub fn remove_orphan_key_files(&self, upstream: &str, kept: &[PathBuf]) -> Vec<String> {
+        let dir = self.dir().join("keys").join(upstream);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|path| path.is_file() && !kept.contains(path))
+            .filter_map(|path| {
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                std::fs::remove_file(&path).ok().map(|()| name)
+            })
+            .collect()
+    }
+
     /// Every key of `upstream` the store knows something about.
     pub fn pool_members(&self, upstream: &str) -> Result<Vec<MemberRow>, rusqlite::Error> {
         let conn = self.conn();

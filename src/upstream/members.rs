@@ -286,6 +286,14 @@ impl Upstream {
                 return;
             }
         };
+        let kept: Vec<PathBuf> = rows
+            .iter()
+            .filter(|row| row.retired.is_none())
+            .filter_map(|row| row.file.clone())
+            .collect();
+        for name in store.remove_orphan_key_files(&self.name, &kept) {
+            tracing::warn!(upstream = %self.name, key = %name, "removed the key file of {name}, which never joined the pool (keyproxy stopped between writing it and recording it); add the key again if it is wanted");
+        }
         for row in rows {
             match (self.keys.position(&row.name), &row.file) {
                 (None, Some(file)) if row.retired.is_none() && self.keys.count() < MAX_MEMBERS => {

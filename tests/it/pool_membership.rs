@@ -184,6 +184,41 @@ async fn an_added_key_joins_serves_and_is_still_there_after_a_restart() {
     proxy.stop().await;
 }
 
+/// keyproxy killed after an added key's file was written but before its row was: the next start
+/// finds a key file that nothing names. It must not join, nor linger on disk.
+#[tokio::test]
+async fn a_key_file_left_by_a_crash_during_mode_add_is_removed_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, ghost) = (
+        openai_key("ORPHANA"),
+        openai_key("ORPHANB"),
+        openai_key("ORPHANGHOST"),
+    );
+    let provider = StandIn::recording(|_| (200, OK.to_owned())).await;
+    let text = config(dir.path(), &provider.url(), &[("a", &a)], "");
+    let proxy = Proxy::start(&text, dir.path()).await;
+    let (code, body) = admin_post(&proxy, "mode=add&name=b", &b).await;
+    assert_eq!(code, 200, "{body}");
+    proxy.stop().await;
+    let orphan = dir.path().join("state/keys/openai/ghost");
+    std::fs::write(&orphan, format!("{ghost}\n")).unwrap();
+
+    let proxy = Proxy::start(&text, dir.path()).await;
+    assert!(!orphan.exists(), "the orphan key file is removed");
+    assert!(key_row(&proxy, "ghost").await.is_none(), "it never joins");
+    assert_eq!(
+        state_of(&proxy, "b").await,
+        "active",
+        "a recorded key stays"
+    );
+    assert!(dir.path().join("state/keys/openai/b").exists());
+    for _ in 0..4 {
+        assert_eq!(send(chat(&proxy)).await.0.status, 200);
+    }
+    assert!(!keys_seen(&provider).contains(&ghost));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_bad_key_never_joins() {
     let dir = tempfile::tempdir().unwrap();
