@@ -586,6 +586,13 @@ fn keys_status(u: &Upstream) -> Value {
             if let Some((_, at)) = retiring.iter().find(|(n, _)| **n == *u.keys.name(i)) {
                 row["retires_at"] = json!(rfc3339_string(*at));
             }
+            if let Some(at) = snapshot.and_then(|k| k.expires_at) {
+                row["expires_at"] = json!(rfc3339_string(at));
+            }
+            // Each token credential of a pool refreshes on its own schedule.
+            if let Some(token) = u.lifecycle(i).credential_status() {
+                row["token_refresh"] = json!(token);
+            }
             match (standing, &*key) {
                 (
                     Standing::Retired {

@@ -214,7 +214,6 @@ fn upstream(page: &mut String, up: &Value) {
     page.push_str("</table>");
 }
 
-/// A pool's keys (more than one), each with its state and why.
 /// A token credential (its kind is the key's `credential` row): the client and token endpoint,
 /// when the token expires, the last refresh.
 fn token_refresh(page: &mut String, c: &Value) {
@@ -244,6 +243,8 @@ fn token_refresh(page: &mut String, c: &Value) {
     );
 }
 
+/// A pool's keys (more than one), each with its state and why (and a token credential's last
+/// refresh: each key of a pool refreshes on its own).
 fn pool(page: &mut String, up: &Value) {
     let keys = up["keys"].as_array().map_or(&[][..], Vec::as_slice);
     if keys.len() < 2 {
@@ -269,6 +270,15 @@ fn pool(page: &mut String, up: &Value) {
             };
             let why = match k["retires_at"].as_str() {
                 Some(at) => format!("{why}, retires at {}", esc(at)),
+                None => why,
+            };
+            let token = &k["token_refresh"];
+            let why = match token["last_result"].as_str() {
+                Some(result) => format!(
+                    "{why}; token refresh {}, token expires {}",
+                    esc(result),
+                    esc(str_of(&token["token_expires_at"]))
+                ),
                 None => why,
             };
             format!(
@@ -465,7 +475,14 @@ mod tests {
                 {"name": "a", "fingerprint": "sk-…a", "state": "retired", "since": "2026-12-06T10:00:00Z"},
                 {"name": "b", "fingerprint": "sk-…b", "state": "active", "retires_at": "2026-12-07T10:00:00Z"},
                 {"name": "c", "fingerprint": "sk-…c", "state": "cooling", "cause": "rate_limited", "until": "2026-12-06T10:01:00Z"},
+                {"name": "d", "fingerprint": "eyJ…d", "state": "active", "token_refresh": {"last_result": "failed", "token_expires_at": "2026-12-06T11:00:00Z"}},
             ]}),
+        );
+        assert!(
+            page.contains(
+                "active</span>; token refresh failed, token expires 2026-12-06T11:00:00Z"
+            ),
+            "{page}"
         );
         assert!(
             page.contains("class=\"bad\">retired</span> (since 2026-12-06T10:00:00Z)"),

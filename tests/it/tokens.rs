@@ -1077,6 +1077,19 @@ async fn a_pool_key_whose_token_cannot_be_refreshed_fails_over_and_is_quarantine
         four_chats_then_states(&proxy).await,
         ["quarantined", "active"]
     );
+    // Each key of the pool shows its own refresh: east's failed, west's still fine.
+    let keys = status(&proxy).await["upstreams"][0]["keys"].clone();
+    let (east_refresh, west_refresh) = (&keys[0]["token_refresh"], &keys[1]["token_refresh"]);
+    assert_eq!(east_refresh["kind"], "azure_ad", "{keys}");
+    assert_eq!(east_refresh["last_result"], "failed", "{keys}");
+    assert_eq!(east_refresh["problem"]["reason"], "expired_key", "{keys}");
+    assert_eq!(west_refresh["last_result"], "ok", "{keys}");
+    assert!(keys[1]["expires_at"].is_string(), "{keys}");
+    let shown = keys.to_string();
+    assert!(!shown.contains(CLIENT_SECRET), "{shown}");
+    for token in issuer.tokens() {
+        assert!(!shown.contains(&token), "a token in /status: {shown}");
+    }
     proxy.stop().await;
 }
 
